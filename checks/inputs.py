@@ -1,0 +1,120 @@
+"""Contracts of the input extracts: required columns, and Pandera schemas of the parsed rows."""
+
+from __future__ import annotations
+
+import polars as pl
+import pandera.polars as pa
+
+DT = pl.Datetime("us")
+
+#: Canonical order columns (contract.md) and whether each is required.
+ORDER_COLUMNS: dict[str, bool] = {
+    "order_id": True,
+    "patient_id": True,
+    "encounter_id": False,
+    "facility": False,
+    "medication": True,
+    "dose": True,
+    "dose_unit": True,
+    "doses": False,
+    "start": True,
+    "route": False,
+    "weight_kg": False,
+    "height_cm": False,
+    "sex": False,
+    "age_years": False,
+    "birth_date": False,
+    "indication": False,
+    "indication_code": False,
+    "pregnant": False,
+    "pre_pregnancy_weight_kg": False,
+    "justification": False,
+    "prescriber_id": False,
+    "service": False,
+}
+
+LAB_COLUMNS: dict[str, bool] = {
+    "patient_id": True,
+    "collected_at": True,
+    "test": True,
+    "value": True,
+    "unit": False,
+    "ref_low": False,
+    "ref_high": False,
+}
+
+PROCEDURE_COLUMNS: dict[str, bool] = {
+    "patient_id": True,
+    "performed_at": True,
+    "procedure": True,
+}
+
+EXTRACT_COLUMNS: dict[str, dict[str, bool]] = {
+    "orders": ORDER_COLUMNS,
+    "labs": LAB_COLUMNS,
+    "procedures": PROCEDURE_COLUMNS,
+}
+
+DOSE_UNITS = ("g", "mg", "ml", "g/kg")
+LAB_TESTS = ("creatinine", "egfr", "crcl", "hemoglobin", "platelets", "iga", "igg")
+
+
+def required_columns(extract: str) -> list[str]:
+    """The columns an extract of this kind must have."""
+    return [name for name, required in EXTRACT_COLUMNS[extract].items() if required]
+
+
+# Grain: one parsed order row (any medication) that passed the structural row checks.
+ORDER_ROWS = pa.DataFrameSchema(
+    {
+        "order_id": pa.Column(pl.String, nullable=False, unique=True),
+        "patient_id": pa.Column(pl.String, nullable=False),
+        "medication": pa.Column(pl.String, nullable=False),
+        "start": pa.Column(DT, nullable=False),
+        "dose": pa.Column(pl.Float64, nullable=True),
+        "dose_unit": pa.Column(pl.String, nullable=True),
+        "doses": pa.Column(pl.Int64, nullable=False, checks=pa.Check.ge(1)),
+        "weight_kg": pa.Column(pl.Float64, nullable=True, checks=pa.Check.gt(0)),
+        "height_cm": pa.Column(pl.Float64, nullable=True, checks=pa.Check.gt(0)),
+        "age_years": pa.Column(pl.Float64, nullable=True, checks=pa.Check.ge(0)),
+        "sex": pa.Column(pl.String, nullable=True, checks=pa.Check.isin(["M", "F"])),
+        "pregnant": pa.Column(pl.Boolean, nullable=True),
+        "source_file": pa.Column(pl.String, nullable=False),
+        "source_row": pa.Column(pl.Int64, nullable=False),
+    },
+    strict=False,
+    name="order rows",
+)
+
+# Grain: one IVIG order ready for dosing (dose and unit checked).
+IVIG_ORDER_ROWS = ORDER_ROWS.update_columns(
+    {
+        "dose": {"nullable": False, "checks": [pa.Check.gt(0)]},
+        "dose_unit": {"nullable": False, "checks": [pa.Check.isin(list(DOSE_UNITS))]},
+    }
+)
+
+# Grain: one lab result.
+LAB_ROWS = pa.DataFrameSchema(
+    {
+        "patient_id": pa.Column(pl.String, nullable=False),
+        "collected_at": pa.Column(DT, nullable=False),
+        "test": pa.Column(pl.String, nullable=False, checks=pa.Check.isin(list(LAB_TESTS))),
+        "value": pa.Column(pl.Float64, nullable=False),
+        "ref_low": pa.Column(pl.Float64, nullable=True),
+        "ref_high": pa.Column(pl.Float64, nullable=True),
+    },
+    strict=False,
+    name="lab rows",
+)
+
+# Grain: one procedure performed.
+PROCEDURE_ROWS = pa.DataFrameSchema(
+    {
+        "patient_id": pa.Column(pl.String, nullable=False),
+        "performed_at": pa.Column(DT, nullable=False),
+        "procedure": pa.Column(pl.String, nullable=False),
+    },
+    strict=False,
+    name="procedure rows",
+)

@@ -1,0 +1,231 @@
+"""The audit as a chain of pure stages: contract -> normalise -> courses -> rules -> findings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandera.polars as pa
+import polars as pl
+
+from checks import outputs
+from checks.inputs import IVIG_ORDER_ROWS, LAB_ROWS, PROCEDURE_ROWS
+from pipeline.contract import QUARANTINE_COLUMNS, check_labs, check_orders, check_procedures
+from pipeline.courses import build_courses, regimen_table
+from pipeline.normalise import (
+    ProductDictionary,
+    classify_medications,
+    expand_daily_doses,
+    map_indications,
+    split_orders,
+)
+from pipeline.rulepack import RulePack
+from pipeline.rules import AuditContext, evaluate_rules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Extracts:
+    """The text rows of one run's extracts (labs and procedures optional)."""
+
+    orders: pl.LazyFrame
+    labs: pl.LazyFrame | None = None
+    procedures: pl.LazyFrame | None = None
+
+
+@dataclass(frozen=True)
+class PreparedOrders:
+    """Orders after the contract and normalise stages."""
+
+    ivig: pl.DataFrame
+    evidence: pl.DataFrame
+    unrecognised_ig: pl.DataFrame
+    labs: pl.DataFrame | None
+    procedures: pl.DataFrame | None
+    quarantine: pl.DataFrame
+    rows_read: int
+    rows_out_of_scope: int
+    rows_passed_through: int
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """The tables one run writes, and its counts."""
+
+    orders: pl.DataFrame
+    courses: pl.DataFrame
+    findings: pl.DataFrame
+    quarantine: pl.DataFrame
+    rows_read: int
+    rows_ivig: int
+    rows_passed_through: int
+    rows_out_of_scope: int
+
+
+def _contract_failures(df: pl.DataFrame, schema: pa.DataFrameSchema, extract: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Validate rows with Pandera (values too); rows that fail move to quarantine with the failed check."""
+    try:
+        return schema.validate(df, lazy=True), df.head(0).pipe(lambda _: _empty_quarantine())
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases.filter(pl.col("index").is_not_null())
+        if cases.is_empty():
+            raise
+        reasons = cases.group_by("index").agg(
+            reason=pl.format("contract: {} failed {}", pl.col("column"), pl.col("check")).str.join("; ")
+        )
+        indexed = df.with_row_index("index").with_columns(pl.col("index").cast(cases.schema["index"]))
+        failed = indexed.join(reasons, on="index", how="inner")
+        kept = indexed.join(reasons, on="index", how="anti").drop("index")
+        quarantined = failed.select(
+            pl.lit(extract).alias("extract"),
+            "source_file",
+            "source_row",
+            *[(pl.col(c) if c in df.columns else pl.lit(None, dtype=pl.String)).alias(c) for c in ("order_id", "patient_id")],
+            "reason",
+            (pl.col("raw") if "raw" in df.columns else pl.lit("{}")).alias("raw"),
+        )
+        return kept, quarantined
+
+
+def _empty_quarantine() -> pl.DataFrame:
+    """An empty frame in the quarantine layout (without run_id)."""
+    return pl.DataFrame(
+        schema={
+            "extract": pl.String, "source_file": pl.String, "source_row": pl.Int64, "order_id": pl.String,
+            "patient_id": pl.String, "reason": pl.String, "raw": pl.String,
+        }
+    )
+
+
+def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> PreparedOrders:
+    """Contract and normalise: typed IVIG orders with grams and indications, evidence, labs, procedures, rejects."""
+    valid_orders, rejected_orders = check_orders(extracts.orders)
+    split = split_orders(classify_medications(valid_orders, products))
+    ivig_lazy = map_indications(split.ivig, pack)
+    labs_lazy = rejected_labs = procedures_lazy = rejected_procedures = None
+    if extracts.labs is not None:
+        labs_lazy, rejected_labs = check_labs(extracts.labs)
+    if extracts.procedures is not None:
+        procedures_lazy, rejected_procedures = check_procedures(extracts.procedures)
+    queries = {
+        "rows_read": extracts.orders.select(pl.len()),
+        "ivig": ivig_lazy,
+        "evidence": split.evidence,
+        "unrecognised_ig": split.unrecognised_ig.select("order_id", "patient_id", "medication", "start"),
+        "out_of_scope": split.out_of_scope.select(pl.len()),
+        "rejected_orders": rejected_orders,
+        "rejected_ivig": split.quarantine,
+    }
+    if labs_lazy is not None:
+        queries |= {"labs": labs_lazy, "rejected_labs": rejected_labs}
+    if procedures_lazy is not None:
+        queries |= {"procedures": procedures_lazy, "rejected_procedures": rejected_procedures}
+    collected = dict(zip(queries, pl.collect_all(list(queries.values()))))
+    ivig, ivig_contract_rejects = _contract_failures(collected["ivig"], IVIG_ORDER_ROWS, "orders")
+    quarantine_parts = [collected["rejected_orders"], collected["rejected_ivig"], ivig_contract_rejects]
+    labs = procedures = None
+    if labs_lazy is not None:
+        labs, lab_rejects = _contract_failures(collected["labs"], LAB_ROWS, "labs")
+        quarantine_parts += [collected["rejected_labs"], lab_rejects]
+    if procedures_lazy is not None:
+        procedures, procedure_rejects = _contract_failures(collected["procedures"], PROCEDURE_ROWS, "procedures")
+        quarantine_parts += [collected["rejected_procedures"], procedure_rejects]
+    quarantine = pl.concat([q.select(QUARANTINE_COLUMNS) for q in quarantine_parts], how="vertical")
+    evidence = collected["evidence"]
+    log.info(
+        "prepared orders: %d IVIG, %d other medications, %d quarantined",
+        ivig.height, evidence.height, quarantine.height,
+    )
+    return PreparedOrders(
+        ivig=ivig,
+        evidence=evidence,
+        unrecognised_ig=collected["unrecognised_ig"],
+        labs=labs,
+        procedures=procedures,
+        quarantine=quarantine,
+        rows_read=int(collected["rows_read"].item()),
+        rows_out_of_scope=int(collected["out_of_scope"].item()),
+        rows_passed_through=evidence.height,
+    )
+
+
+def courses_with_regimen(ivig: pl.DataFrame, pack: RulePack) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Courses (with their regimen's targets) and the order -> course map."""
+    dose_days = expand_daily_doses(ivig.lazy())
+    courses, order_course = build_courses(dose_days, pack)
+    codes = (
+        dose_days.group_by("patient_id", "indication_group", "order_id")
+        .agg(pl.col("indication_code").first())
+        .join(order_course, on="order_id")
+        .group_by("course_id")
+        .agg(indication_codes=pl.col("indication_code").drop_nulls().unique().sort().str.join(", "))
+    )
+    regimens = regimen_table(pack).lazy().drop("indication_group", "phase")
+    enriched = (
+        courses.join(regimens, on="indication", how="left")
+        .join(codes, on="course_id", how="left")
+        .with_columns(indication_codes=pl.when(pl.col("indication_codes").str.len_chars() > 0).then(pl.col("indication_codes")))
+    )
+    courses_df, map_df = pl.collect_all([enriched, order_course])
+    return courses_df, map_df
+
+
+def judge(
+    courses: pl.DataFrame,
+    prepared: PreparedOrders,
+    pack: RulePack,
+    run_id: str,
+) -> pl.DataFrame:
+    """All findings of the run (one row per rule x course or order)."""
+    ctx = AuditContext(
+        courses=courses.lazy(),
+        orders=prepared.ivig.lazy(),
+        evidence=prepared.evidence.lazy(),
+        unrecognised_ig=prepared.unrecognised_ig.lazy(),
+        labs=prepared.labs.lazy() if prepared.labs is not None else None,
+        procedures=prepared.procedures.lazy() if prepared.procedures is not None else None,
+        pack=pack,
+    )
+    return evaluate_rules(ctx, run_id).collect().sort("patient_id", "course_id", "rule_id", nulls_last=True)
+
+
+def output_tables(
+    prepared: PreparedOrders, courses: pl.DataFrame, order_course: pl.DataFrame, findings: pl.DataFrame, run_id: str
+) -> AuditResult:
+    """The run's tables in the stored layout, each checked against its Pandera contract."""
+    serious = findings.filter(pl.col("severity") != "info", pl.col("course_id").is_not_null())
+    per_course = serious.group_by("course_id").agg(excess_from_findings=pl.col("excess_g").max())
+    courses_out = (
+        courses.join(per_course, on="course_id", how="left")
+        .with_columns(
+            appropriate=pl.col("excess_from_findings").is_null(),
+            excess_g=pl.col("excess_from_findings").fill_null(0.0),
+        )
+        .select(list(outputs.COURSES.columns))
+    )
+    orders_out = (
+        prepared.ivig.join(order_course, on="order_id", how="left")
+        .rename({"indication": "indication_text"})
+        .with_columns(indication=pl.col("indication_group"))
+        .select(list(outputs.ORDERS.columns))
+    )
+    quarantine_out = prepared.quarantine.with_columns(run_id=pl.lit(run_id)).select(list(outputs.QUARANTINE.columns))
+    return AuditResult(
+        orders=outputs.ORDERS.validate(orders_out),
+        courses=outputs.COURSES.validate(courses_out),
+        findings=outputs.FINDINGS.validate(findings),
+        quarantine=outputs.QUARANTINE.validate(quarantine_out),
+        rows_read=prepared.rows_read,
+        rows_ivig=prepared.ivig.height,
+        rows_passed_through=prepared.rows_passed_through,
+        rows_out_of_scope=prepared.rows_out_of_scope,
+    )
+
+
+def run_audit(extracts: Extracts, products: ProductDictionary, pack: RulePack, run_id: str) -> AuditResult:
+    """The whole audit over frames, without Prefect or IO."""
+    prepared = prepare(extracts, products, pack)
+    courses, order_course = courses_with_regimen(prepared.ivig, pack)
+    findings = judge(courses, prepared, pack, run_id)
+    return output_tables(prepared, courses, order_course, findings, run_id)

@@ -1,0 +1,294 @@
+"""Parse extract text into typed columns and split each extract into valid rows and quarantined rows."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from checks.inputs import EXTRACT_COLUMNS
+
+DT = pl.Datetime("us")
+
+#: Date-time layouts accepted in extracts, tried in this order.
+DATETIME_FORMATS = (
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%dT%H:%M",
+    "%m/%d/%Y %I:%M:%S %p",
+    "%m/%d/%Y %I:%M %p",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y %H:%M",
+)
+DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y", "%Y%m%d")
+
+#: Spellings of dose units, lower-cased and without spaces, mapped to the canonical unit.
+UNIT_SPELLINGS = {
+    "g": "g", "gm": "g", "gms": "g", "gram": "g", "grams": "g", "gr.": "g",
+    "mg": "mg", "milligram": "mg", "milligrams": "mg",
+    "ml": "ml", "milliliter": "ml", "milliliters": "ml", "millilitre": "ml", "millilitres": "ml", "cc": "ml",
+    "g/kg": "g/kg", "gm/kg": "g/kg", "gram/kg": "g/kg", "grams/kg": "g/kg", "gperkg": "g/kg", "g/kg/dose": "g/kg",
+}
+
+QUARANTINE_COLUMNS = ["extract", "source_file", "source_row", "order_id", "patient_id", "reason", "raw"]
+
+
+def blank_to_null(column: str) -> pl.Expr:
+    """A text column trimmed, with empty strings as null."""
+    text = pl.col(column).str.strip_chars()
+    return pl.when(text.str.len_chars() > 0).then(text).otherwise(None)
+
+
+def parse_number(column: str) -> pl.Expr:
+    """A text number as Float64: thousands separators removed, anything else non-numeric is null."""
+    text = blank_to_null(column)
+    grouped = text.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
+    cleaned = pl.when(grouped).then(text.str.replace_all(",", "")).otherwise(text)
+    return cleaned.cast(pl.Float64, strict=False)
+
+
+def parse_datetime(column: str) -> pl.Expr:
+    """A text date-time in any accepted layout (a bare date is midnight); unparseable is null."""
+    text = blank_to_null(column)
+    candidates = [text.str.strptime(DT, fmt, strict=False) for fmt in DATETIME_FORMATS]
+    candidates += [text.str.strptime(pl.Date, fmt, strict=False).cast(DT) for fmt in DATE_FORMATS]
+    return pl.coalesce(candidates)
+
+
+def parse_date(column: str) -> pl.Expr:
+    """A text date (or date-time) as a Date; unparseable is null."""
+    return parse_datetime(column).dt.date()
+
+
+def parse_bool(column: str) -> pl.Expr:
+    """Yes/no text (true, yes, y, 1 / false, no, n, 0) as Boolean."""
+    text = blank_to_null(column).str.to_lowercase()
+    return (
+        pl.when(text.is_in(["true", "t", "yes", "y", "1"]))
+        .then(True)
+        .when(text.is_in(["false", "f", "no", "n", "0"]))
+        .then(False)
+        .otherwise(None)
+    )
+
+
+def parse_sex(column: str) -> pl.Expr:
+    """Sex text (M, male, F, female) as 'M' or 'F'; anything else is null."""
+    text = blank_to_null(column).str.to_lowercase()
+    return (
+        pl.when(text.is_in(["m", "male", "man"]))
+        .then(pl.lit("M"))
+        .when(text.is_in(["f", "female", "woman"]))
+        .then(pl.lit("F"))
+        .otherwise(None)
+    )
+
+
+def canonical_unit(column: str) -> pl.Expr:
+    """A dose unit spelling mapped to g, mg, ml or g/kg; unknown spellings are null."""
+    key = blank_to_null(column).str.to_lowercase().str.replace_all(r"\s+", "")
+    return key.replace_strict(UNIT_SPELLINGS, default=None, return_dtype=pl.String)
+
+
+def _reasons(*checks: tuple[pl.Expr, pl.Expr | str]) -> pl.Expr:
+    """All failed checks of a row joined into one reason text (null when the row is fine)."""
+    parts = [
+        pl.when(failed).then(message if isinstance(message, pl.Expr) else pl.lit(message))
+        for failed, message in checks
+    ]
+    joined = pl.concat_str(parts, separator="; ", ignore_nulls=True)
+    return pl.when(joined.str.len_chars() > 0).then(joined).otherwise(None)
+
+
+def _raw_json(extract: str) -> pl.Expr:
+    """The original text of a row as JSON, kept with a quarantined row."""
+    return pl.struct(list(EXTRACT_COLUMNS[extract])).struct.json_encode()
+
+
+def quarantine_rows(rows: pl.LazyFrame, extract: str, reason: pl.Expr | str = "reason") -> pl.LazyFrame:
+    """Rows in the quarantine layout (extract, file, row, ids, reason, original text)."""
+    reason_expr = pl.col(reason) if isinstance(reason, str) else reason
+    id_cols = [
+        (pl.col(c) if c in EXTRACT_COLUMNS[extract] else pl.lit(None, dtype=pl.String)).alias(c)
+        for c in ("order_id", "patient_id")
+    ]
+    return rows.select(
+        pl.lit(extract).alias("extract"),
+        "source_file",
+        "source_row",
+        *id_cols,
+        reason_expr.alias("reason"),
+        pl.col("raw"),
+    )
+
+
+def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Typed order rows that pass the structural checks, and the rejected rows with their reason."""
+    parsed = text_rows.with_columns(
+        raw=_raw_json("orders"),
+        order_id=blank_to_null("order_id"),
+        patient_id=blank_to_null("patient_id"),
+        medication=blank_to_null("medication"),
+        start_text=blank_to_null("start"),
+        start=parse_datetime("start"),
+        dose_text=blank_to_null("dose"),
+        dose=parse_number("dose"),
+        dose_unit_text=blank_to_null("dose_unit"),
+        dose_unit=canonical_unit("dose_unit"),
+        doses_number=parse_number("doses"),
+        weight_kg=parse_number("weight_kg"),
+        height_cm=parse_number("height_cm"),
+        age_years=parse_number("age_years"),
+        birth_date=parse_date("birth_date"),
+        pre_pregnancy_weight_kg=parse_number("pre_pregnancy_weight_kg"),
+        sex=parse_sex("sex"),
+        pregnant=parse_bool("pregnant"),
+        **{c: blank_to_null(c) for c in (
+            "encounter_id", "facility", "route", "indication", "indication_code",
+            "justification", "prescriber_id", "service",
+        )},
+    ).with_columns(
+        doses=pl.col("doses_number").fill_null(1).cast(pl.Int64, strict=False),
+        age_years=pl.coalesce(
+            pl.col("age_years"),
+            ((pl.col("start").dt.date() - pl.col("birth_date")).dt.total_days() / 365.25),
+        ),
+    )
+    content = [c for c in EXTRACT_COLUMNS["orders"]]
+    with_dupes = parsed.with_columns(
+        copies=pl.len().over("order_id"),
+        versions=pl.struct(content).hash().n_unique().over("order_id"),
+        copy_rank=pl.int_range(pl.len()).over("order_id", order_by=["source_file", "source_row"]),
+    )
+    reason = _reasons(
+        (pl.col("order_id").is_null(), "order_id missing"),
+        (pl.col("patient_id").is_null(), "patient_id missing"),
+        (pl.col("medication").is_null(), "medication missing"),
+        (pl.col("start_text").is_null(), "start missing"),
+        (
+            pl.col("start_text").is_not_null() & pl.col("start").is_null(),
+            pl.format("start is not a date: '{}'", pl.col("start_text").str.slice(0, 40)),
+        ),
+        (
+            pl.col("order_id").is_not_null() & (pl.col("versions") > 1),
+            pl.format("order_id appears {} times with different content", pl.col("copies")),
+        ),
+        (
+            pl.col("order_id").is_not_null() & (pl.col("versions") == 1) & (pl.col("copy_rank") > 0),
+            "exact duplicate of an earlier row with the same order_id",
+        ),
+        (
+            pl.col("doses_number").is_not_null()
+            & ((pl.col("doses_number") < 1) | (pl.col("doses_number") != pl.col("doses_number").round(0))),
+            "doses must be a whole number of at least 1",
+        ),
+        (pl.col("weight_kg") <= 0, "weight_kg must be above zero"),
+        (pl.col("height_cm") <= 0, "height_cm must be above zero"),
+    )
+    checked = with_dupes.with_columns(
+        reason=reason,
+        dose_problem=_reasons(
+            (pl.col("dose_text").is_null(), "dose missing"),
+            (
+                pl.col("dose_text").is_not_null() & pl.col("dose").is_null(),
+                pl.format("dose is not a number: '{}'", pl.col("dose_text").str.slice(0, 40)),
+            ),
+            (pl.col("dose") <= 0, "dose must be above zero"),
+            (pl.col("dose_unit_text").is_null(), "dose_unit missing"),
+            (
+                pl.col("dose_unit_text").is_not_null() & pl.col("dose_unit").is_null(),
+                pl.format("unknown dose unit '{}'", pl.col("dose_unit_text").str.slice(0, 20)),
+            ),
+        ),
+    )
+    valid = checked.filter(pl.col("reason").is_null()).drop(
+        "reason", "copies", "versions", "copy_rank", "doses_number", "start_text", "birth_date"
+    )
+    rejected = quarantine_rows(checked.filter(pl.col("reason").is_not_null()), "orders")
+    return valid, rejected
+
+
+#: Spellings of lab test names mapped to the canonical test.
+LAB_TEST_SPELLINGS = {
+    "creatinine": "creatinine", "creat": "creatinine", "cr": "creatinine", "scr": "creatinine",
+    "serum creatinine": "creatinine",
+    "egfr": "egfr", "gfr": "egfr", "estimated gfr": "egfr",
+    "crcl": "crcl", "creatinine clearance": "crcl",
+    "hemoglobin": "hemoglobin", "haemoglobin": "hemoglobin", "hgb": "hemoglobin", "hb": "hemoglobin",
+    "platelets": "platelets", "platelet count": "platelets", "plt": "platelets",
+    "iga": "iga", "immunoglobulin a": "iga",
+    "igg": "igg", "immunoglobulin g": "igg",
+}
+
+
+def check_labs(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Typed lab results of the tests the audit uses, and rejected rows with their reason."""
+    parsed = text_rows.with_columns(
+        raw=_raw_json("labs"),
+        patient_id=blank_to_null("patient_id"),
+        collected_text=blank_to_null("collected_at"),
+        collected_at=parse_datetime("collected_at"),
+        test_text=blank_to_null("test"),
+        test=blank_to_null("test").str.to_lowercase().replace_strict(
+            LAB_TEST_SPELLINGS, default=None, return_dtype=pl.String
+        ),
+        value_text=blank_to_null("value"),
+        value=blank_to_null("value").str.replace(r"^[<>]=?\s*", "").pipe(
+            lambda e: e.cast(pl.Float64, strict=False)
+        ),
+        unit=blank_to_null("unit"),
+        ref_low=parse_number("ref_low"),
+        ref_high=parse_number("ref_high"),
+    )
+    checked = parsed.with_columns(
+        reason=_reasons(
+            (pl.col("patient_id").is_null(), "patient_id missing"),
+            (pl.col("collected_text").is_null(), "collected_at missing"),
+            (
+                pl.col("collected_text").is_not_null() & pl.col("collected_at").is_null(),
+                pl.format("collected_at is not a date: '{}'", pl.col("collected_text").str.slice(0, 40)),
+            ),
+            (pl.col("test_text").is_null(), "test missing"),
+            (
+                pl.col("test_text").is_not_null() & pl.col("test").is_null(),
+                pl.format("test '{}' is not one the audit uses", pl.col("test_text").str.slice(0, 40)),
+            ),
+            (
+                pl.col("value").is_null(),
+                pl.format("value is not a number: '{}'", pl.col("value_text").fill_null("").str.slice(0, 40)),
+            ),
+        )
+    )
+    valid = checked.filter(pl.col("reason").is_null()).select(
+        "patient_id", "collected_at", "test", "value", "unit", "ref_low", "ref_high", "source_file", "source_row"
+    )
+    rejected = quarantine_rows(checked.filter(pl.col("reason").is_not_null()), "labs")
+    return valid, rejected
+
+
+def check_procedures(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Typed procedure rows, and rejected rows with their reason."""
+    parsed = text_rows.with_columns(
+        raw=_raw_json("procedures"),
+        patient_id=blank_to_null("patient_id"),
+        performed_text=blank_to_null("performed_at"),
+        performed_at=parse_datetime("performed_at"),
+        procedure=blank_to_null("procedure"),
+    )
+    checked = parsed.with_columns(
+        reason=_reasons(
+            (pl.col("patient_id").is_null(), "patient_id missing"),
+            (pl.col("procedure").is_null(), "procedure missing"),
+            (pl.col("performed_text").is_null(), "performed_at missing"),
+            (
+                pl.col("performed_text").is_not_null() & pl.col("performed_at").is_null(),
+                pl.format("performed_at is not a date: '{}'", pl.col("performed_text").str.slice(0, 40)),
+            ),
+        )
+    )
+    valid = checked.filter(pl.col("reason").is_null()).select(
+        "patient_id", "performed_at", "procedure", "source_file", "source_row"
+    )
+    rejected = quarantine_rows(checked.filter(pl.col("reason").is_not_null()), "procedures")
+    return valid, rejected

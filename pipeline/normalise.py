@@ -1,0 +1,204 @@
+"""Identify IVIG orders with the product dictionary, convert doses to grams, map indications."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline.contract import quarantine_rows
+from pipeline.rulepack import RulePack
+
+SCOPES = ("ivig", "subcutaneous", "other_ig", "unrecognised_ig", "other")
+
+
+@dataclass(frozen=True)
+class ProductDictionary:
+    """The product dictionary: ordered name patterns with each product's properties."""
+
+    version: str
+    looks_like_immunoglobulin: str
+    products: list[dict[str, Any]]
+
+    def table(self) -> pl.DataFrame:
+        """The products as a frame (one row per product)."""
+        return pl.DataFrame(
+            {
+                "product": [p["name"] for p in self.products],
+                "scope": [p["scope"] for p in self.products],
+                "concentration_g_per_ml": [p.get("concentration_g_per_ml") for p in self.products],
+                "contains_sucrose": [bool(p.get("contains_sucrose", False)) for p in self.products],
+                "iga_depleted": [bool(p.get("iga_depleted", False)) for p in self.products],
+                "vial_sizes_g": [[float(v) for v in p.get("vial_sizes_g", [])] for p in self.products],
+                "product_route": [p.get("route", "IV") for p in self.products],
+            },
+            schema_overrides={"concentration_g_per_ml": pl.Float64, "vial_sizes_g": pl.List(pl.Float64)},
+        )
+
+
+def load_products(path: Path | None = None) -> ProductDictionary:
+    """The shipped product dictionary, or a site's own file."""
+    if path is None:
+        text = resources.files("pipeline").joinpath("data/products.toml").read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    raw = tomllib.loads(text)
+    return ProductDictionary(
+        version=str(raw.get("version", "")),
+        looks_like_immunoglobulin=raw["looks_like_immunoglobulin"],
+        products=list(raw["product"]),
+    )
+
+
+def matched_product(products: ProductDictionary) -> pl.Expr:
+    """The dictionary product whose pattern first matches the medication name (null if none)."""
+    name = pl.col("medication").str.to_lowercase()
+    expr: pl.Expr = pl.lit(None, dtype=pl.String)
+    for product in reversed(products.products):
+        expr = pl.when(name.str.contains(product["pattern"])).then(pl.lit(product["name"])).otherwise(expr)
+    return expr
+
+
+def classify_medications(orders: pl.LazyFrame, products: ProductDictionary) -> pl.LazyFrame:
+    """Orders with product, scope and the product's properties (IVIG, SC, other Ig, unrecognised Ig, other)."""
+    table = products.table().lazy()
+    route = pl.col("route").str.to_uppercase().str.strip_chars()
+    looks_like_ig = pl.col("medication").str.to_lowercase().str.contains(products.looks_like_immunoglobulin)
+    return (
+        orders.with_columns(product=matched_product(products))
+        .join(table, on="product", how="left")
+        .with_columns(
+            # An IVIG brand given subcutaneously (Gamunex-C, Gammagard Liquid for PI) is SCIG, not IVIG.
+            scope=pl.when((pl.col("scope") == "ivig") & route.is_in(["SC", "SUBCUT", "SUBCUTANEOUS", "SQ"]))
+            .then(pl.lit("subcutaneous"))
+            .when(pl.col("scope").is_not_null())
+            .then(pl.col("scope"))
+            .when(looks_like_ig)
+            .then(pl.lit("unrecognised_ig"))
+            .otherwise(pl.lit("other")),
+        )
+    )
+
+
+def grams_per_dose() -> pl.Expr:
+    """The dose in grams: g as is, mg / 1000, mL x product concentration, g/kg x order weight."""
+    dose, unit = pl.col("dose"), pl.col("dose_unit")
+    return (
+        pl.when(unit == "g")
+        .then(dose)
+        .when(unit == "mg")
+        .then(dose / 1000.0)
+        .when(unit == "ml")
+        .then(dose * pl.col("concentration_g_per_ml"))
+        .when(unit == "g/kg")
+        .then(dose * pl.col("weight_kg"))
+        .otherwise(None)
+    )
+
+
+def grams_problem() -> pl.Expr:
+    """Why a dose could not be turned into grams (null when it could)."""
+    unit = pl.col("dose_unit")
+    return (
+        pl.when((unit == "ml") & pl.col("concentration_g_per_ml").is_null())
+        .then(pl.format("dose in mL but the strength of '{}' is not known", pl.col("medication")))
+        .when((unit == "g/kg") & pl.col("weight_kg").is_null())
+        .then(pl.lit("dose in g/kg but no weight on the order"))
+        .otherwise(None)
+    )
+
+
+@dataclass(frozen=True)
+class SplitOrders:
+    """Order rows split by what the audit does with them."""
+
+    ivig: pl.LazyFrame
+    evidence: pl.LazyFrame
+    out_of_scope: pl.LazyFrame
+    unrecognised_ig: pl.LazyFrame
+    quarantine: pl.LazyFrame
+
+
+def split_orders(classified: pl.LazyFrame) -> SplitOrders:
+    """IVIG rows (dose checked), other medications as evidence, out-of-scope Ig, unrecognised Ig, rejects."""
+    ivig_rows = classified.filter(pl.col("scope") == "ivig")
+    bad_ivig = ivig_rows.filter(pl.col("dose_problem").is_not_null())
+    ivig = ivig_rows.filter(pl.col("dose_problem").is_null()).with_columns(
+        grams_per_dose=grams_per_dose(),
+        grams_problem=grams_problem(),
+    ).with_columns(total_g=pl.col("grams_per_dose") * pl.col("doses"))
+    return SplitOrders(
+        ivig=ivig,
+        evidence=classified.filter(pl.col("scope") == "other").select(
+            "order_id", "patient_id", "medication", "start", "doses", "source_file", "source_row"
+        ),
+        out_of_scope=classified.filter(pl.col("scope").is_in(["subcutaneous", "other_ig"])),
+        unrecognised_ig=classified.filter(pl.col("scope") == "unrecognised_ig"),
+        quarantine=quarantine_rows(bad_ivig, "orders", pl.format("IVIG order: {}", pl.col("dose_problem"))),
+    )
+
+
+def normalised_code() -> pl.Expr:
+    """The indication code upper-cased without dots or spaces (ICD-10 G61.0 -> G610)."""
+    return pl.col("indication_code").str.to_uppercase().str.replace_all(r"[.\s]", "")
+
+
+def _first_match(candidates: list[tuple[pl.Expr, str]]) -> pl.Expr:
+    """The value of the first condition that holds (null if none)."""
+    expr: pl.Expr = pl.lit(None, dtype=pl.String)
+    for condition, value in reversed(candidates):
+        expr = pl.when(condition).then(pl.lit(value)).otherwise(expr)
+    return expr
+
+
+def map_indications(orders: pl.LazyFrame, pack: RulePack) -> pl.LazyFrame:
+    """Orders with indication_group (a recognised code wins over text), indication_source and a phase hint."""
+    code = normalised_code()
+    text = pl.col("indication").str.to_lowercase()
+    code_rules = sorted(
+        ((c.replace(".", "").upper(), group) for group, spec in pack.groups.items() for c in spec.get("codes", [])),
+        key=lambda item: -len(item[0]),
+    )
+    by_code = _first_match([(code.str.starts_with(c), group) for c, group in code_rules])
+    by_text = _first_match(
+        [(text.str.contains(pattern), group) for group, spec in pack.groups.items() for pattern in spec.get("synonyms", [])]
+    )
+    phase_candidates: list[tuple[pl.Expr, str]] = []
+    for group, spec in pack.groups.items():
+        in_group = pl.col("indication_group") == group
+        for key, phase in (("first_phase_codes", "first"), ("later_phase_codes", "later")):
+            for c in spec.get(key, []):
+                phase_candidates.append((in_group & code.str.starts_with(c.replace(".", "").upper()), phase))
+        for key, phase in (("later_phase_pattern", "later"), ("first_phase_pattern", "first")):
+            if spec.get(key):
+                phase_candidates.append((in_group & text.str.contains(spec[key]), phase))
+    return orders.with_columns(
+        indication_group=pl.coalesce(
+            by_code,
+            by_text,
+            pl.when(pl.col("indication").is_not_null() | pl.col("indication_code").is_not_null())
+            .then(pl.lit("unrecognised"))
+            .otherwise(pl.lit("missing")),
+        ),
+        indication_source=pl.when(by_code.is_not_null())
+        .then(pl.lit("code"))
+        .when(by_text.is_not_null())
+        .then(pl.lit("text"))
+        .otherwise(pl.lit("none")),
+    ).with_columns(phase_hint=_first_match(phase_candidates))
+
+
+def expand_daily_doses(orders: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per daily dose: an order of n doses becomes n rows on consecutive days from start."""
+    return (
+        orders.with_columns(day_offset=pl.int_ranges(0, pl.col("doses")))
+        .explode("day_offset")
+        .with_columns(
+            dose_at=pl.col("start") + pl.duration(days=pl.col("day_offset")),
+        )
+        .with_columns(dose_day=pl.col("dose_at").dt.date())
+    )

@@ -1,0 +1,141 @@
+"""Load the rule pack (TOML), apply a site's overrides and a policy profile, and hash the result."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from checks.outputs import CATEGORIES, SEVERITIES
+
+
+class RulePackError(Exception):
+    """A rule pack or site override that cannot be used (one-line, user-facing)."""
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One rule as the pack declares it."""
+
+    rule_id: str
+    version: str
+    category: str
+    severity: str
+    description: str
+    source: str
+    action: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RulePack:
+    """The effective rule configuration of one run: pack, overrides and the chosen profile."""
+
+    version: str
+    name: str
+    effective_date: str
+    profile_name: str
+    profile: dict[str, Any]
+    settings: dict[str, Any]
+    weights: dict[str, Any]
+    groups: dict[str, dict[str, Any]]
+    regimens: dict[str, dict[str, Any]]
+    rules: dict[str, RuleSpec]
+    raw: dict[str, Any]
+
+    @property
+    def config_hash(self) -> str:
+        """sha256 of the effective configuration (pack + overrides + profile)."""
+        payload = json.dumps({"pack": self.raw, "profile": self.profile_name}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def rule(self, rule_id: str) -> RuleSpec:
+        """The spec of one rule by id."""
+        return self.rules[rule_id]
+
+
+def default_pack_text() -> str:
+    """The shipped rule pack as TOML text."""
+    return resources.files("pipeline").joinpath("data/rulepack.toml").read_text(encoding="utf-8")
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Merge a site's override into the pack: tables merge key by key, values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value, f"{where}{key}.")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning parse errors into a one-line message."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RulePackError(f"rule pack file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RulePackError(f"rule pack {path} is not valid TOML: {exc}") from None
+
+
+def load_rule_pack(override_path: Path | None = None, profile: str | None = None) -> RulePack:
+    """The shipped pack, with a site's override file merged in and a policy profile selected."""
+    raw = tomllib.loads(default_pack_text())
+    if override_path is not None:
+        override = _read_toml(Path(override_path))
+        unknown_rules = set(override.get("rules", {})) - set(raw["rules"])
+        if unknown_rules:
+            raise RulePackError(
+                f"rule pack {override_path} names rules this version does not have: {', '.join(sorted(unknown_rules))}"
+            )
+        raw = _deep_merge(raw, override)
+    profile_name = profile or raw["settings"].get("default_profile", "default")
+    if profile_name not in raw["profiles"]:
+        raise RulePackError(
+            f"unknown profile '{profile_name}'; choose one of: {', '.join(sorted(raw['profiles']))}"
+        )
+    rules = {rule_id: _rule_spec(rule_id, spec) for rule_id, spec in raw["rules"].items()}
+    for key, regimen in raw["regimens"].items():
+        if regimen.get("group") not in raw["groups"]:
+            raise RulePackError(f"regimen '{key}' names an unknown indication group '{regimen.get('group')}'")
+    pack = raw["pack"]
+    return RulePack(
+        version=str(pack["version"]),
+        name=str(pack.get("name", "")),
+        effective_date=str(pack.get("effective_date", "")),
+        profile_name=profile_name,
+        profile=dict(raw["profiles"][profile_name]),
+        settings=dict(raw["settings"]),
+        weights=dict(raw["weights"]),
+        groups=dict(raw["groups"]),
+        regimens=dict(raw["regimens"]),
+        rules=rules,
+        raw=raw,
+    )
+
+
+def _rule_spec(rule_id: str, spec: dict[str, Any]) -> RuleSpec:
+    """Check one rule table of the pack and turn it into a RuleSpec."""
+    category = spec.get("category")
+    severity = spec.get("severity")
+    if category not in CATEGORIES:
+        raise RulePackError(f"rule {rule_id}: category '{category}' is not one of {', '.join(CATEGORIES)}")
+    if severity not in SEVERITIES:
+        raise RulePackError(f"rule {rule_id}: severity '{severity}' is not one of {', '.join(SEVERITIES)}")
+    return RuleSpec(
+        rule_id=rule_id,
+        version=str(spec.get("version", "1.0")),
+        category=category,
+        severity=severity,
+        description=str(spec.get("description", "")),
+        source=str(spec.get("source", "")),
+        action=str(spec.get("action", "")),
+        params=dict(spec.get("params", {})),
+    )

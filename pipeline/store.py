@@ -1,0 +1,738 @@
+"""DuckDB storage of audit runs: schema migrations, transactional writes, read-only reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pandera.polars as pa
+import polars as pl
+
+from checks.outputs import COURSES, FINDINGS, ORDERS, QUARANTINE
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "StoreError",
+    "RunRecord",
+    "write_run",
+    "read_tables",
+    "connect_read_only",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "VIEWS",
+    "TABLE_COMMENTS",
+    "COLUMN_COMMENTS",
+    "VIEW_COMMENTS",
+]
+
+
+class StoreError(Exception):
+    """One-line, user-facing problem with the database file (locked, unreadable, wrong version)."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Metadata of one audit run, stored as one row of table `runs`."""
+
+    run_id: str
+    started_at: datetime
+    finished_at: datetime
+    status: str
+    profile: str
+    rule_pack_version: str
+    rule_pack_hash: str
+    inputs: list[dict]
+    rows_read: int
+    rows_quarantined: int
+    rows_ivig: int
+    rows_passed_through: int
+    rows_out_of_scope: int
+    courses: int
+    findings: int
+
+
+# --------------------------------------------------------------------------------------------
+# Schema: ordered migrations. Never edit a released migration; append a new one instead.
+# --------------------------------------------------------------------------------------------
+
+_SCHEMA_VERSION_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL)"
+)
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "initial tables: runs, orders, courses, findings, quarantine",
+        [
+            """CREATE TABLE IF NOT EXISTS runs (
+                run_id VARCHAR PRIMARY KEY,
+                started_at TIMESTAMP NOT NULL,
+                finished_at TIMESTAMP NOT NULL,
+                status VARCHAR NOT NULL,
+                profile VARCHAR NOT NULL,
+                rule_pack_version VARCHAR NOT NULL,
+                rule_pack_hash VARCHAR NOT NULL,
+                inputs VARCHAR NOT NULL,
+                rows_read BIGINT NOT NULL,
+                rows_quarantined BIGINT NOT NULL,
+                rows_ivig BIGINT NOT NULL,
+                rows_passed_through BIGINT NOT NULL,
+                rows_out_of_scope BIGINT NOT NULL,
+                courses BIGINT NOT NULL,
+                findings BIGINT NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS orders (
+                order_id VARCHAR PRIMARY KEY,
+                patient_id VARCHAR NOT NULL,
+                encounter_id VARCHAR,
+                facility VARCHAR,
+                service VARCHAR,
+                prescriber_id VARCHAR,
+                medication VARCHAR NOT NULL,
+                product VARCHAR NOT NULL,
+                concentration_g_per_ml DOUBLE,
+                contains_sucrose BOOLEAN,
+                iga_depleted BOOLEAN,
+                dose DOUBLE NOT NULL,
+                dose_unit VARCHAR NOT NULL,
+                doses BIGINT NOT NULL,
+                grams_per_dose DOUBLE,
+                total_g DOUBLE,
+                start TIMESTAMP NOT NULL,
+                route VARCHAR,
+                weight_kg DOUBLE,
+                height_cm DOUBLE,
+                sex VARCHAR,
+                age_years DOUBLE,
+                pregnant BOOLEAN,
+                indication_text VARCHAR,
+                indication_code VARCHAR,
+                indication VARCHAR NOT NULL,
+                indication_source VARCHAR NOT NULL,
+                justification VARCHAR,
+                course_id VARCHAR,
+                source_file VARCHAR NOT NULL,
+                source_row BIGINT NOT NULL,
+                run_id VARCHAR NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS courses (
+                course_id VARCHAR PRIMARY KEY,
+                patient_id VARCHAR NOT NULL,
+                facility VARCHAR,
+                service VARCHAR,
+                prescriber_id VARCHAR,
+                indication_group VARCHAR NOT NULL,
+                indication VARCHAR NOT NULL,
+                course_number BIGINT NOT NULL,
+                start TIMESTAMP NOT NULL,
+                "end" TIMESTAMP NOT NULL,
+                n_days BIGINT NOT NULL,
+                span_days BIGINT NOT NULL,
+                doses BIGINT NOT NULL,
+                total_g DOUBLE,
+                order_ids VARCHAR NOT NULL,
+                products VARCHAR NOT NULL,
+                actual_weight_kg DOUBLE,
+                height_cm DOUBLE,
+                sex VARCHAR,
+                age_years DOUBLE,
+                pregnant BOOLEAN,
+                bmi DOUBLE,
+                ibw_kg DOUBLE,
+                adjusted_weight_kg DOUBLE,
+                obese BOOLEAN,
+                dosing_weight_kg DOUBLE,
+                weight_basis VARCHAR NOT NULL,
+                weight_basis_reason VARCHAR NOT NULL,
+                g_per_kg DOUBLE,
+                interval_days DOUBLE,
+                justification VARCHAR,
+                appropriate BOOLEAN NOT NULL,
+                excess_g DOUBLE NOT NULL,
+                run_id VARCHAR NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS findings (
+                finding_id VARCHAR PRIMARY KEY,
+                rule_id VARCHAR NOT NULL,
+                rule_version VARCHAR NOT NULL,
+                category VARCHAR NOT NULL,
+                severity VARCHAR NOT NULL,
+                status VARCHAR NOT NULL,
+                patient_id VARCHAR NOT NULL,
+                course_id VARCHAR,
+                order_ids VARCHAR,
+                indication VARCHAR,
+                message VARCHAR NOT NULL,
+                expected VARCHAR,
+                observed VARCHAR,
+                action VARCHAR,
+                evidence VARCHAR,
+                excess_g DOUBLE NOT NULL,
+                first_seen_run VARCHAR NOT NULL,
+                last_seen_run VARCHAR NOT NULL,
+                resolved_run VARCHAR
+            )""",
+            """CREATE TABLE IF NOT EXISTS quarantine (
+                run_id VARCHAR NOT NULL,
+                extract VARCHAR NOT NULL,
+                source_file VARCHAR NOT NULL,
+                source_row BIGINT NOT NULL,
+                order_id VARCHAR,
+                patient_id VARCHAR,
+                reason VARCHAR NOT NULL,
+                raw VARCHAR NOT NULL,
+                PRIMARY KEY (source_file, source_row, reason)
+            )""",
+        ],
+    ),
+]
+
+SCHEMA_VERSION: int = MIGRATIONS[-1][0]
+
+TABLES: tuple[str, ...] = ("runs", "orders", "courses", "findings", "quarantine")
+
+# Incoming frame contracts (column names and Polars dtypes) per stored table.
+_FRAME_SCHEMAS: dict[str, pa.DataFrameSchema] = {
+    "orders": ORDERS,
+    "courses": COURSES,
+    "findings": FINDINGS,
+    "quarantine": QUARANTINE,
+}
+
+# --------------------------------------------------------------------------------------------
+# Catalog comments (data, applied on every write so wording fixes need no migration).
+# --------------------------------------------------------------------------------------------
+
+TABLE_COMMENTS: dict[str, str] = {
+    "schema_version": "Schema version of this database (one row) and when it was applied",
+    "runs": "One row per succeeded audit run: inputs with hashes, row counts, rule pack",
+    "orders": "Normalised IVIG orders (grams, product, dosing inputs), one row per order_id; upserted by later runs",
+    "courses": "IVIG courses (patient x indication group, doses without long gaps) with weights and g/kg; rebuilt per patient each run",
+    "findings": "Problems found by the audit rules, one row per stable finding_id; review status kept across runs",
+    "quarantine": "Rejected input rows with the file they came from and the reason",
+}
+
+_RUN_COL = "audit run that last wrote this row (runs.run_id)"
+
+COLUMN_COMMENTS: dict[str, dict[str, str]] = {
+    "schema_version": {
+        "version": "schema migration number applied to this database",
+        "applied_at": "when that version was applied (UTC)",
+    },
+    "runs": {
+        "run_id": "run identifier, e.g. 20261128T021500Z-3f2a1c",
+        "started_at": "run start (UTC)",
+        "finished_at": "run end (UTC)",
+        "status": "run outcome (succeeded)",
+        "profile": "policy profile name used for the rules",
+        "rule_pack_version": "version of the rule pack",
+        "rule_pack_hash": "sha256 of the effective rule configuration",
+        "inputs": "JSON list of input extracts: extract, path, sha256, rows",
+        "rows_read": "input rows read (all extracts)",
+        "rows_quarantined": "input rows rejected to quarantine",
+        "rows_ivig": "IVIG order rows audited",
+        "rows_passed_through": "non-IVIG rows kept as evidence only",
+        "rows_out_of_scope": "immunoglobulin rows that are not IVIG (SC, hyperimmune)",
+        "courses": "courses built in this run",
+        "findings": "findings raised in this run",
+    },
+    "orders": {
+        "order_id": "order identifier from the extract (unique)",
+        "patient_id": "patient identifier",
+        "encounter_id": "encounter or admission identifier",
+        "facility": "site or hospital",
+        "service": "ordering service or unit",
+        "prescriber_id": "prescriber identifier",
+        "medication": "product or drug name as the source wrote it",
+        "product": "normalised IVIG product name",
+        "concentration_g_per_ml": "product concentration in g/mL",
+        "contains_sucrose": "product contains sucrose (renal risk)",
+        "iga_depleted": "product is IgA-depleted",
+        "dose": "amount per dose as ordered",
+        "dose_unit": "unit of dose: g, mg, mL or g/kg",
+        "doses": "number of daily doses of this amount from start",
+        "grams_per_dose": "dose converted to grams",
+        "total_g": "grams of the whole order (grams_per_dose x doses)",
+        "start": "first dose given or scheduled",
+        "route": "route of administration (IV, SC)",
+        "weight_kg": "patient weight at order (kg)",
+        "height_cm": "patient height (cm)",
+        "sex": "patient sex (M or F)",
+        "age_years": "patient age at order (years)",
+        "pregnant": "patient pregnant at order",
+        "indication_text": "indication free text as ordered",
+        "indication_code": "ICD-10(-CM) indication code as ordered",
+        "indication": "normalised indication",
+        "indication_source": "where the normalised indication came from (code, text, ...)",
+        "justification": "free text justifying a repeat or maintenance course",
+        "course_id": "course this order belongs to (courses.course_id)",
+        "source_file": "extract file the row came from",
+        "source_row": "row number in the source file",
+        "run_id": _RUN_COL,
+    },
+    "courses": {
+        "course_id": "course identifier",
+        "patient_id": "patient identifier",
+        "facility": "site or hospital",
+        "service": "ordering service or unit",
+        "prescriber_id": "prescriber identifier",
+        "indication_group": "indication group used to build the course",
+        "indication": "normalised indication of the course",
+        "course_number": "course number for this patient and indication (1 = first)",
+        "start": "first dose of the course",
+        "end": "last dose of the course",
+        "n_days": "days with a dose",
+        "span_days": "days from first to last dose, inclusive",
+        "doses": "number of doses in the course",
+        "total_g": "course total grams",
+        "order_ids": "orders of the course (comma-separated order_id)",
+        "products": "products given in the course",
+        "actual_weight_kg": "actual body weight (kg)",
+        "height_cm": "height (cm)",
+        "sex": "sex (M or F)",
+        "age_years": "age at course start (years)",
+        "pregnant": "pregnant during the course",
+        "bmi": "body mass index (kg/m2)",
+        "ibw_kg": "ideal body weight (kg)",
+        "adjusted_weight_kg": "adjusted body weight (kg)",
+        "obese": "obese by the policy threshold",
+        "dosing_weight_kg": "weight the dose should be based on (kg)",
+        "weight_basis": "basis of dosing weight: actual, adjusted, ibw or unknown",
+        "weight_basis_reason": "why that weight basis was chosen",
+        "g_per_kg": "course total grams / dosing weight",
+        "interval_days": "days since the previous course of the same indication",
+        "justification": "documented justification for a repeat or maintenance course",
+        "appropriate": "course passed every dose and indication rule",
+        "excess_g": "grams above the policy maximum for this course",
+        "run_id": _RUN_COL,
+    },
+    "findings": {
+        "finding_id": "stable identifier of the problem across runs",
+        "rule_id": "rule that raised the finding",
+        "rule_version": "version of that rule",
+        "category": "indication, weight_basis, course_dose, repeat_justification, combination, product_safety, monitoring or data_quality",
+        "severity": "info, warning or critical",
+        "status": "review state: open, acknowledged, actioned or dismissed (kept across runs)",
+        "patient_id": "patient identifier",
+        "course_id": "course concerned (courses.course_id)",
+        "order_ids": "orders concerned (comma-separated order_id)",
+        "indication": "normalised indication",
+        "message": "what is wrong, for the reviewer",
+        "expected": "what the policy expects",
+        "observed": "what was found",
+        "action": "suggested action",
+        "evidence": "supporting data (labs, procedures, values)",
+        "excess_g": "grams avoidable by fixing this problem",
+        "first_seen_run": "run that first raised the finding",
+        "last_seen_run": "latest run that raised the finding",
+        "resolved_run": "run in which the finding was no longer raised (null while present)",
+    },
+    "quarantine": {
+        "run_id": "run that last rejected this row",
+        "extract": "extract kind: orders, labs or procedures",
+        "source_file": "file the row came from",
+        "source_row": "row number in the source file",
+        "order_id": "order identifier, if readable",
+        "patient_id": "patient identifier, if readable",
+        "reason": "why the row was rejected",
+        "raw": "the row as read",
+    },
+}
+
+# --------------------------------------------------------------------------------------------
+# Analyst views (recreated on every write).
+# --------------------------------------------------------------------------------------------
+
+_OPEN = "status = 'open' AND resolved_run IS NULL"
+
+_SUMMARY_MEASURES = """
+    CAST(COUNT(*) AS BIGINT) AS courses,
+    CAST(COUNT(DISTINCT patient_id) AS BIGINT) AS patients,
+    CAST(COUNT(*) FILTER (WHERE appropriate) AS BIGINT) AS appropriate_courses,
+    CAST(100.0 * COUNT(*) FILTER (WHERE appropriate) / COUNT(*) AS DOUBLE) AS pct_appropriate,
+    CAST(SUM(total_g) AS DOUBLE) AS total_g,
+    CAST(SUM(excess_g) AS DOUBLE) AS excess_g"""
+
+
+def _summary_view(name: str, key_sql: str, key_name: str) -> str:
+    """SQL of one summary view grouping courses by one key."""
+    return (
+        f"CREATE OR REPLACE VIEW {name} AS SELECT {key_sql} AS {key_name},{_SUMMARY_MEASURES} "
+        f"FROM courses GROUP BY ALL ORDER BY {key_name} NULLS LAST"
+    )
+
+
+VIEWS: dict[str, str] = {
+    "v_open_findings": """CREATE OR REPLACE VIEW v_open_findings AS
+        SELECT f.finding_id, f.severity, f.category, f.rule_id, f.rule_version, f.status,
+               f.patient_id, f.course_id, f.order_ids, f.indication, f.message, f.expected,
+               f.observed, f.action, f.excess_g, f.first_seen_run, f.last_seen_run,
+               c.start, c.total_g, c.g_per_kg, c.dosing_weight_kg, c.service, c.prescriber_id
+        FROM findings AS f LEFT JOIN courses AS c ON c.course_id = f.course_id
+        WHERE f.status = 'open' AND f.resolved_run IS NULL
+        ORDER BY CASE f.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 WHEN 'info' THEN 2 ELSE 3 END,
+                 c.start NULLS LAST, f.finding_id""",
+    "v_summary_by_indication": _summary_view("v_summary_by_indication", "indication", "indication"),
+    "v_summary_by_month": _summary_view(
+        "v_summary_by_month", "CAST(date_trunc('month', start) AS DATE)", "month"
+    ),
+    "v_summary_by_service": _summary_view("v_summary_by_service", "service", "service"),
+    "v_summary_by_prescriber": _summary_view("v_summary_by_prescriber", "prescriber_id", "prescriber_id"),
+    "v_grams_avoidable": f"""CREATE OR REPLACE VIEW v_grams_avoidable AS
+        WITH open_findings AS (
+            SELECT *, COALESCE(course_id, 'finding:' || finding_id) AS course_key
+            FROM findings WHERE {_OPEN}
+        ),
+        per_category AS (
+            SELECT category, CAST(COUNT(*) AS BIGINT) AS findings,
+                   CAST(COUNT(DISTINCT course_id) AS BIGINT) AS courses,
+                   CAST(SUM(excess_g) AS DOUBLE) AS excess_g, 0 AS sort_key
+            FROM open_findings GROUP BY category
+        ),
+        per_course AS (
+            SELECT course_key, MAX(course_id) AS course_id, COUNT(*) AS findings,
+                   MAX(excess_g) AS excess_g
+            FROM open_findings GROUP BY course_key
+        ),
+        total AS (
+            SELECT 'all (max per course)' AS category,
+                   CAST(COALESCE(SUM(findings), 0) AS BIGINT) AS findings,
+                   CAST(COUNT(DISTINCT course_id) AS BIGINT) AS courses,
+                   CAST(COALESCE(SUM(excess_g), 0) AS DOUBLE) AS excess_g, 1 AS sort_key
+            FROM per_course
+        )
+        SELECT category, findings, courses, excess_g FROM (
+            SELECT * FROM per_category UNION ALL SELECT * FROM total
+        ) ORDER BY sort_key, excess_g DESC, category""",
+}
+
+VIEW_COMMENTS: dict[str, str] = {
+    "v_open_findings": "Open, unresolved findings with their course figures, critical first, then by course start",
+    "v_summary_by_indication": "Courses per indication: patients, appropriate share, total and excess grams",
+    "v_summary_by_month": "Courses per month of course start: appropriate share, total and excess grams",
+    "v_summary_by_service": "Courses per ordering service: appropriate share, total and excess grams",
+    "v_summary_by_prescriber": "Courses per prescriber: appropriate share, total and excess grams",
+    "v_grams_avoidable": "Excess grams of open findings per category; the 'all (max per course)' row counts each course once (its largest excess)",
+}
+
+_ORDER_BY: dict[str, str] = {
+    "schema_version": "version",
+    "runs": "started_at, run_id",
+    "orders": "order_id",
+    "courses": "patient_id, start, course_id",
+    "findings": "finding_id",
+    "quarantine": "source_file, source_row, reason",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _q(name: str) -> str:
+    """Quote an identifier (names come from this module's constants, never from data)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    """SQL string literal of a constant comment (COMMENT ON takes no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _utc_naive(value: datetime) -> datetime:
+    """A datetime as naive UTC (aware values are converted, naive ones are taken as UTC)."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _one_line(exc: BaseException) -> str:
+    """First line of an exception message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _store_error(db_path: Path, exc: BaseException) -> StoreError:
+    """Turn a DuckDB error raised while opening the file into a one-line StoreError."""
+    text = str(exc)
+    if "lock" in text.lower():
+        match = re.search(r"PID (\d+)", text)
+        pid = f" (PID {match.group(1)})" if match else ""
+        return StoreError(
+            f"database {db_path} is in use by another process{pid}; try again when it finishes"
+        )
+    return StoreError(f"cannot open database {db_path}: {_one_line(exc)}")
+
+
+def _check_frame(table: str, df: pl.DataFrame) -> None:
+    """Raise ValueError when a frame's column names or dtypes differ from its contract."""
+    schema = _FRAME_SCHEMAS[table]
+    expected = {name: col.dtype.type for name, col in schema.columns.items()}
+    missing = [c for c in expected if c not in df.schema]
+    extra = [c for c in df.columns if c not in expected]
+    wrong = [
+        f"{c} is {df.schema[c]}, expected {expected[c]}"
+        for c in expected
+        if c in df.schema and df.schema[c] != expected[c] and df.schema[c] != pl.Null
+    ]
+    problems = []
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if extra:
+        problems.append("unexpected " + ", ".join(extra))
+    if wrong:
+        problems.append("; ".join(wrong))
+    if problems:
+        raise ValueError(f"{table} frame does not match checks.outputs.{schema.name}: " + "; ".join(problems))
+
+
+def _stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """Schema version stored in the file, or None when there is no schema_version table."""
+    exists = con.execute(
+        "SELECT COUNT(*) FROM duckdb_tables() WHERE table_name = 'schema_version' AND schema_name = 'main'"
+    ).fetchall()[0][0]
+    if not exists:
+        return None
+    row = con.execute("SELECT MAX(version) FROM schema_version").fetchall()[0][0]
+    return int(row) if row is not None else 0
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
+    """Create or upgrade the schema inside the open transaction."""
+    con.execute(_SCHEMA_VERSION_DDL)
+    stored = _stored_version(con) or 0
+    if stored > SCHEMA_VERSION:
+        raise StoreError(
+            f"database {db_path} has schema version {stored}, newer than this ivig-audit "
+            f"supports ({SCHEMA_VERSION}); upgrade ivig-audit"
+        )
+    if stored == SCHEMA_VERSION:
+        return
+    for version, description, statements in MIGRATIONS:
+        if version > stored:
+            log.info("applying schema migration %d: %s", version, description)
+            for statement in statements:
+                con.execute(statement)
+    con.execute("DELETE FROM schema_version")
+    con.execute(
+        "INSERT INTO schema_version VALUES (?, ?)",
+        [SCHEMA_VERSION, _utc_naive(datetime.now(timezone.utc))],
+    )
+
+
+def _apply_views_and_comments(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)create the analyst views and write every table, column and view comment."""
+    for table, text in TABLE_COMMENTS.items():
+        con.execute(f"COMMENT ON TABLE {_q(table)} IS {_literal(text)}")
+    for table, columns in COLUMN_COMMENTS.items():
+        for column, text in columns.items():
+            con.execute(f"COMMENT ON COLUMN {_q(table)}.{_q(column)} IS {_literal(text)}")
+    for view, sql in VIEWS.items():
+        con.execute(sql)
+        con.execute(f"COMMENT ON VIEW {_q(view)} IS {_literal(VIEW_COMMENTS[view])}")
+
+
+def _write_runs(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+    """Insert the run row; a run_id already stored is an error."""
+    if con.execute("SELECT COUNT(*) FROM runs WHERE run_id = ?", [run.run_id]).fetchall()[0][0]:
+        raise ValueError(f"run {run.run_id} is already stored; every run needs a new run_id")
+    con.execute(
+        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            run.run_id,
+            _utc_naive(run.started_at),
+            _utc_naive(run.finished_at),
+            run.status,
+            run.profile,
+            run.rule_pack_version,
+            run.rule_pack_hash,
+            json.dumps(run.inputs),
+            run.rows_read,
+            run.rows_quarantined,
+            run.rows_ivig,
+            run.rows_passed_through,
+            run.rows_out_of_scope,
+            run.courses,
+            run.findings,
+        ],
+    )
+
+
+def _columns(table: str) -> list[str]:
+    """Contract columns of an incoming frame, in schema order."""
+    return list(_FRAME_SCHEMAS[table].columns)
+
+
+def _write_orders(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Upsert orders by order_id, stamping this run_id."""
+    cols = ", ".join(_q(c) for c in _columns("orders"))
+    con.execute("DELETE FROM orders WHERE order_id IN (SELECT order_id FROM incoming_orders)")
+    con.execute(f"INSERT INTO orders ({cols}, run_id) SELECT {cols}, ? FROM incoming_orders", [run_id])
+
+
+def _write_courses(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Replace the stored courses of every patient present in the incoming courses."""
+    cols = ", ".join(_q(c) for c in _columns("courses"))
+    con.execute(
+        "DELETE FROM courses WHERE patient_id IN (SELECT patient_id FROM incoming_courses) "
+        "OR course_id IN (SELECT course_id FROM incoming_courses)"
+    )
+    con.execute(f"INSERT INTO courses ({cols}, run_id) SELECT {cols}, ? FROM incoming_courses", [run_id])
+
+
+def _write_findings(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Merge findings: keep review status and first sighting, resolve the ones no longer raised."""
+    # 1. Cleared: stored, unresolved, patient re-audited in this run, not raised again.
+    con.execute(
+        """UPDATE findings SET resolved_run = ?
+           WHERE resolved_run IS NULL
+             AND patient_id IN (SELECT patient_id FROM incoming_courses)
+             AND NOT EXISTS (SELECT 1 FROM incoming_findings AS i WHERE i.finding_id = findings.finding_id)""",
+        [run_id],
+    )
+    # 2. Raised again: refresh content, keep status and first_seen_run, reopen if resolved.
+    kept = {"finding_id", "status", "first_seen_run", "last_seen_run", "resolved_run"}
+    refreshed = [c for c in _columns("findings") if c not in kept]
+    assignments = ", ".join(f"{_q(c)} = i.{_q(c)}" for c in refreshed)
+    con.execute(
+        f"""UPDATE findings SET {assignments}, last_seen_run = ?, resolved_run = NULL
+            FROM incoming_findings AS i WHERE findings.finding_id = i.finding_id""",
+        [run_id],
+    )
+    # 3. New: inserted as given, last_seen_run = this run.
+    cols = _columns("findings")
+    select = ", ".join("?" if c == "last_seen_run" else f"i.{_q(c)}" for c in cols)
+    con.execute(
+        f"""INSERT INTO findings ({', '.join(_q(c) for c in cols)})
+            SELECT {select} FROM incoming_findings AS i
+            WHERE NOT EXISTS (SELECT 1 FROM findings AS f WHERE f.finding_id = i.finding_id)""",
+        [run_id],
+    )
+
+
+def _write_quarantine(con: duckdb.DuckDBPyConnection) -> None:
+    """Replace quarantine rows with the same (source_file, source_row, reason)."""
+    cols = ", ".join(_q(c) for c in _columns("quarantine"))
+    con.execute(
+        """DELETE FROM quarantine AS q WHERE EXISTS (
+               SELECT 1 FROM incoming_quarantine AS i
+               WHERE i.source_file = q.source_file AND i.source_row = q.source_row AND i.reason = q.reason)"""
+    )
+    con.execute(
+        f"INSERT INTO quarantine ({cols}) "
+        f"SELECT DISTINCT ON (source_file, source_row, reason) {cols} FROM incoming_quarantine"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def write_run(
+    db_path: Path,
+    run: RunRecord,
+    orders: pl.DataFrame,
+    courses: pl.DataFrame,
+    findings: pl.DataFrame,
+    quarantine: pl.DataFrame,
+) -> None:
+    """Write one audit run in a single transaction (all or nothing)."""
+    db_path = Path(db_path)
+    frames = {"orders": orders, "courses": courses, "findings": findings, "quarantine": quarantine}
+    for table, df in frames.items():
+        _check_frame(table, df)
+
+    creating = not db_path.exists()
+    try:
+        con = duckdb.connect(str(db_path))
+    except duckdb.Error as exc:
+        raise _store_error(db_path, exc) from exc
+    try:
+        if creating:
+            os.chmod(db_path, 0o600)  # before any patient row reaches the file
+        con.execute("BEGIN TRANSACTION")
+        try:
+            _migrate(con, db_path)
+            _apply_views_and_comments(con)
+            for table, df in frames.items():
+                con.register(f"incoming_{table}", df)
+            _write_runs(con, run)
+            _write_orders(con, run.run_id)
+            _write_courses(con, run.run_id)
+            _write_findings(con, run.run_id)
+            _write_quarantine(con)
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:  # transaction already aborted; nothing left to undo
+                pass
+            raise
+    finally:
+        con.close()
+    log.info(
+        "stored run %s in %s: %d orders, %d courses, %d findings, %d quarantined",
+        run.run_id, db_path, orders.height, courses.height, findings.height, quarantine.height,
+    )
+
+
+def connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
+    """Open the database read-only after checking it exists and has a supported schema version."""
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise StoreError(f"database {db_path} does not exist; run the audit first")
+    try:
+        con = duckdb.connect(str(db_path), read_only=True)
+    except duckdb.Error as exc:
+        raise _store_error(db_path, exc) from exc
+    try:
+        stored = _stored_version(con)
+    except duckdb.Error as exc:
+        con.close()
+        raise StoreError(f"cannot read database {db_path}: {_one_line(exc)}") from exc
+    if stored is None:
+        con.close()
+        raise StoreError(f"database {db_path} holds no audit data (no schema_version table)")
+    if stored > SCHEMA_VERSION:
+        con.close()
+        raise StoreError(
+            f"database {db_path} has schema version {stored}, newer than this ivig-audit "
+            f"supports ({SCHEMA_VERSION}); upgrade ivig-audit"
+        )
+    return con
+
+
+def read_tables(
+    db_path: Path,
+    tables: Sequence[str] = ("runs", "orders", "courses", "findings", "quarantine"),
+) -> dict[str, pl.DataFrame]:
+    """Read whole tables read-only as Polars frames (for the report)."""
+    if isinstance(tables, str):
+        tables = (tables,)
+    known = set(TABLES) | set(VIEWS) | {"schema_version"}
+    unknown = [t for t in tables if t not in known]
+    if unknown:
+        raise ValueError(f"unknown table or view: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    con = connect_read_only(Path(db_path))
+    try:
+        out: dict[str, pl.DataFrame] = {}
+        for name in tables:
+            order = f" ORDER BY {_ORDER_BY[name]}" if name in _ORDER_BY else ""
+            try:
+                out[name] = con.sql(f"SELECT * FROM {_q(name)}{order}").pl()
+            except duckdb.CatalogException as exc:
+                raise StoreError(f"database {db_path} has no {name}: {_one_line(exc)}") from exc
+        return out
+    finally:
+        con.close()
