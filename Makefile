@@ -1,0 +1,39 @@
+# ivig-audit: `make run` audits the shipped sample data; `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: run test venv sample report server bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Audit sample_data/ into ivig_audit.duckdb and write reports/ (index.html, summary.md).
+run: $(STAMP)
+	$(BIN)/ivig-audit run --db ivig_audit.duckdb --report-dir reports
+
+## Run the test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## Regenerate the synthetic sample extracts (deterministic).
+sample: $(STAMP)
+	$(BIN)/python sample_data/generate.py
+
+## Rewrite the manager summary from the database.
+report: $(STAMP)
+	$(BIN)/ivig-audit report --db ivig_audit.duckdb --out reports
+
+## Start a local Prefect server (needed by `ivig-audit serve`).
+server: $(STAMP)
+	$(BIN)/prefect server start
+
+clean:
+	rm -rf reports ivig_audit.duckdb ivig_audit.duckdb.wal .pytest_cache

@@ -1,0 +1,201 @@
+"""The nightly audit as a Prefect flow: thin tasks around the pure stages in `pipeline/`.
+
+Tasks that carry patient rows never cache or persist results (NO_CACHE, persist_result=False),
+and the logs and artifacts carry counts only: patient data stays in DuckDB and the reports.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import audit as stages
+from pipeline.normalise import ProductDictionary, load_products
+from pipeline.read import SourceFile, scan_extract
+from pipeline.report import ReportOptions, write_report
+from pipeline.rulepack import RulePack, load_rule_pack
+from pipeline.store import RunRecord, read_tables, write_run
+
+PATIENT_ROWS = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@dataclass(frozen=True)
+class AuditSummary:
+    """What a run did, in counts (safe to log: no patient data)."""
+
+    run_id: str
+    db: str
+    report_files: list[str] = field(default_factory=list)
+    rows_read: int = 0
+    rows_quarantined: int = 0
+    rows_ivig: int = 0
+    rows_passed_through: int = 0
+    rows_out_of_scope: int = 0
+    courses: int = 0
+    findings: int = 0
+    findings_by_severity: dict[str, int] = field(default_factory=dict)
+    findings_by_category: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def new_run_id(now: datetime) -> str:
+    """A sortable, unique run id: UTC time plus a short random suffix."""
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+@task(name="load rule pack and dictionaries")
+def load_configuration(rules: str | None, profile: str | None, products: str | None) -> tuple[RulePack, ProductDictionary]:
+    """The effective rule pack (with profile) and the product dictionary."""
+    return load_rule_pack(Path(rules) if rules else None, profile), load_products(Path(products) if products else None)
+
+
+@task(name="read extract", retries=2, retry_delay_seconds=[2, 10], **PATIENT_ROWS)
+def read_extract(paths: list[str], extract: str):
+    """One extract's files as a lazy frame of text columns, with their content hashes."""
+    lf, sources = scan_extract([Path(p) for p in paths], extract)
+    get_run_logger().info("%s extract: %d file(s)", extract, len(sources))
+    return lf, sources
+
+
+@task(name="contract and normalise", **PATIENT_ROWS)
+def prepare(extracts: stages.Extracts, products: ProductDictionary, pack: RulePack) -> stages.PreparedOrders:
+    """Typed, checked IVIG orders with grams and indications; evidence; quarantine."""
+    prepared = stages.prepare(extracts, products, pack)
+    get_run_logger().info(
+        "rows read %d: IVIG %d, other medications %d, out of scope %d, quarantined %d",
+        prepared.rows_read, prepared.ivig.height, prepared.rows_passed_through,
+        prepared.rows_out_of_scope, prepared.quarantine.height,
+    )
+    return prepared
+
+
+@task(name="build courses", **PATIENT_ROWS)
+def build_courses(prepared: stages.PreparedOrders, pack: RulePack):
+    """Courses with dosing weight and regimen, and the order -> course map."""
+    courses, order_course = stages.courses_with_regimen(prepared.ivig, pack)
+    get_run_logger().info("courses built: %d", courses.height)
+    return courses, order_course
+
+
+@task(name="apply rules", **PATIENT_ROWS)
+def apply_rules(courses, prepared: stages.PreparedOrders, pack: RulePack, run_id: str):
+    """Every rule of the pack over the courses: the findings."""
+    findings = stages.judge(courses, prepared, pack, run_id)
+    get_run_logger().info("findings: %d", findings.height)
+    return findings
+
+
+@task(name="write database", retries=2, retry_delay_seconds=[5, 30], **PATIENT_ROWS)
+def store(db: str, run: RunRecord, result: stages.AuditResult) -> None:
+    """Write the run to DuckDB in one transaction."""
+    write_run(Path(db), run, result.orders, result.courses, result.findings, result.quarantine)
+    get_run_logger().info("database written: run %s", run.run_id)
+
+
+@task(name="write report", retries=1, retry_delay_seconds=[5], **PATIENT_ROWS)
+def report(db: str, report_dir: str, options: ReportOptions) -> list[str]:
+    """The manager summary (HTML and Markdown) from what the database holds."""
+    paths = write_report(read_tables(Path(db)), Path(report_dir), options)
+    return [str(p) for p in paths]
+
+
+def _counts(frame, column: str) -> dict[str, int]:
+    """Row counts per value of one column."""
+    counts = frame.group_by(column).len()
+    return dict(zip(counts[column].to_list(), counts["len"].to_list()))
+
+
+def _headline_markdown(summary: AuditSummary) -> str:
+    """The run headline as Markdown (counts only, no patient identifiers)."""
+    lines = [
+        f"# IVIG audit run {summary.run_id}",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| rows read | {summary.rows_read} |",
+        f"| IVIG order rows audited | {summary.rows_ivig} |",
+        f"| other medications (evidence) | {summary.rows_passed_through} |",
+        f"| immunoglobulins out of scope | {summary.rows_out_of_scope} |",
+        f"| rows quarantined | {summary.rows_quarantined} |",
+        f"| courses | {summary.courses} |",
+        f"| findings | {summary.findings} |",
+    ]
+    lines += [f"| findings {sev} | {n} |" for sev, n in sorted(summary.findings_by_severity.items())]
+    return "\n".join(lines)
+
+
+@flow(name="ivig-audit", persist_result=False, log_prints=False)
+def audit_flow(
+    orders: list[str],
+    labs: str | None = None,
+    procedures: str | None = None,
+    db: str = "ivig_audit.duckdb",
+    rules: str | None = None,
+    profile: str | None = None,
+    products: str | None = None,
+    report_dir: str | None = "reports",
+    cost_per_gram: float = 80.0,
+) -> AuditSummary:
+    """Audit the extracts into the database and write the manager summary."""
+    started = datetime.now(timezone.utc)
+    run_id = new_run_id(started)
+    pack, product_dictionary = load_configuration(rules, profile, products)
+    futures = {"orders": read_extract.submit(list(orders), "orders")}
+    if labs:
+        futures["labs"] = read_extract.submit([labs], "labs")
+    if procedures:
+        futures["procedures"] = read_extract.submit([procedures], "procedures")
+    read = {name: future.result() for name, future in futures.items()}
+    extracts = stages.Extracts(
+        orders=read["orders"][0],
+        labs=read["labs"][0] if "labs" in read else None,
+        procedures=read["procedures"][0] if "procedures" in read else None,
+    )
+    sources: list[SourceFile] = [s for _, files in read.values() for s in files]
+    prepared = prepare(extracts, product_dictionary, pack)
+    courses, order_course = build_courses(prepared, pack)
+    findings = apply_rules(courses, prepared, pack, run_id)
+    result = stages.output_tables(prepared, courses, order_course, findings, run_id)
+    finished = datetime.now(timezone.utc)
+    run = RunRecord(
+        run_id=run_id,
+        started_at=started,
+        finished_at=finished,
+        status="succeeded",
+        profile=pack.profile_name,
+        rule_pack_version=pack.version,
+        rule_pack_hash=pack.config_hash,
+        inputs=[{"extract": s.extract, "path": s.path, "sha256": s.sha256} for s in sources],
+        rows_read=result.rows_read,
+        rows_quarantined=result.quarantine.height,
+        rows_ivig=result.rows_ivig,
+        rows_passed_through=result.rows_passed_through,
+        rows_out_of_scope=result.rows_out_of_scope,
+        courses=result.courses.height,
+        findings=result.findings.height,
+    )
+    store(db, run, result)
+    report_files = report(db, report_dir, ReportOptions(cost_per_gram=cost_per_gram)) if report_dir else []
+    summary = AuditSummary(
+        run_id=run_id,
+        db=db,
+        report_files=report_files,
+        rows_read=run.rows_read,
+        rows_quarantined=run.rows_quarantined,
+        rows_ivig=run.rows_ivig,
+        rows_passed_through=run.rows_passed_through,
+        rows_out_of_scope=run.rows_out_of_scope,
+        courses=run.courses,
+        findings=run.findings,
+        findings_by_severity=_counts(result.findings, "severity"),
+        findings_by_category=_counts(result.findings, "category"),
+        seconds=(datetime.now(timezone.utc) - started).total_seconds(),
+    )
+    create_markdown_artifact(key="ivig-audit-headline", markdown=_headline_markdown(summary), description="Counts only")
+    return summary

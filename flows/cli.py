@@ -1,0 +1,208 @@
+"""The `ivig-audit` command line: run the nightly audit, write the summary, list the rules, serve nightly."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+# Hospital hosts are offline: no telemetry, and a patient-data tool never persists task results.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
+
+import typer  # noqa: E402
+
+from pipeline.read import ExtractError, discover, scan_extract  # noqa: E402
+from pipeline.rulepack import RulePackError, load_rule_pack  # noqa: E402
+from pipeline.store import StoreError  # noqa: E402
+
+EXIT_OK, EXIT_CRITICAL, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
+
+app = typer.Typer(
+    help=(
+        "ivig-audit: the nightly stewardship audit of intravenous immunoglobulin (IVIG) orders.\n\n"
+        "It reads the pharmacy's order extract (and optional labs and procedures), builds each\n"
+        "patient's IVIG courses, checks them against the rule pack (indication, dosing weight,\n"
+        "course dose, repeat courses, combinations, product safety, monitoring) and writes the\n"
+        "findings to a DuckDB database and a summary report."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    """Print a one-line error on stderr and exit with the code."""
+    typer.echo(f"ivig-audit: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def default_sample_dir() -> Path:
+    """The sample_data/ folder: in the current folder, else the one shipped beside the code."""
+    here = Path.cwd() / "sample_data"
+    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "sample_data"
+
+
+def preflight(orders: list[Path], labs: Path | None, procedures: Path | None, rules: Path | None, profile: str | None) -> None:
+    """Check inputs and configuration before Prefect starts, so user mistakes fail fast with one line."""
+    load_rule_pack(rules, profile)
+    scan_extract(orders, "orders")
+    if labs is not None:
+        scan_extract([labs], "labs")
+    if procedures is not None:
+        scan_extract([procedures], "procedures")
+
+
+@app.command()
+def run(
+    orders: Annotated[Optional[list[Path]], typer.Option("--orders", help="Orders extract: a CSV or Parquet file or a folder of them. Repeat for several.")] = None,
+    labs: Annotated[Optional[Path], typer.Option(help="Optional labs extract (creatinine, eGFR, CBC, IgA).")] = None,
+    procedures: Annotated[Optional[Path], typer.Option(help="Optional procedures extract (plasma exchange).")] = None,
+    db: Annotated[Path, typer.Option(help="DuckDB database to write.")] = Path("ivig_audit.duckdb"),
+    rules: Annotated[Optional[Path], typer.Option(help="Site rule-pack TOML overriding the shipped defaults.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Dosing-weight policy profile: default, ontario, ibw, discretionary.")] = None,
+    products: Annotated[Optional[Path], typer.Option(help="Site product dictionary TOML (replaces the shipped one).")] = None,
+    report_dir: Annotated[Path, typer.Option(help="Folder for the HTML and Markdown summary.")] = Path("reports"),
+    cost_per_gram: Annotated[float, typer.Option(help="Cost of one gram of IVIG, for money avoidable.")] = 80.0,
+    fail_on_critical: Annotated[bool, typer.Option(help="Exit 1 when the run found critical findings.")] = False,
+) -> None:
+    """Audit the extracts into the database and write the summary (no options: the shipped sample data).
+
+    Exit status: 0 audited; 1 audited with critical findings (only with --fail-on-critical);
+    2 bad input (missing file, unreadable extract, missing column, bad rule pack); 3 failure.
+    """
+    if not orders:
+        sample = default_sample_dir()
+        orders = [sample / "orders"]
+        labs = labs or (sample / "labs.csv" if (sample / "labs.csv").exists() else None)
+        procedures = procedures or (sample / "procedures.csv" if (sample / "procedures.csv").exists() else None)
+    try:
+        preflight(orders, labs, procedures, rules, profile)
+    except (ExtractError, RulePackError) as exc:
+        _fail(str(exc))
+    from flows.audit import audit_flow
+
+    try:
+        summary = audit_flow(
+            orders=[str(p) for p in orders],
+            labs=str(labs) if labs else None,
+            procedures=str(procedures) if procedures else None,
+            db=str(db),
+            rules=str(rules) if rules else None,
+            profile=profile,
+            products=str(products) if products else None,
+            report_dir=str(report_dir),
+            cost_per_gram=cost_per_gram,
+        )
+    except (ExtractError, RulePackError) as exc:
+        _fail(str(exc))
+    except StoreError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    severities = summary.findings_by_severity
+    typer.echo(
+        f"audited {summary.rows_ivig} IVIG order rows into {summary.courses} courses: "
+        f"{summary.findings} findings (critical {severities.get('critical', 0)}, warning {severities.get('warning', 0)}, "
+        f"info {severities.get('info', 0)}); {summary.rows_quarantined} rows quarantined; "
+        f"database {summary.db}; report {', '.join(summary.report_files) or 'not written'}"
+    )
+    if fail_on_critical and severities.get("critical", 0) > 0:
+        raise typer.Exit(EXIT_CRITICAL)
+
+
+@app.command()
+def report(
+    db: Annotated[Path, typer.Option(help="DuckDB database written by `ivig-audit run`.")] = Path("ivig_audit.duckdb"),
+    out: Annotated[Path, typer.Option(help="Folder to write index.html and summary.md to.")] = Path("reports"),
+    cost_per_gram: Annotated[float, typer.Option(help="Cost of one gram of IVIG, for money avoidable.")] = 80.0,
+) -> None:
+    """Write the manager summary (HTML and Markdown) from what the database holds."""
+    from pipeline.report import ReportOptions, write_report
+    from pipeline.store import read_tables
+
+    if not db.exists():
+        _fail(f"database not found: {db}")
+    try:
+        paths = write_report(read_tables(db), out, ReportOptions(cost_per_gram=cost_per_gram))
+    except StoreError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    except OSError as exc:
+        _fail(f"cannot write the report to {out}: {exc.strerror or exc}", EXIT_FAILURE)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command("rules")
+def list_rules(
+    rules: Annotated[Optional[Path], typer.Option(help="Site rule-pack TOML to merge over the defaults.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Policy profile to show.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print the effective rule pack: every rule with its version, category, severity and source."""
+    try:
+        pack = load_rule_pack(rules, profile)
+    except RulePackError as exc:
+        _fail(str(exc))
+    if as_json:
+        payload = {
+            "version": pack.version,
+            "profile": pack.profile_name,
+            "config_hash": pack.config_hash,
+            "rules": [
+                {"id": r.rule_id, "version": r.version, "category": r.category, "severity": r.severity,
+                 "description": r.description, "source": r.source, "action": r.action, "params": r.params}
+                for r in pack.rules.values()
+            ],
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    typer.echo(f"rule pack {pack.version} ({pack.effective_date}), profile '{pack.profile_name}', hash {pack.config_hash[:12]}")
+    width = max(len(r) for r in pack.rules)
+    for r in pack.rules.values():
+        typer.echo(f"{r.rule_id:<{width}}  v{r.version:<4} {r.category:<21} {r.severity:<8} {r.description}")
+
+
+@app.command()
+def serve(
+    orders: Annotated[Path, typer.Option(help="Inbox folder the nightly extracts land in.")] = Path("inbox"),
+    labs: Annotated[Optional[Path], typer.Option(help="Labs extract path, read each night.")] = None,
+    procedures: Annotated[Optional[Path], typer.Option(help="Procedures extract path, read each night.")] = None,
+    db: Annotated[Path, typer.Option(help="DuckDB database to write.")] = Path("ivig_audit.duckdb"),
+    report_dir: Annotated[Path, typer.Option(help="Folder for the summary.")] = Path("reports"),
+    cron: Annotated[str, typer.Option(help="Cron schedule of the nightly run.")] = "0 2 * * *",
+    timezone: Annotated[str, typer.Option(help="Time zone of the schedule (IANA name).")] = "UTC",
+) -> None:
+    """Serve the audit on a nightly schedule (needs a Prefect server: `prefect server start`)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail(
+            "serving on a schedule needs a Prefect server: start one with `prefect server start` "
+            "(or `make server`) and set PREFECT_API_URL=http://127.0.0.1:4200/api; "
+            "without a server, call `ivig-audit run` from cron or a systemd timer"
+        )
+    from prefect.schedules import Cron
+
+    from flows.audit import audit_flow
+
+    audit_flow.serve(
+        name="nightly",
+        schedules=[Cron(cron, timezone=timezone)],
+        parameters={
+            "orders": [str(orders.resolve())],
+            "labs": str(labs.resolve()) if labs else None,
+            "procedures": str(procedures.resolve()) if procedures else None,
+            "db": str(db.resolve()),
+            "report_dir": str(report_dir.resolve()),
+        },
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

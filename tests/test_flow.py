@@ -1,0 +1,89 @@
+"""End-to-end: the Prefect flow audits the shipped sample data into DuckDB (few tests: each starts Prefect work)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.conftest import SAMPLE
+
+pytestmark = pytest.mark.prefect
+
+CATEGORIES = {
+    "indication", "weight_basis", "course_dose", "repeat_justification",
+    "combination", "product_safety", "monitoring", "data_quality",
+}
+
+
+def _run(db: Path, report_dir: Path | None):
+    from flows.audit import audit_flow
+
+    return audit_flow(
+        orders=[str(SAMPLE / "orders")],
+        labs=str(SAMPLE / "labs.csv"),
+        procedures=str(SAMPLE / "procedures.csv"),
+        db=str(db),
+        report_dir=str(report_dir) if report_dir else None,
+    )
+
+
+@pytest.fixture(scope="module")
+def audited(prefect_harness, tmp_path_factory):
+    """The sample data audited twice into one database, with a review decision in between."""
+    root = tmp_path_factory.mktemp("flow")
+    db = root / "audit.duckdb"
+    first = _run(db, root / "reports")
+    with duckdb.connect(str(db)) as con:
+        before = con.execute("SELECT finding_id, rule_id, severity, excess_g FROM findings ORDER BY finding_id").fetchall()
+        reviewed = con.execute("SELECT finding_id FROM findings WHERE severity = 'critical' ORDER BY finding_id LIMIT 1").fetchone()[0]
+        con.execute("UPDATE findings SET status = 'acknowledged' WHERE finding_id = ?", [reviewed])
+    second = _run(db, None)
+    return {"db": db, "root": root, "first": first, "second": second, "before": before, "reviewed": reviewed}
+
+
+def test_flow_writes_every_table(audited):
+    with duckdb.connect(str(audited["db"]), read_only=True) as con:
+        counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("runs", "orders", "courses", "findings", "quarantine")}
+        categories = {row[0] for row in con.execute("SELECT DISTINCT category FROM findings").fetchall()}
+        statuses = con.execute("SELECT DISTINCT status FROM runs").fetchall()
+    assert counts["runs"] == 2
+    assert counts["courses"] == audited["first"].courses > 400
+    assert counts["orders"] == audited["first"].rows_ivig
+    assert counts["quarantine"] == audited["first"].rows_quarantined == 12
+    assert categories == CATEGORIES
+    assert statuses == [("succeeded",)]
+
+
+def test_rerun_keeps_findings_and_review_state(audited):
+    with duckdb.connect(str(audited["db"]), read_only=True) as con:
+        after = con.execute("SELECT finding_id, rule_id, severity, excess_g FROM findings ORDER BY finding_id").fetchall()
+        status = con.execute("SELECT status FROM findings WHERE finding_id = ?", [audited["reviewed"]]).fetchone()[0]
+        runs = con.execute("SELECT run_id FROM runs ORDER BY started_at").fetchall()
+        seen = con.execute("SELECT DISTINCT first_seen_run, last_seen_run FROM findings").fetchall()
+    assert after == audited["before"]
+    assert status == "acknowledged"
+    assert seen == [(runs[0][0], runs[1][0])]
+
+
+def test_flow_writes_offline_report(audited):
+    html = (audited["root"] / "reports" / "index.html").read_text(encoding="utf-8")
+    assert "<svg" in html and 'src="http' not in html
+    assert (audited["root"] / "reports" / "summary.md").stat().st_size > 200
+
+
+def test_patient_ids_stay_out_of_prefect_home(audited, prefect_home):
+    """No patient identifier in Prefect's database, logs or result storage."""
+    import csv
+
+    ids = set()
+    for path in (SAMPLE / "orders").glob("*.csv"):
+        with open(path, newline="", encoding="utf-8") as handle:
+            ids |= {row["patient_id"] for row in csv.DictReader(handle) if row["patient_id"]}
+    leaked = []
+    for path in prefect_home.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            leaked += [(path.name, pid) for pid in ids if pid.encode() in data]
+    assert not leaked, leaked[:5]
