@@ -6,21 +6,23 @@ and the logs and artifacts carry counts only: patient data stays in DuckDB and t
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline import audit as stages
 from pipeline.normalise import ProductDictionary, load_products
-from pipeline.read import SourceFile, scan_extract
+from pipeline.read import ExtractError, SourceFile, discover, file_sha256, scan_extract
 from pipeline.report import ReportOptions, write_report
 from pipeline.rulepack import RulePack, load_rule_pack
-from pipeline.store import RunRecord, read_tables, write_run
+from pipeline.store import RunRecord, StoreError, processed_hashes, read_source_rows, read_tables, write_run
 
 PATIENT_ROWS = dict(cache_policy=NO_CACHE, persist_result=False)
 
@@ -41,7 +43,10 @@ class AuditSummary:
     findings: int = 0
     findings_by_severity: dict[str, int] = field(default_factory=dict)
     findings_by_category: dict[str, int] = field(default_factory=dict)
+    skipped_files: int = 0
+    nothing_new: bool = False
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def new_run_id(now: datetime) -> str:
@@ -55,7 +60,18 @@ def load_configuration(rules: str | None, profile: str | None, products: str | N
     return load_rule_pack(Path(rules) if rules else None, profile), load_products(Path(products) if products else None)
 
 
-@task(name="read extract", retries=2, retry_delay_seconds=[2, 10], **PATIENT_ROWS)
+def _retry_on_io(task, task_run, state) -> bool:
+    """Retry only input/output failures (a locked database, a file still being copied), never bad data."""
+    try:
+        state.result()
+    except (StoreError, OSError):
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is not worth a retry
+        return False
+    return False
+
+
+@task(name="read extract", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io, **PATIENT_ROWS)
 def read_extract(paths: list[str], extract: str):
     """One extract's files as a lazy frame of text columns, with their content hashes."""
     lf, sources = scan_extract([Path(p) for p in paths], extract)
@@ -91,10 +107,13 @@ def apply_rules(courses, prepared: stages.PreparedOrders, pack: RulePack, run_id
     return findings
 
 
-@task(name="write database", retries=2, retry_delay_seconds=[5, 30], **PATIENT_ROWS)
-def store(db: str, run: RunRecord, result: stages.AuditResult) -> None:
-    """Write the run to DuckDB in one transaction."""
-    write_run(Path(db), run, result.orders, result.courses, result.findings, result.quarantine)
+@task(name="write database", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_on_io, **PATIENT_ROWS)
+def store(db: str, run: RunRecord, result: stages.AuditResult, source_rows) -> None:
+    """Write the run to DuckDB in one transaction (the whole history was re-audited)."""
+    write_run(
+        Path(db), run, result.orders, result.courses, result.findings, result.quarantine,
+        source_rows=source_rows, replace_all=True,
+    )
     get_run_logger().info("database written: run %s", run.run_id)
 
 
@@ -130,6 +149,31 @@ def _headline_markdown(summary: AuditSummary) -> str:
     return "\n".join(lines)
 
 
+@task(name="find new input files")
+def find_new_inputs(inputs: dict[str, list[str]], db: str, force: bool) -> tuple[dict[str, list[str]], list[dict]]:
+    """The input files per extract whose content was not audited before (all of them with force)."""
+    done = set() if force else processed_hashes(Path(db))
+    new: dict[str, list[str]] = {}
+    skipped: list[dict] = []
+    for extract, paths in inputs.items():
+        for path in discover([Path(p) for p in paths]):
+            digest = file_sha256(path)
+            if digest in done:
+                skipped.append({"extract": extract, "path": str(path), "sha256": digest})
+            else:
+                new.setdefault(extract, []).append(str(path))
+    get_run_logger().info("input files: %d new, %d already audited", sum(map(len, new.values())), len(skipped))
+    return new, skipped
+
+
+@task(name="load history", **PATIENT_ROWS)
+def load_history(db: str):
+    """The stored source rows of IVIG patients (None for a new database)."""
+    history = read_source_rows(Path(db))
+    get_run_logger().info("history rows: %d", 0 if history is None else history.height)
+    return history
+
+
 @flow(name="ivig-audit", persist_result=False, log_prints=False)
 def audit_flow(
     orders: list[str],
@@ -141,47 +185,70 @@ def audit_flow(
     products: str | None = None,
     report_dir: str | None = "reports",
     cost_per_gram: float = 80.0,
+    force: bool = False,
 ) -> AuditSummary:
-    """Audit the extracts into the database and write the manager summary."""
+    """Audit the new extracts together with the stored history into the database; write the summary."""
     started = datetime.now(timezone.utc)
     run_id = new_run_id(started)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 3)
+        clock = now
+
     pack, product_dictionary = load_configuration(rules, profile, products)
-    futures = {"orders": read_extract.submit(list(orders), "orders")}
-    if labs:
-        futures["labs"] = read_extract.submit([labs], "labs")
-    if procedures:
-        futures["procedures"] = read_extract.submit([procedures], "procedures")
+    inputs = {"orders": list(orders)} | ({"labs": [labs]} if labs else {}) | ({"procedures": [procedures]} if procedures else {})
+    new_inputs, skipped = find_new_inputs(inputs, db, force)
+    if not new_inputs:
+        get_run_logger().info("nothing new to audit: every input file was audited before (use --force)")
+        return AuditSummary(run_id=run_id, db=db, skipped_files=len(skipped), nothing_new=True)
+    futures = {name: read_extract.submit(paths, name) for name, paths in new_inputs.items()}
+    history = load_history(db)
     read = {name: future.result() for name, future in futures.items()}
-    extracts = stages.Extracts(
-        orders=read["orders"][0],
-        labs=read["labs"][0] if "labs" in read else None,
-        procedures=read["procedures"][0] if "procedures" in read else None,
-    )
+    lap("read")
     sources: list[SourceFile] = [s for _, files in read.values() for s in files]
+    try:
+        extracts = stages.with_history(
+            {name: frame for name, (frame, _) in read.items()}, history, frozenset(s.path for s in sources)
+        )
+    except ValueError as exc:
+        raise ExtractError(str(exc)) from None
     prepared = prepare(extracts, product_dictionary, pack)
+    lap("contract_normalise")
     courses, order_course = build_courses(prepared, pack)
+    lap("courses")
     findings = apply_rules(courses, prepared, pack, run_id)
+    lap("rules")
     result = stages.output_tables(prepared, courses, order_course, findings, run_id)
-    finished = datetime.now(timezone.utc)
+    source_rows = stages.remember(extracts, prepared)
+    lap("outputs")
     run = RunRecord(
         run_id=run_id,
         started_at=started,
-        finished_at=finished,
+        finished_at=datetime.now(timezone.utc),
         status="succeeded",
         profile=pack.profile_name,
         rule_pack_version=pack.version,
         rule_pack_hash=pack.config_hash,
         inputs=[{"extract": s.extract, "path": s.path, "sha256": s.sha256} for s in sources],
         rows_read=result.rows_read,
-        rows_quarantined=result.quarantine.height,
+        rows_quarantined=result.rows_quarantined,
         rows_ivig=result.rows_ivig,
         rows_passed_through=result.rows_passed_through,
         rows_out_of_scope=result.rows_out_of_scope,
         courses=result.courses.height,
         findings=result.findings.height,
+        timings=timings,
+        skipped_inputs=skipped,
+        cost_per_gram=cost_per_gram,
     )
-    store(db, run, result)
+    store(db, run, result, source_rows)
+    lap("store")
     report_files = report(db, report_dir, ReportOptions(cost_per_gram=cost_per_gram)) if report_dir else []
+    lap("report")
     summary = AuditSummary(
         run_id=run_id,
         db=db,
@@ -193,9 +260,11 @@ def audit_flow(
         rows_out_of_scope=run.rows_out_of_scope,
         courses=run.courses,
         findings=run.findings,
-        findings_by_severity=_counts(result.findings, "severity"),
+        findings_by_severity=_counts(result.findings.filter(pl.col("resolved_run").is_null()), "severity"),
         findings_by_category=_counts(result.findings, "category"),
+        skipped_files=len(skipped),
         seconds=(datetime.now(timezone.utc) - started).total_seconds(),
+        timings=timings,
     )
     create_markdown_artifact(key="ivig-audit-headline", markdown=_headline_markdown(summary), description="Counts only")
     return summary

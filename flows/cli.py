@@ -70,6 +70,7 @@ def run(
     report_dir: Annotated[Path, typer.Option(help="Folder for the HTML and Markdown summary.")] = Path("reports"),
     cost_per_gram: Annotated[float, typer.Option(help="Cost of one gram of IVIG, for money avoidable.")] = 80.0,
     fail_on_critical: Annotated[bool, typer.Option(help="Exit 1 when the run found critical findings.")] = False,
+    force: Annotated[bool, typer.Option(help="Audit input files again even if their content was audited before.")] = False,
 ) -> None:
     """Audit the extracts into the database and write the summary (no options: the shipped sample data).
 
@@ -98,11 +99,18 @@ def run(
             products=str(products) if products else None,
             report_dir=str(report_dir),
             cost_per_gram=cost_per_gram,
+            force=force,
         )
     except (ExtractError, RulePackError) as exc:
         _fail(str(exc))
     except StoreError as exc:
         _fail(str(exc), EXIT_FAILURE)
+    if summary.nothing_new:
+        typer.echo(
+            f"nothing new to audit: all {summary.skipped_files} input file(s) were audited before "
+            f"(database {summary.db}); use --force to audit them again"
+        )
+        return
     severities = summary.findings_by_severity
     typer.echo(
         f"audited {summary.rows_ivig} IVIG order rows into {summary.courses} courses: "

@@ -12,6 +12,7 @@ from checks import outputs
 from checks.inputs import IVIG_ORDER_ROWS, LAB_ROWS, PROCEDURE_ROWS
 from pipeline.contract import QUARANTINE_COLUMNS, check_labs, check_orders, check_procedures
 from pipeline.courses import build_courses, regimen_table
+from pipeline.history import empty_source_rows, merge_history, rows_to_remember, stored_text_rows
 from pipeline.normalise import (
     ProductDictionary,
     classify_medications,
@@ -27,11 +28,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Extracts:
-    """The text rows of one run's extracts (labs and procedures optional)."""
+    """The text rows of one run's extracts (labs and procedures optional).
+
+    The rows may include stored history (see pipeline.history); `tonight_files` names the files
+    read in this run, so the run's counts cover only them (None: every row is tonight's).
+    """
 
     orders: pl.LazyFrame
     labs: pl.LazyFrame | None = None
     procedures: pl.LazyFrame | None = None
+    tonight_files: frozenset[str] | None = None
+
+    def tonight(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        """Only the rows of a frame that came from this run's files."""
+        if self.tonight_files is None:
+            return frame
+        return frame.filter(pl.col("source_file").is_in(sorted(self.tonight_files)))
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,8 @@ class PreparedOrders:
     rows_read: int
     rows_out_of_scope: int
     rows_passed_through: int
+    rows_ivig: int
+    rows_quarantined: int
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,7 @@ class AuditResult:
     rows_ivig: int
     rows_passed_through: int
     rows_out_of_scope: int
+    rows_quarantined: int
 
 
 def _contract_failures(df: pl.DataFrame, schema: pa.DataFrameSchema, extract: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -109,11 +124,11 @@ def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> 
     if extracts.procedures is not None:
         procedures_lazy, rejected_procedures = check_procedures(extracts.procedures)
     queries = {
-        "rows_read": extracts.orders.select(pl.len()),
+        "rows_read": extracts.tonight(extracts.orders).select(pl.len()),
         "ivig": ivig_lazy,
         "evidence": split.evidence,
-        "unrecognised_ig": split.unrecognised_ig.select("order_id", "patient_id", "medication", "start"),
-        "out_of_scope": split.out_of_scope.select(pl.len()),
+        "unrecognised_ig": split.unrecognised_ig.select("order_id", "patient_id", "medication", "start", "source_file"),
+        "out_of_scope": extracts.tonight(split.out_of_scope).select(pl.len()),
         "rejected_orders": rejected_orders,
         "rejected_ivig": split.quarantine,
     }
@@ -133,6 +148,7 @@ def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> 
         quarantine_parts += [collected["rejected_procedures"], procedure_rejects]
     quarantine = pl.concat([q.select(QUARANTINE_COLUMNS) for q in quarantine_parts], how="vertical")
     evidence = collected["evidence"]
+    counted = extracts.tonight
     log.info(
         "prepared orders: %d IVIG, %d other medications, %d quarantined",
         ivig.height, evidence.height, quarantine.height,
@@ -146,7 +162,9 @@ def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> 
         quarantine=quarantine,
         rows_read=int(collected["rows_read"].item()),
         rows_out_of_scope=int(collected["out_of_scope"].item()),
-        rows_passed_through=evidence.height,
+        rows_passed_through=counted(evidence.lazy()).select(pl.len()).collect().item(),
+        rows_ivig=counted(ivig.lazy()).select(pl.len()).collect().item(),
+        rows_quarantined=counted(quarantine.lazy()).select(pl.len()).collect().item(),
     )
 
 
@@ -217,15 +235,53 @@ def output_tables(
         findings=outputs.FINDINGS.validate(findings),
         quarantine=outputs.QUARANTINE.validate(quarantine_out),
         rows_read=prepared.rows_read,
-        rows_ivig=prepared.ivig.height,
+        rows_ivig=prepared.rows_ivig,
         rows_passed_through=prepared.rows_passed_through,
         rows_out_of_scope=prepared.rows_out_of_scope,
+        rows_quarantined=prepared.rows_quarantined,
     )
+
+
+def with_history(
+    new: dict[str, pl.LazyFrame], history: pl.DataFrame | None, tonight_files: frozenset[str]
+) -> Extracts:
+    """Tonight's extracts merged with the stored history (a new row replaces a stored one with the same key)."""
+    merged: dict[str, pl.LazyFrame | None] = {}
+    for name in ("orders", "labs", "procedures"):
+        stored = stored_text_rows(history, name) if history is not None else None
+        tonight = new.get(name)
+        merged[name] = stored if tonight is None else merge_history(tonight, stored, name)
+    if merged["orders"] is None:
+        raise ValueError("no orders extract to audit")
+    return Extracts(
+        orders=merged["orders"], labs=merged["labs"], procedures=merged["procedures"], tonight_files=tonight_files
+    )
+
+
+def remember(extracts: Extracts, prepared: PreparedOrders) -> pl.DataFrame:
+    """The source rows of IVIG patients to keep as history for the next runs."""
+    patients = pl.concat(
+        [prepared.ivig.select("patient_id"), prepared.unrecognised_ig.select("patient_id")]
+    ).lazy().unique()
+    quarantined = prepared.quarantine.lazy()
+    parts = [
+        rows_to_remember(frame, name, patients, quarantined)
+        for name, frame in (("orders", extracts.orders), ("labs", extracts.labs), ("procedures", extracts.procedures))
+        if frame is not None
+    ]
+    return pl.concat(pl.collect_all(parts), how="vertical") if parts else empty_source_rows()
 
 
 def run_audit(extracts: Extracts, products: ProductDictionary, pack: RulePack, run_id: str) -> AuditResult:
     """The whole audit over frames, without Prefect or IO."""
+    return run_audit_remembering(extracts, products, pack, run_id)[0]
+
+
+def run_audit_remembering(
+    extracts: Extracts, products: ProductDictionary, pack: RulePack, run_id: str
+) -> tuple[AuditResult, pl.DataFrame]:
+    """The whole audit over frames, and the source rows to keep as history."""
     prepared = prepare(extracts, products, pack)
     courses, order_course = courses_with_regimen(prepared.ivig, pack)
     findings = judge(courses, prepared, pack, run_id)
-    return output_tables(prepared, courses, order_course, findings, run_id)
+    return output_tables(prepared, courses, order_course, findings, run_id), remember(extracts, prepared)

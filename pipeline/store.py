@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,6 +58,9 @@ class RunRecord:
     rows_out_of_scope: int
     courses: int
     findings: int
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped_inputs: list[dict] = field(default_factory=list)
+    cost_per_gram: float | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,11 +197,41 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        "history of source rows, review events, run timings and cost",
+        [
+            """CREATE TABLE IF NOT EXISTS source_rows (
+                extract VARCHAR NOT NULL,
+                row_key VARCHAR NOT NULL,
+                patient_id VARCHAR,
+                raw VARCHAR NOT NULL,
+                source_file VARCHAR NOT NULL,
+                source_row BIGINT NOT NULL,
+                first_run VARCHAR NOT NULL,
+                last_run VARCHAR NOT NULL,
+                PRIMARY KEY (extract, row_key)
+            )""",
+            "CREATE SEQUENCE IF NOT EXISTS review_event_seq START 1",
+            """CREATE TABLE IF NOT EXISTS review_events (
+                event_id BIGINT PRIMARY KEY DEFAULT nextval('review_event_seq'),
+                finding_id VARCHAR NOT NULL,
+                status VARCHAR NOT NULL,
+                reason_code VARCHAR,
+                note VARCHAR,
+                reviewed_by VARCHAR NOT NULL,
+                reviewed_at TIMESTAMP NOT NULL
+            )""",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS timings VARCHAR DEFAULT '{}'",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS skipped_inputs VARCHAR DEFAULT '[]'",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS cost_per_gram DOUBLE",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
 
-TABLES: tuple[str, ...] = ("runs", "orders", "courses", "findings", "quarantine")
+TABLES: tuple[str, ...] = ("runs", "orders", "courses", "findings", "quarantine", "source_rows", "review_events")
 
 # Incoming frame contracts (column names and Polars dtypes) per stored table.
 _FRAME_SCHEMAS: dict[str, pa.DataFrameSchema] = {
@@ -219,6 +252,8 @@ TABLE_COMMENTS: dict[str, str] = {
     "courses": "IVIG courses (patient x indication group, doses without long gaps) with weights and g/kg; rebuilt per patient each run",
     "findings": "Problems found by the audit rules, one row per stable finding_id; review status kept across runs",
     "quarantine": "Rejected input rows with the file they came from and the reason",
+    "source_rows": "History: canonical text of every input row of IVIG patients, re-audited each run (one row per extract x row_key)",
+    "review_events": "Append-only log of review decisions on findings; findings.status follows the latest event",
 }
 
 _RUN_COL = "audit run that last wrote this row (runs.run_id)"
@@ -244,6 +279,9 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "rows_out_of_scope": "immunoglobulin rows that are not IVIG (SC, hyperimmune)",
         "courses": "courses built in this run",
         "findings": "findings raised in this run",
+        "timings": "JSON: seconds spent per stage of the run",
+        "skipped_inputs": "JSON list of input files skipped because their content hash was already audited",
+        "cost_per_gram": "cost of one gram of IVIG used for money avoidable in this run's report",
     },
     "orders": {
         "order_id": "order identifier from the extract (unique)",
@@ -346,6 +384,25 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "reason": "why the row was rejected",
         "raw": "the row as read",
     },
+    "source_rows": {
+        "extract": "extract kind: orders, labs or procedures",
+        "row_key": "what identifies the row across nights: order_id for orders, the whole row otherwise",
+        "patient_id": "patient identifier",
+        "raw": "canonical text columns of the row as JSON",
+        "source_file": "file the row came from",
+        "source_row": "row number in that file",
+        "first_run": "run that first stored the row",
+        "last_run": "latest run that read or kept the row",
+    },
+    "review_events": {
+        "event_id": "event number (increasing)",
+        "finding_id": "finding reviewed (findings.finding_id)",
+        "status": "status set: open, acknowledged, actioned or dismissed",
+        "reason_code": "structured disposition code (see docs/analysts.md); required for dismissed",
+        "note": "free-text note of the reviewer",
+        "reviewed_by": "who decided",
+        "reviewed_at": "when (UTC)",
+    },
 }
 
 # --------------------------------------------------------------------------------------------
@@ -415,7 +472,84 @@ VIEWS: dict[str, str] = {
         ) ORDER BY sort_key, excess_g DESC, category""",
 }
 
+# A course counts once in grams avoidable, in the first lever that applies (priority order).
+LEVERS: tuple[tuple[str, str], ...] = (
+    ("indication", "category = 'indication'"),
+    ("repeat course", "rule_id = 'repeat_justification.repeat_without_justification'"),
+    ("weight basis", "category = 'weight_basis'"),
+    ("over-dose", "rule_id = 'course_dose.above_target'"),
+    ("rounding", "rule_id = 'course_dose.rounding_opportunity'"),
+)
+_LEVER_CASE = "CASE " + " ".join(f"WHEN {cond} THEN {i}" for i, (_, cond) in enumerate(LEVERS)) + " END"
+_LEVER_NAME = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond in LEVERS) + " END"
+
+VIEWS |= {
+    "v_course_summary": """CREATE OR REPLACE VIEW v_course_summary AS
+        SELECT c.course_id, c.patient_id, c.facility, c.service, c.prescriber_id, c.indication,
+               c.course_number, c.start, c."end", c.n_days, c.total_g, c.dosing_weight_kg, c.weight_basis,
+               c.g_per_kg, c.interval_days, c.appropriate, c.excess_g,
+               CAST(COUNT(f.finding_id) AS BIGINT) AS findings,
+               CAST(COUNT(f.finding_id) FILTER (WHERE f.severity = 'critical') AS BIGINT) AS critical_findings,
+               CAST(COUNT(f.finding_id) FILTER (WHERE f.severity = 'warning') AS BIGINT) AS warning_findings,
+               string_agg(DISTINCT f.category, ', ' ORDER BY f.category) AS categories
+        FROM courses AS c
+        LEFT JOIN findings AS f ON f.course_id = c.course_id AND f.resolved_run IS NULL
+        GROUP BY ALL ORDER BY c.start, c.course_id""",
+    "v_appropriateness_by_indication_month": """CREATE OR REPLACE VIEW v_appropriateness_by_indication_month AS
+        SELECT CAST(date_trunc('month', start) AS DATE) AS month, indication,""" + _SUMMARY_MEASURES + """
+        FROM courses GROUP BY ALL ORDER BY month, indication""",
+    "v_grams_avoidable_by_lever": f"""CREATE OR REPLACE VIEW v_grams_avoidable_by_lever AS
+        WITH lever_findings AS (
+            SELECT course_id, excess_g, {_LEVER_CASE} AS lever_rank, {_LEVER_NAME} AS lever
+            FROM findings
+            WHERE resolved_run IS NULL AND status <> 'dismissed' AND course_id IS NOT NULL AND excess_g > 0
+        ),
+        per_course AS (
+            SELECT course_id, arg_min(lever, lever_rank) AS lever, MAX(excess_g) AS excess_g
+            FROM lever_findings WHERE lever IS NOT NULL GROUP BY course_id
+        ),
+        cost AS (SELECT cost_per_gram FROM runs WHERE cost_per_gram IS NOT NULL ORDER BY started_at DESC LIMIT 1)
+        SELECT lever, CAST(COUNT(*) AS BIGINT) AS courses, CAST(SUM(excess_g) AS DOUBLE) AS grams_avoidable,
+               CAST(SUM(excess_g) * (SELECT cost_per_gram FROM cost) AS DOUBLE) AS cost_avoidable
+        FROM per_course GROUP BY lever ORDER BY grams_avoidable DESC""",
+    "v_review_yield": """CREATE OR REPLACE VIEW v_review_yield AS
+        WITH latest AS (
+            SELECT e.finding_id, arg_max(e.status, e.event_id) AS status,
+                   arg_max(e.reason_code, e.event_id) AS reason_code, MIN(e.reviewed_at) AS first_decision_at
+            FROM review_events AS e GROUP BY e.finding_id
+        ),
+        decided AS (
+            SELECT f.category, f.severity, l.status, l.reason_code,
+                   date_diff('hour', r.started_at, l.first_decision_at) / 24.0 AS days_to_decision
+            FROM findings AS f
+            JOIN latest AS l USING (finding_id)
+            LEFT JOIN runs AS r ON r.run_id = f.first_seen_run
+        ),
+        totals AS (SELECT category, CAST(COUNT(*) AS BIGINT) AS findings FROM findings GROUP BY category)
+        SELECT t.category, t.findings,
+               CAST(COUNT(d.status) AS BIGINT) AS reviewed,
+               CAST(COUNT(*) FILTER (WHERE d.status = 'actioned') AS BIGINT) AS actioned,
+               CAST(COUNT(*) FILTER (WHERE d.status = 'dismissed') AS BIGINT) AS dismissed,
+               CAST(100.0 * COUNT(*) FILTER (WHERE d.status = 'actioned') / NULLIF(COUNT(d.status), 0) AS DOUBLE) AS pct_actioned_of_reviewed,
+               CAST(median(d.days_to_decision) AS DOUBLE) AS median_days_to_decision
+        FROM totals AS t LEFT JOIN decided AS d USING (category)
+        GROUP BY t.category, t.findings ORDER BY t.category""",
+    "v_dismissals_by_reason": """CREATE OR REPLACE VIEW v_dismissals_by_reason AS
+        WITH latest AS (
+            SELECT finding_id, arg_max(status, event_id) AS status, arg_max(reason_code, event_id) AS reason_code
+            FROM review_events GROUP BY finding_id
+        )
+        SELECT f.category, l.reason_code, CAST(COUNT(*) AS BIGINT) AS dismissed
+        FROM latest AS l JOIN findings AS f USING (finding_id)
+        WHERE l.status = 'dismissed' GROUP BY ALL ORDER BY dismissed DESC""",
+}
+
 VIEW_COMMENTS: dict[str, str] = {
+    "v_course_summary": "One row per course with its unresolved findings counted by severity and the categories concerned",
+    "v_appropriateness_by_indication_month": "Courses per month of start and indication: appropriate share, total and excess grams",
+    "v_grams_avoidable_by_lever": "Grams (and cost at the latest run's cost per gram) avoidable per lever; each course counts once, in its first lever: indication > repeat course > weight basis > over-dose > rounding",
+    "v_review_yield": "Per finding category: findings, reviewed, actioned, dismissed, share actioned, median days from first sighting to first decision",
+    "v_dismissals_by_reason": "Dismissed findings per category and disposition code",
     "v_open_findings": "Open, unresolved findings with their course figures, critical first, then by course start",
     "v_summary_by_indication": "Courses per indication: patients, appropriate share, total and excess grams",
     "v_summary_by_month": "Courses per month of course start: appropriate share, total and excess grams",
@@ -547,7 +681,10 @@ def _write_runs(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     if con.execute("SELECT COUNT(*) FROM runs WHERE run_id = ?", [run.run_id]).fetchall()[0][0]:
         raise ValueError(f"run {run.run_id} is already stored; every run needs a new run_id")
     con.execute(
-        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        """INSERT INTO runs (run_id, started_at, finished_at, status, profile, rule_pack_version,
+               rule_pack_hash, inputs, rows_read, rows_quarantined, rows_ivig, rows_passed_through,
+               rows_out_of_scope, courses, findings, timings, skipped_inputs, cost_per_gram)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             run.run_id,
             _utc_naive(run.started_at),
@@ -564,6 +701,9 @@ def _write_runs(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
             run.rows_out_of_scope,
             run.courses,
             run.findings,
+            json.dumps(run.timings),
+            json.dumps(run.skipped_inputs),
+            run.cost_per_gram,
         ],
     )
 
@@ -573,16 +713,20 @@ def _columns(table: str) -> list[str]:
     return list(_FRAME_SCHEMAS[table].columns)
 
 
-def _write_orders(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    """Upsert orders by order_id, stamping this run_id."""
+def _write_orders(con: duckdb.DuckDBPyConnection, run_id: str, replace_all: bool = False) -> None:
+    """Upsert orders by order_id (or replace them all after a full re-audit), stamping this run_id."""
     cols = ", ".join(_q(c) for c in _columns("orders"))
+    if replace_all:
+        con.execute("DELETE FROM orders")
     con.execute("DELETE FROM orders WHERE order_id IN (SELECT order_id FROM incoming_orders)")
     con.execute(f"INSERT INTO orders ({cols}, run_id) SELECT {cols}, ? FROM incoming_orders", [run_id])
 
 
-def _write_courses(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    """Replace the stored courses of every patient present in the incoming courses."""
+def _write_courses(con: duckdb.DuckDBPyConnection, run_id: str, replace_all: bool = False) -> None:
+    """Replace the stored courses of every patient present in the incoming courses (or all of them)."""
     cols = ", ".join(_q(c) for c in _columns("courses"))
+    if replace_all:
+        con.execute("DELETE FROM courses")
     con.execute(
         "DELETE FROM courses WHERE patient_id IN (SELECT patient_id FROM incoming_courses) "
         "OR course_id IN (SELECT course_id FROM incoming_courses)"
@@ -590,13 +734,15 @@ def _write_courses(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
     con.execute(f"INSERT INTO courses ({cols}, run_id) SELECT {cols}, ? FROM incoming_courses", [run_id])
 
 
-def _write_findings(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+def _write_findings(con: duckdb.DuckDBPyConnection, run_id: str, replace_all: bool = False) -> None:
     """Merge findings: keep review status and first sighting, resolve the ones no longer raised."""
-    # 1. Cleared: stored, unresolved, patient re-audited in this run, not raised again.
+    # 1. Cleared: stored, unresolved, patient re-audited in this run (every patient after a full
+    #    re-audit), not raised again.
+    audited = "TRUE" if replace_all else "patient_id IN (SELECT patient_id FROM incoming_courses)"
     con.execute(
-        """UPDATE findings SET resolved_run = ?
+        f"""UPDATE findings SET resolved_run = ?
            WHERE resolved_run IS NULL
-             AND patient_id IN (SELECT patient_id FROM incoming_courses)
+             AND {audited}
              AND NOT EXISTS (SELECT 1 FROM incoming_findings AS i WHERE i.finding_id = findings.finding_id)""",
         [run_id],
     )
@@ -634,6 +780,18 @@ def _write_quarantine(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _write_source_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Upsert the history of source rows: a row with a stored key replaces it (a corrected order)."""
+    con.execute(
+        """INSERT INTO source_rows (extract, row_key, patient_id, raw, source_file, source_row, first_run, last_run)
+           SELECT extract, row_key, patient_id, raw, source_file, source_row, ?, ? FROM incoming_source_rows
+           ON CONFLICT (extract, row_key) DO UPDATE SET
+               patient_id = excluded.patient_id, raw = excluded.raw, source_file = excluded.source_file,
+               source_row = excluded.source_row, last_run = excluded.last_run""",
+        [run_id, run_id],
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
@@ -646,8 +804,14 @@ def write_run(
     courses: pl.DataFrame,
     findings: pl.DataFrame,
     quarantine: pl.DataFrame,
+    source_rows: pl.DataFrame | None = None,
+    replace_all: bool = False,
 ) -> None:
-    """Write one audit run in a single transaction (all or nothing)."""
+    """Write one audit run in a single transaction (all or nothing).
+
+    With `replace_all` the run re-audited the whole history: orders and courses are replaced and
+    every stored finding it did not raise again is resolved.
+    """
     db_path = Path(db_path)
     frames = {"orders": orders, "courses": courses, "findings": findings, "quarantine": quarantine}
     for table, df in frames.items():
@@ -668,10 +832,13 @@ def write_run(
             for table, df in frames.items():
                 con.register(f"incoming_{table}", df)
             _write_runs(con, run)
-            _write_orders(con, run.run_id)
-            _write_courses(con, run.run_id)
-            _write_findings(con, run.run_id)
+            _write_orders(con, run.run_id, replace_all)
+            _write_courses(con, run.run_id, replace_all)
+            _write_findings(con, run.run_id, replace_all)
             _write_quarantine(con)
+            if source_rows is not None:
+                con.register("incoming_source_rows", source_rows)
+                _write_source_rows(con, run.run_id)
             con.execute("COMMIT")
         except BaseException:
             try:
@@ -736,3 +903,174 @@ def read_tables(
         return out
     finally:
         con.close()
+
+
+# --------------------------------------------------------------------------------------------
+# History, review workflow, worklist and export
+# --------------------------------------------------------------------------------------------
+
+REVIEW_STATUSES = ("open", "acknowledged", "actioned", "dismissed")
+
+#: Structured disposition codes of a review decision (data: a site may extend this list).
+DISPOSITION_CODES: dict[str, str] = {
+    "prescriber_contacted": "prescriber contacted; decision pending",
+    "dose_changed": "dose or remaining doses changed",
+    "order_cancelled": "order or remaining doses cancelled",
+    "documentation_added": "justification or indication documented after review",
+    "clinically_justified": "clinically justified (specialist decision, exceptional case)",
+    "approved_exception": "approved exception (committee or policy exception)",
+    "data_error": "the extract data was wrong (weight, height, indication, unit)",
+    "duplicate": "duplicate of another finding",
+    "not_applicable": "rule does not apply to this patient",
+    "other": "other (explain in the note)",
+}
+
+
+@dataclass(frozen=True)
+class ReviewEvent:
+    """One review decision on a finding."""
+
+    finding_id: str
+    status: str
+    reason_code: str | None
+    note: str | None
+    reviewed_by: str
+    reviewed_at: datetime
+
+
+def read_source_rows(db_path: Path) -> pl.DataFrame | None:
+    """The stored history of source rows, or None when there is no database yet."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        return None
+    con = connect_read_only(db_path)
+    try:
+        if not con.execute(
+            "SELECT COUNT(*) FROM duckdb_tables() WHERE table_name = 'source_rows'"
+        ).fetchall()[0][0]:
+            return None
+        return con.sql(
+            "SELECT extract, row_key, patient_id, raw, source_file, source_row FROM source_rows ORDER BY extract, row_key"
+        ).pl()
+    finally:
+        con.close()
+
+
+def processed_hashes(db_path: Path) -> set[str]:
+    """Content hashes of every input file a stored run has audited."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        return set()
+    con = connect_read_only(db_path)
+    try:
+        rows = con.execute(
+            "SELECT DISTINCT json_extract_string(i.value, '$.sha256') "
+            "FROM runs, json_each(runs.inputs) AS i"
+        ).fetchall()
+        return {r[0] for r in rows if r[0]}
+    finally:
+        con.close()
+
+
+def record_review(
+    db_path: Path,
+    finding_id: str,
+    status: str,
+    reviewed_by: str,
+    reason_code: str | None = None,
+    note: str | None = None,
+    reviewed_at: datetime | None = None,
+) -> ReviewEvent:
+    """Append a review decision and set the finding's status to it (one transaction)."""
+    if status not in REVIEW_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(REVIEW_STATUSES)}, not '{status}'")
+    if reason_code is not None and reason_code not in DISPOSITION_CODES:
+        raise ValueError(f"unknown reason code '{reason_code}'; use one of {', '.join(DISPOSITION_CODES)}")
+    if status == "dismissed" and reason_code is None:
+        raise ValueError("dismissing a finding needs a --reason code")
+    if not reviewed_by.strip():
+        raise ValueError("a review needs the reviewer's name (--by)")
+    event = ReviewEvent(
+        finding_id=finding_id,
+        status=status,
+        reason_code=reason_code,
+        note=note,
+        reviewed_by=reviewed_by.strip(),
+        reviewed_at=_utc_naive(reviewed_at or datetime.now(timezone.utc)),
+    )
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise StoreError(f"database {db_path} does not exist; run the audit first")
+    try:
+        con = duckdb.connect(str(db_path))
+    except duckdb.Error as exc:
+        raise _store_error(db_path, exc) from exc
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            _migrate(con, db_path)
+            if not con.execute("SELECT COUNT(*) FROM findings WHERE finding_id = ?", [finding_id]).fetchall()[0][0]:
+                raise ValueError(f"no finding with id '{finding_id}'")
+            con.execute(
+                "INSERT INTO review_events (finding_id, status, reason_code, note, reviewed_by, reviewed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [event.finding_id, event.status, event.reason_code, event.note, event.reviewed_by, event.reviewed_at],
+            )
+            con.execute("UPDATE findings SET status = ? WHERE finding_id = ?", [status, finding_id])
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise
+    finally:
+        con.close()
+    return event
+
+
+def worklist(
+    db_path: Path,
+    category: str | None = None,
+    severity: str | None = None,
+    service: str | None = None,
+    since: datetime | None = None,
+) -> pl.DataFrame:
+    """Open findings for a pharmacist's worklist, filtered (every filter is a query parameter)."""
+    conditions, params = ["TRUE"], []
+    for column, value in (("category", category), ("severity", severity), ("service", service)):
+        if value is not None:
+            conditions.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        conditions.append("start >= ?")
+        params.append(since)
+    con = connect_read_only(Path(db_path))
+    try:
+        return con.sql(f"SELECT * FROM v_open_findings WHERE {' AND '.join(conditions)}", params=params).pl()
+    finally:
+        con.close()
+
+
+def export_parquet(db_path: Path, out_dir: Path) -> list[Path]:
+    """Parquet copies of every table and view, for tools that cannot open the file while the audit runs."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    con = connect_read_only(Path(db_path))
+    written = []
+    try:
+        names = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' "
+                "UNION ALL SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal "
+                "ORDER BY 1"
+            ).fetchall()
+        ]
+        for name in names:
+            path = out_dir / f"{name}.parquet"
+            con.sql(f"SELECT * FROM {_q(name)}").pl().write_parquet(path)
+            written.append(path)
+    finally:
+        con.close()
+    return written

@@ -17,7 +17,7 @@ CATEGORIES = {
 }
 
 
-def _run(db: Path, report_dir: Path | None):
+def _run(db: Path, report_dir: Path | None, force: bool = False):
     from flows.audit import audit_flow
 
     return audit_flow(
@@ -26,6 +26,7 @@ def _run(db: Path, report_dir: Path | None):
         procedures=str(SAMPLE / "procedures.csv"),
         db=str(db),
         report_dir=str(report_dir) if report_dir else None,
+        force=force,
     )
 
 
@@ -39,8 +40,10 @@ def audited(prefect_harness, tmp_path_factory):
         before = con.execute("SELECT finding_id, rule_id, severity, excess_g FROM findings ORDER BY finding_id").fetchall()
         reviewed = con.execute("SELECT finding_id FROM findings WHERE severity = 'critical' ORDER BY finding_id LIMIT 1").fetchone()[0]
         con.execute("UPDATE findings SET status = 'acknowledged' WHERE finding_id = ?", [reviewed])
-    second = _run(db, None)
-    return {"db": db, "root": root, "first": first, "second": second, "before": before, "reviewed": reviewed}
+    skipped = _run(db, None)
+    second = _run(db, None, force=True)
+    return {"db": db, "root": root, "first": first, "second": second, "skipped": skipped,
+            "before": before, "reviewed": reviewed}
 
 
 def test_flow_writes_every_table(audited):
@@ -65,6 +68,11 @@ def test_rerun_keeps_findings_and_review_state(audited):
     assert after == audited["before"]
     assert status == "acknowledged"
     assert seen == [(runs[0][0], runs[1][0])]
+
+
+def test_already_audited_files_are_skipped(audited):
+    assert audited["skipped"].nothing_new
+    assert audited["skipped"].skipped_files == 9
 
 
 def test_flow_writes_offline_report(audited):

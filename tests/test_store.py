@@ -144,7 +144,7 @@ def test_write_then_read_back(db: Path) -> None:
     write_run(db, make_run("r1"), **frames)
 
     out = read_tables(db)
-    assert set(out) == set(store.TABLES)
+    assert set(out) == {"runs", "orders", "courses", "findings", "quarantine"}
     for name, df in frames.items():
         stored = out[name]
         assert stored.height == df.height
@@ -249,7 +249,7 @@ def test_failure_mid_write_rolls_back(db: Path, monkeypatch: pytest.MonkeyPatch)
     write(db, "r1")
     before = dump(db)
 
-    def boom(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    def boom(con: duckdb.DuckDBPyConnection, run_id: str, replace_all: bool = False) -> None:
         assert con.sql("SELECT count(*) FROM orders WHERE run_id = 'r2'").fetchall() == [(2,)]
         raise RuntimeError("boom after orders and courses")
 
@@ -334,7 +334,8 @@ def test_views(db: Path) -> None:
     write(db, "r1")
     out = read_tables(db, list(store.VIEWS))
     for name, df in out.items():
-        assert df.height > 0, name
+        if name != "v_dismissals_by_reason":  # empty until a finding is dismissed (tests/test_warehouse.py)
+            assert df.height > 0, name
         for col, dtype in df.schema.items():
             assert not isinstance(dtype, pl.Decimal), f"{name}.{col} is {dtype}"
 

@@ -1,0 +1,202 @@
+"""The database as the programme's memory: history across nights, corrections, reviews, migrations."""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from checks.inputs import ORDER_COLUMNS
+from pipeline import store
+from pipeline.audit import run_audit_remembering, with_history
+from pipeline.normalise import load_products
+from pipeline.read import scan_extract
+from pipeline.rulepack import load_rule_pack
+from pipeline.store import (
+    RunRecord,
+    StoreError,
+    export_parquet,
+    processed_hashes,
+    read_source_rows,
+    read_tables,
+    record_review,
+    worklist,
+    write_run,
+)
+
+PACK = load_rule_pack()
+PRODUCTS = load_products()
+PATIENT = {"patient_id": "P1", "weight_kg": "70", "height_cm": "180", "sex": "M", "age_years": "50",
+           "indication": "GBS", "medication": "Privigen 10%", "dose_unit": "g", "service": "Neurology"}
+
+
+def write_extract(path: Path, rows: list[dict]) -> Path:
+    """A canonical orders CSV."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(ORDER_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in ORDER_COLUMNS})
+    return path
+
+
+def gbs_dose(order_id: str, day: int, grams: float = 28.0) -> dict:
+    """One daily GBS dose of a 70 kg man (0.4 g/kg = 28 g)."""
+    return PATIENT | {"order_id": order_id, "dose": str(grams), "start": f"2026-11-{day:02d} 09:00:00"}
+
+
+def nightly(db: Path, extract: Path, run_id: str) -> None:
+    """One night without Prefect: tonight's extract merged with the stored history, written whole."""
+    orders, sources = scan_extract([extract], "orders")
+    extracts = with_history({"orders": orders}, read_source_rows(db), frozenset(s.path for s in sources))
+    result, remembered = run_audit_remembering(extracts, PRODUCTS, PACK, run_id)
+    now = datetime.now(timezone.utc)
+    run = RunRecord(
+        run_id=run_id, started_at=now, finished_at=now, status="succeeded", profile=PACK.profile_name,
+        rule_pack_version=PACK.version, rule_pack_hash=PACK.config_hash,
+        inputs=[{"extract": s.extract, "path": s.path, "sha256": s.sha256} for s in sources],
+        rows_read=result.rows_read, rows_quarantined=result.rows_quarantined, rows_ivig=result.rows_ivig,
+        rows_passed_through=result.rows_passed_through, rows_out_of_scope=result.rows_out_of_scope,
+        courses=result.courses.height, findings=result.findings.height, cost_per_gram=80.0,
+    )
+    write_run(db, run, result.orders, result.courses, result.findings, result.quarantine,
+              source_rows=remembered, replace_all=True)
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "audit.duckdb"
+
+
+def test_course_spanning_two_nights_is_judged_whole(db: Path, tmp_path: Path):
+    nightly(db, write_extract(tmp_path / "n1.csv", [gbs_dose("O1", 1), gbs_dose("O2", 2)]), "run1")
+    first = read_tables(db, ["courses", "findings"])
+    assert first["courses"]["total_g"].to_list() == [56.0]
+    assert "course_dose.below_target" in first["findings"]["rule_id"].to_list()
+
+    nightly(db, write_extract(tmp_path / "n2.csv", [gbs_dose("O3", 3), gbs_dose("O4", 4), gbs_dose("O5", 5)]), "run2")
+    second = read_tables(db, ["runs", "courses", "findings", "orders"])
+    assert second["courses"]["total_g"].to_list() == [140.0]
+    assert second["courses"]["n_days"].to_list() == [5]
+    assert second["orders"].height == 5
+    below = second["findings"].filter(pl.col("rule_id") == "course_dose.below_target")
+    assert below["resolved_run"].to_list() == ["run2"]
+    assert below["first_seen_run"].to_list() == ["run1"]
+    # The run counts cover only tonight's extract.
+    assert second["runs"].sort("run_id")["rows_ivig"].to_list() == [2, 3]
+
+
+def test_corrected_order_replaces_the_stored_one(db: Path, tmp_path: Path):
+    nightly(db, write_extract(tmp_path / "n1.csv", [gbs_dose(f"O{d}", d, 56.0) for d in range(1, 6)]), "run1")
+    over = read_tables(db, ["findings"])["findings"].filter(pl.col("rule_id") == "course_dose.above_target")
+    assert over.height == 1 and over["resolved_run"].to_list() == [None]
+
+    corrected = [gbs_dose(f"O{d}", d, 28.0) for d in range(1, 6)]
+    nightly(db, write_extract(tmp_path / "n2.csv", corrected), "run2")
+    tables = read_tables(db, ["courses", "findings", "orders"])
+    assert tables["orders"].height == 5
+    assert tables["courses"]["total_g"].to_list() == [140.0]
+    over = tables["findings"].filter(pl.col("rule_id") == "course_dose.above_target")
+    assert over["resolved_run"].to_list() == ["run2"]
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT COUNT(*) FROM source_rows").fetchall()[0][0] == 5
+
+
+def test_review_status_survives_reruns_and_events_append(db: Path, tmp_path: Path):
+    extract = write_extract(tmp_path / "n1.csv", [gbs_dose(f"O{d}", d, 56.0) for d in range(1, 6)])
+    nightly(db, extract, "run1")
+    finding_id = read_tables(db, ["findings"])["findings"]["finding_id"][0]
+    record_review(db, finding_id, "acknowledged", "A. Pharmacist", note="called neurology")
+    record_review(db, finding_id, "actioned", "A. Pharmacist", reason_code="dose_changed")
+    nightly(db, extract, "run2")
+    findings = read_tables(db, ["findings"])["findings"]
+    assert findings.filter(pl.col("finding_id") == finding_id)["status"].to_list() == ["actioned"]
+    events = read_tables(db, ["review_events"])["review_events"]
+    assert events["status"].to_list() == ["acknowledged", "actioned"]
+    assert events["event_id"].to_list() == sorted(events["event_id"].to_list())
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "message"),
+    [
+        ("dismissed", None, "needs a --reason"),
+        ("closed", None, "status must be one of"),
+        ("actioned", "because", "unknown reason code"),
+    ],
+)
+def test_bad_review_is_refused(db: Path, tmp_path: Path, status, reason, message):
+    nightly(db, write_extract(tmp_path / "n1.csv", [gbs_dose("O1", 1)]), "run1")
+    finding_id = read_tables(db, ["findings"])["findings"]["finding_id"][0]
+    with pytest.raises(ValueError, match=message):
+        record_review(db, finding_id, status, "A. Pharmacist", reason_code=reason)
+    with pytest.raises(ValueError, match="no finding"):
+        record_review(db, "not-a-finding", "acknowledged", "A. Pharmacist")
+    assert read_tables(db, ["review_events"])["review_events"].height == 0
+
+
+def test_version_1_database_upgrades_in_place(db: Path, tmp_path: Path):
+    with duckdb.connect(str(db)) as con:
+        con.execute(store._SCHEMA_VERSION_DDL)
+        for statement in store.MIGRATIONS[0][2]:
+            con.execute(statement)
+        con.execute("INSERT INTO schema_version VALUES (1, now())")
+        con.execute(
+            "INSERT INTO runs VALUES ('old', now(), now(), 'succeeded', 'default', '0.9', 'h', '[]', 1, 0, 1, 0, 0, 1, 0)"
+        )
+    nightly(db, write_extract(tmp_path / "n1.csv", [gbs_dose("O1", 1)]), "run1")
+    tables = read_tables(db, ["schema_version", "runs"])
+    assert tables["schema_version"]["version"].to_list() == [store.SCHEMA_VERSION]
+    runs = tables["runs"].sort("run_id")
+    assert runs["run_id"].to_list() == ["old", "run1"]
+    assert runs["timings"].to_list()[0] == "{}"
+
+
+def test_processed_hashes_worklist_and_export(db: Path, tmp_path: Path):
+    extract = write_extract(tmp_path / "n1.csv", [gbs_dose(f"O{d}", d, 56.0) for d in range(1, 6)])
+    nightly(db, extract, "run1")
+    from pipeline.read import file_sha256
+
+    assert processed_hashes(db) == {file_sha256(extract)}
+    assert worklist(db, severity="critical").height == 1
+    assert worklist(db, category="indication").height == 0
+    assert worklist(db, service="Neurology").height >= 1
+    written = export_parquet(db, tmp_path / "export")
+    names = {p.stem for p in written}
+    assert {"courses", "findings", "runs", "v_open_findings", "v_grams_avoidable_by_lever"} <= names
+    assert pl.read_parquet(tmp_path / "export" / "courses.parquet").height == 1
+
+
+def test_grams_avoidable_by_lever_counts_a_course_once(db: Path, tmp_path: Path):
+    # A repeat GBS course without justification that is also an over-dose: both rules claim grams.
+    first = [gbs_dose(f"A{d}", d, 28.0) for d in range(1, 6)]
+    repeat = [gbs_dose(f"B{d}", d, 56.0) | {"start": f"2026-12-{d:02d} 09:00:00"} for d in range(1, 6)]
+    nightly(db, write_extract(tmp_path / "n1.csv", first + repeat), "run1")
+    with duckdb.connect(str(db), read_only=True) as con:
+        claims = con.execute(
+            "SELECT rule_id, excess_g FROM findings WHERE excess_g > 0 ORDER BY rule_id"
+        ).fetchall()
+        levers = con.execute("SELECT lever, courses, grams_avoidable, cost_avoidable FROM v_grams_avoidable_by_lever").fetchall()
+    assert claims == [("course_dose.above_target", 140.0), ("repeat_justification.repeat_without_justification", 280.0)]
+    assert levers == [("repeat course", 1, 280.0, 280.0 * 80.0)]
+
+
+def test_reader_gets_clear_message_while_writer_holds_the_file(db: Path, tmp_path: Path):
+    nightly(db, write_extract(tmp_path / "n1.csv", [gbs_dose("O1", 1)]), "run1")
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb,time; c=duckdb.connect({str(db)!r}); print('ok', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        with pytest.raises(StoreError, match="in use by another process"):
+            record_review(db, "x", "acknowledged", "A. Pharmacist")
+    finally:
+        holder.kill()
+        holder.wait()
