@@ -25,10 +25,12 @@ EXIT_OK, EXIT_CRITICAL, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
 app = typer.Typer(
     help=(
         "ivig-audit: the nightly stewardship audit of intravenous immunoglobulin (IVIG) orders.\n\n"
-        "It reads the pharmacy's order extract (and optional labs and procedures), builds each\n"
-        "patient's IVIG courses, checks them against the rule pack (indication, dosing weight,\n"
-        "course dose, repeat courses, combinations, product safety, monitoring) and writes the\n"
-        "findings to a DuckDB database and a summary report."
+        "It reads the pharmacy's order extract (and optional labs and procedures), builds each "
+        "patient's IVIG courses, checks them against the rule pack (indication, dosing weight, "
+        "course dose, repeat courses, combinations, product safety, monitoring) and writes the "
+        "findings to a DuckDB database and a summary report.\n\n"
+        "Start with `ivig-audit run` (no options: the shipped sample data), then "
+        "`ivig-audit findings` for the worklist."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -187,7 +189,7 @@ def serve(
 
 
 # Further commands register themselves on `app` (one module per area).
-from flows import cli_report  # noqa: E402,F401
+from flows import cli_report, cli_tools, cli_warehouse  # noqa: E402,F401
 
 
 def main() -> None:

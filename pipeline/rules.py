@@ -275,11 +275,11 @@ def course_dose_days_outside(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
 
 @rule("course_dose.rounding_opportunity")
 def course_dose_rounding(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
-    """Courses inside the band whose total could round down to the rounding step and stay within tolerance."""
+    """Courses inside the band whose total exceeds the calculated dose rounded to the nearest step (within tolerance)."""
     step = float(ctx.pack.profile.get("rounding_step_g", 5.0))
     min_saving = float(spec.params.get("min_saving_g", step))
     calculated = pl.min_horizontal(pl.col("total_g"), target_grams())
-    rounded = (calculated / step).floor() * step
+    rounded = (calculated / step).round(0) * step
     saving = pl.col("total_g") - rounded
     offending = ctx.courses.filter(
         dose_assessable()
@@ -291,11 +291,11 @@ def course_dose_rounding(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     )
     return finding(
         offending,
-        expected=pl.format("{} g (calculated {} g rounded down to {} g steps)", num(rounded), num(calculated), pl.lit(step)),
+        expected=pl.format("{} g (calculated {} g rounded to the nearest {} g)", num(rounded), num(calculated), pl.lit(step)),
         observed=pl.format("{} g", num("total_g")),
         message=pl.format(
-            "Rounding the course down to {} g (within {}% of the calculated {} g) would save {} g.",
-            num(rounded), pl.lit(int(ctx.tolerance * 100)), num(calculated), num(saving),
+            "Rounding the course to {} g (the calculated {} g to the nearest {} g, within {}%) would save {} g.",
+            num(rounded), num(calculated), pl.lit(step), pl.lit(int(ctx.tolerance * 100)), num(saving),
         ),
         excess_g=saving,
     )
@@ -426,12 +426,16 @@ def kawasaki_without_aspirin(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     before = pl.duration(days=int(spec.params["days_before"]))
     after = pl.duration(days=int(spec.params["days_after"]))
     kawasaki = ctx.courses.filter(pl.col("indication_group") == "kawasaki")
+    # An aspirin order covers its `doses` daily doses from its start (an order running through the
+    # course counts, not only one that starts inside the window).
     aspirin = ctx.evidence.filter(has_text_matching("medication", spec.params["aspirin_pattern"])).select(
-        "patient_id", pl.col("start").alias("aspirin_at")
+        "patient_id",
+        pl.col("start").alias("aspirin_at"),
+        (pl.col("start") + pl.duration(days=pl.col("doses").fill_null(1).clip(lower_bound=1) - 1)).alias("aspirin_until"),
     )
     with_aspirin = (
         kawasaki.join(aspirin, on="patient_id")
-        .filter((pl.col("aspirin_at") >= pl.col("start") - before) & (pl.col("aspirin_at") <= pl.col("end") + after))
+        .filter((pl.col("aspirin_until") >= pl.col("start") - before) & (pl.col("aspirin_at") <= pl.col("end") + after))
         .select("course_id")
         .unique()
     )

@@ -17,7 +17,10 @@ def ibw_kg(weights: dict[str, Any]) -> pl.Expr:
         .then(pl.lit(weights["ibw_base_female_kg"]))
         .otherwise(None)
     )
-    return base + weights["ibw_kg_per_inch"] * (inches - weights["ibw_base_height_in"])
+    # Devine's formula is defined from 60 inches up; below that it goes to nonsense (negative for infants).
+    return pl.when(inches >= weights["ibw_base_height_in"]).then(
+        base + weights["ibw_kg_per_inch"] * (inches - weights["ibw_base_height_in"])
+    )
 
 
 def bmi() -> pl.Expr:
@@ -63,11 +66,11 @@ def with_dosing_weight(courses: pl.LazyFrame, weights: dict[str, Any], profile: 
         .then(pl.lit("unknown"))
         .when(child)
         .then(pl.lit("actual"))
+        .when(short)
+        .then(pl.lit("actual"))
         .when(no_ibw & heavy)
         .then(pl.lit("unknown"))
         .when(no_ibw)
-        .then(pl.lit("actual"))
-        .when(short)
         .then(pl.lit("actual"))
         .when(weight < pl.col("ibw_kg"))
         .then(pl.lit("actual"))
@@ -88,12 +91,12 @@ def with_dosing_weight(courses: pl.LazyFrame, weights: dict[str, Any], profile: 
         .then(pl.lit("no weight recorded"))
         .when(child)
         .then(pl.format("age {} years (under {}): actual weight", fmt(pl.col("age_years")), pl.lit(weights["actual_weight_below_age_years"])))
+        .when(short)
+        .then(pl.format("height {} cm under {} cm: actual weight", fmt(pl.col("height_cm")), pl.lit(weights["actual_weight_below_height_cm"])))
         .when(no_ibw & heavy)
         .then(pl.format("{} missing and weight {} kg above {} kg: obesity cannot be ruled out", missing, fmt(weight), pl.lit(settings["obese_looking_weight_kg"])))
         .when(no_ibw)
         .then(pl.format("{} missing; weight {} kg not above {} kg: actual weight", missing, fmt(weight), pl.lit(settings["obese_looking_weight_kg"])))
-        .when(short)
-        .then(pl.format("height {} cm under {} cm: actual weight", fmt(pl.col("height_cm")), pl.lit(weights["actual_weight_below_height_cm"])))
         .when(weight < pl.col("ibw_kg"))
         .then(pl.format("actual weight {} kg below IBW {} kg: actual weight", fmt(weight), fmt(pl.col("ibw_kg"))))
         .when(pl.col("obese"))

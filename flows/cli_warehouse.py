@@ -1,0 +1,91 @@
+"""`ivig-audit review`, `findings` and `export`: the pharmacist's worklist and the analysts' copies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from checks.outputs import CATEGORIES, SEVERITIES
+from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app
+from pipeline.exports import write_safe_csv
+from pipeline.store import DISPOSITION_CODES, REVIEW_STATUSES, StoreError, export_parquet, record_review, worklist
+
+DB_OPTION = typer.Option(help="DuckDB database written by `ivig-audit run`.")
+
+WORKLIST_COLUMNS = [
+    "finding_id", "severity", "category", "rule_id", "patient_id", "course_id", "indication", "start",
+    "service", "prescriber_id", "message", "expected", "observed", "action", "excess_g", "status",
+]
+
+
+@app.command()
+def review(
+    finding_id: Annotated[str, typer.Argument(help="The finding's id (from `ivig-audit findings`).")],
+    status: Annotated[str, typer.Option(help="acknowledged, actioned, dismissed (or open to reopen).")],
+    by: Annotated[str, typer.Option("--by", help="Who decided (name or staff id).")],
+    reason: Annotated[Optional[str], typer.Option(help="Disposition code (required to dismiss): " + ", ".join(DISPOSITION_CODES))] = None,
+    note: Annotated[Optional[str], typer.Option(help="Free-text note.")] = None,
+    db: Annotated[Path, DB_OPTION] = Path("ivig_audit.duckdb"),
+) -> None:
+    """Record a review decision on a finding; its status survives later runs."""
+    if status not in REVIEW_STATUSES:
+        _fail(f"--status must be one of {', '.join(REVIEW_STATUSES)}")
+    try:
+        event = record_review(db, finding_id, status, by, reason_code=reason, note=note)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except StoreError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    typer.echo(f"{event.finding_id}: {event.status}" + (f" ({event.reason_code})" if event.reason_code else ""))
+
+
+@app.command()
+def findings(
+    db: Annotated[Path, DB_OPTION] = Path("ivig_audit.duckdb"),
+    category: Annotated[Optional[str], typer.Option(help="Only this category: " + ", ".join(CATEGORIES))] = None,
+    severity: Annotated[Optional[str], typer.Option(help="Only this severity: " + ", ".join(SEVERITIES))] = None,
+    service: Annotated[Optional[str], typer.Option(help="Only courses of this ordering service.")] = None,
+    since: Annotated[Optional[datetime], typer.Option(help="Only courses starting on or after this date.", formats=["%Y-%m-%d"])] = None,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Write the worklist to this CSV file (spreadsheet-safe).")] = None,
+) -> None:
+    """List open findings, critical first: the pharmacist's worklist."""
+    if category is not None and category not in CATEGORIES:
+        _fail(f"--category must be one of {', '.join(CATEGORIES)}")
+    if severity is not None and severity not in SEVERITIES:
+        _fail(f"--severity must be one of {', '.join(SEVERITIES)}")
+    try:
+        rows = worklist(db, category=category, severity=severity, service=service, since=since)
+    except StoreError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    if csv is not None:
+        try:
+            write_safe_csv(rows.select(WORKLIST_COLUMNS), csv)
+        except OSError as exc:
+            _fail(f"cannot write {csv}: {exc.strerror or exc}", EXIT_FAILURE)
+        typer.echo(f"wrote {rows.height} open findings to {csv}")
+        return
+    if rows.is_empty():
+        typer.echo("no open findings")
+        return
+    for row in rows.select("finding_id", "severity", "start", "patient_id", "message").to_dicts():
+        start = row["start"].strftime("%Y-%m-%d") if row["start"] else "-"
+        typer.echo(f"[{row['severity']:<8}] {start} {row['patient_id']}: {row['message']}\n           id: {row['finding_id']}")
+    typer.echo(f"{rows.height} open findings")
+
+
+@app.command()
+def export(
+    to: Annotated[Path, typer.Option("--to", help="Folder for the Parquet copies.")],
+    db: Annotated[Path, DB_OPTION] = Path("ivig_audit.duckdb"),
+) -> None:
+    """Write Parquet copies of every table and view, for tools that cannot open the database while the audit runs."""
+    try:
+        written = export_parquet(db, to)
+    except StoreError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    except OSError as exc:
+        _fail(f"cannot write to {to}: {exc.strerror or exc}", EXIT_FAILURE)
+    typer.echo(f"wrote {len(written)} Parquet files to {to}")
