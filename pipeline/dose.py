@@ -324,7 +324,6 @@ def calculate_dose(req: DoseRequest, pack: RulePack, products: ProductDictionary
     vial_sizes = result["product"]["vial_sizes_g"] if product is not None else []
     rounded, how = round_course(calculated, low, high, step, vial_sizes)
     on_actual = g_per_kg * float(weights["actual_weight_kg"])
-    floor_step = math.floor(calculated / step) * step if step > 0 else rounded
     result["regimen"] = {
         "target_g_per_kg": _r(g_per_kg, 3),
         "target_range_g_per_kg": [lo, hi],
@@ -344,7 +343,6 @@ def calculate_dose(req: DoseRequest, pack: RulePack, products: ProductDictionary
         "rounded_per_day_g": _r(rounded / days, 2),
         "allowed_g": [_r(low), _r(high)],
         "g_per_kg": _r(rounded / dosing_weight, 3),
-        "lowest_step_within_tolerance_g": floor_step if (floor_step > 0 and floor_step >= low - 1e-9 and floor_step < rounded) else None,
     }
     result["actual_weight_course_g"] = _r(on_actual)
     result["grams_saved_vs_actual_weight"] = _r(max(on_actual - rounded, 0.0))
@@ -425,9 +423,6 @@ def format_dose(result: dict[str, Any]) -> str:
         by = f"nearest {rnd['step_g']:g} g" if rnd["rounded_by"] == "step" else "nearest whole-vial amount"
         lines.append(f"  {_num(rnd['rounded_course_g'])} g ({by}; {_num(rnd['g_per_kg'])} g/kg; about "
                      f"{_num(rnd['rounded_per_day_g'])} g/day over {reg['days']} day(s))")
-    if rnd["lowest_step_within_tolerance_g"] is not None:
-        lines.append(f"  rounding down to {_num(rnd['lowest_step_within_tolerance_g'])} g also stays within tolerance "
-                     "(the audit notes this as an info rounding opportunity)")
     lines.append(f"  on actual weight the course would be {_num(result['actual_weight_course_g'])} g: "
                  f"{_num(result['grams_saved_vs_actual_weight'])} g saved")
     plan = result.get("vial_plan")
