@@ -138,10 +138,13 @@ def list_rules(
     if as_json:
         payload = {
             "version": pack.version,
+            "effective_date": pack.effective_date,
             "profile": pack.profile_name,
+            "profile_settings": pack.profile,
             "config_hash": pack.config_hash,
             "rules": [
-                {"id": r.rule_id, "version": r.version, "category": r.category, "severity": r.severity,
+                {"id": r.rule_id, "version": r.version, "effective_date": r.effective_date,
+                 "category": r.category, "severity": r.severity,
                  "description": r.description, "source": r.source, "action": r.action, "params": r.params}
                 for r in pack.rules.values()
             ],
@@ -151,7 +154,9 @@ def list_rules(
     typer.echo(f"rule pack {pack.version} ({pack.effective_date}), profile '{pack.profile_name}', hash {pack.config_hash[:12]}")
     width = max(len(r) for r in pack.rules)
     for r in pack.rules.values():
-        typer.echo(f"{r.rule_id:<{width}}  v{r.version:<4} {r.category:<21} {r.severity:<8} {r.description}")
+        typer.echo(
+            f"{r.rule_id:<{width}}  v{r.version:<4} from {r.effective_date}  {r.category:<21} {r.severity:<8} {r.description}"
+        )
 
 
 @app.command()

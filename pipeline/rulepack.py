@@ -7,6 +7,7 @@ import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class RuleSpec:
     source: str
     action: str
     params: dict[str, Any] = field(default_factory=dict)
+    effective_date: str = "2000-01-01"
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ def load_rule_pack(override_path: Path | None = None, profile: str | None = None
         raise RulePackError(
             f"unknown profile '{profile_name}'; choose one of: {', '.join(sorted(raw['profiles']))}"
         )
-    rules = {rule_id: _rule_spec(rule_id, spec) for rule_id, spec in raw["rules"].items()}
+    effective_from = str(raw["pack"].get("rules_effective_from", "2000-01-01"))
+    rules = {rule_id: _rule_spec(rule_id, spec, effective_from) for rule_id, spec in raw["rules"].items()}
     for key, regimen in raw["regimens"].items():
         if regimen.get("group") not in raw["groups"]:
             raise RulePackError(f"regimen '{key}' names an unknown indication group '{regimen.get('group')}'")
@@ -121,7 +124,7 @@ def load_rule_pack(override_path: Path | None = None, profile: str | None = None
     )
 
 
-def _rule_spec(rule_id: str, spec: dict[str, Any]) -> RuleSpec:
+def _rule_spec(rule_id: str, spec: dict[str, Any], effective_from: str) -> RuleSpec:
     """Check one rule table of the pack and turn it into a RuleSpec."""
     category = spec.get("category")
     severity = spec.get("severity")
@@ -138,4 +141,14 @@ def _rule_spec(rule_id: str, spec: dict[str, Any]) -> RuleSpec:
         source=str(spec.get("source", "")),
         action=str(spec.get("action", "")),
         params=dict(spec.get("params", {})),
+        effective_date=_iso_date(rule_id, spec.get("effective_date", effective_from)),
     )
+
+
+def _iso_date(rule_id: str, value: Any) -> str:
+    """A rule's effective date as YYYY-MM-DD (TOML dates or text)."""
+    text = str(value)
+    try:
+        return date.fromisoformat(text[:10]).isoformat()
+    except ValueError:
+        raise RulePackError(f"rule {rule_id}: effective_date '{text}' is not a date (YYYY-MM-DD)") from None

@@ -339,6 +339,45 @@ def maintenance_without_response(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFr
     )
 
 
+@rule("repeat_justification.maintenance_review_due")
+def maintenance_review_due(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
+    """Maintenance courses past the review date (first review after N months, then every M months) with no review documented."""
+    first_due = pl.duration(days=round(30.4375 * float(spec.params["first_review_months"])))
+    then_every = pl.duration(days=round(30.4375 * float(spec.params["review_every_months"])))
+    series = ["patient_id", "indication_group"]
+    reviewed = has_text_matching("justification", spec.params["review_pattern"])
+    timeline = ctx.courses.sort("start").with_columns(
+        therapy_start=pl.col("start").min().over(series),
+        review_at=pl.when(reviewed).then(pl.col("start")),
+    ).with_columns(
+        # The latest review documented before this course (this course's own review counts).
+        last_review_at=pl.col("review_at").forward_fill().over(series, order_by="start"),
+    ).with_columns(
+        review_due_at=pl.when(pl.col("last_review_at").is_null())
+        .then(pl.col("therapy_start") + first_due)
+        .otherwise(pl.col("last_review_at") + then_every),
+    )
+    offending = timeline.filter(
+        (pl.col("repeat_policy") == "each_course") & (pl.col("start") > pl.col("review_due_at"))
+    )
+    months_on = ((pl.col("start") - pl.col("therapy_start")).dt.total_days() / 30.4375).round(1)
+    since = pl.coalesce(pl.col("last_review_at"), pl.col("therapy_start")).dt.strftime("%Y-%m-%d")
+    return finding(
+        offending,
+        expected=pl.format("a documented review by {}", pl.col("review_due_at").dt.strftime("%Y-%m-%d")),
+        observed=pl.format(
+            "{} months on therapy; last review: {}",
+            num(months_on), pl.col("last_review_at").dt.strftime("%Y-%m-%d").fill_null("none documented"),
+        ),
+        message=pl.format(
+            "{} course {} on {}: {} months on IVIG since {} and the review due {} is not documented.",
+            pl.col("regimen_label"), pl.col("course_number"), pl.col("start").dt.strftime("%Y-%m-%d"),
+            num(months_on), pl.col("therapy_start").dt.strftime("%Y-%m-%d"),
+            pl.col("review_due_at").dt.strftime("%Y-%m-%d"),
+        ),
+    )
+
+
 @rule("repeat_justification.interval_too_short")
 def interval_too_short(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Maintenance courses started sooner than the regimen's minimum interval."""
@@ -605,6 +644,12 @@ def evaluate_rules(ctx: AuditContext, run_id: str) -> pl.LazyFrame:
         if not spec.params.get("enabled", True):
             continue
         found = RULES[rule_id](ctx, spec).select(FINDING_COLUMNS)
+        effective = pl.lit(spec.effective_date).str.to_datetime("%Y-%m-%d")
+        found = (
+            found.join(ctx.courses.select("course_id", pl.col("start").alias("course_start")), on="course_id", how="left")
+            .filter(pl.col("course_start").is_null() | (pl.col("course_start") >= effective))
+            .drop("course_start")
+        )
         parts.append(
             found.with_columns(
                 rule_id=pl.lit(rule_id),

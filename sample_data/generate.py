@@ -487,9 +487,14 @@ class Generator:
             maint_days = r.choice([1, 1, 2])
             gkg = r.choice([1.0, 1.0, 1.0, 0.8, 0.5])
             jpool = r.sample(CIDP_JUSTIFICATIONS[:5], 3)
+            therapy_start, reviewed = t, False
             while t < PERIOD_END - timedelta(days=3):
+                text = r.choice(jpool)
+                # The 6-month review (Ontario IGUM) is documented on the course given around 5 months in.
+                if not reviewed and (t - therapy_start).days >= 150:
+                    text, reviewed = text + "; 6-month neurology review: continue current dose", True
                 self.ivig_course(p, t, "CIDP_MAINT", days=maint_days, gkg=gkg,
-                                 justification=r.choice(jpool), premed=r.random() < 0.5)
+                                 justification=text, premed=r.random() < 0.5)
                 t += timedelta(days=r.randint(22, 28), minutes=r.randint(-60, 60))
             bg.append(p.pid)
         for _ in range(26):  # MG crisis
@@ -674,6 +679,25 @@ class Generator:
                       "<script>alert(1)</script>; last course 2026-10-31..11-01 spans two files",
                       "No finding (justified, q4w); report must escape the HTML; the Oct/Nov rows "
                       "form ONE course.", [p.pid])
+
+    def scenario_review_overdue(self) -> None:
+        overdue, reviewed = [], []
+        for k, review in enumerate((False, True)):
+            p = self.adult("lean", age=(45, 70))
+            t = datetime(2026, 5, 4 + k, 9, 0)
+            self.ivig_course(p, t, "CIDP_IND", days=2, tag="cidp", unit_style="g")
+            for n in range(7):
+                t += timedelta(days=28)
+                text = CIDP_JUSTIFICATIONS[n % 5]
+                if review and n == 4:
+                    text += "; 6-month specialist review: trial of dose reduction declined, continue"
+                self.ivig_course(p, t, "CIDP_MAINT", days=1, tag="cidp", unit_style="g", justification=text)
+            (reviewed if review else overdue).append(p.pid)
+        self.register("cidp_review_overdue", "CIDP maintenance q28d for 7 months with response documented "
+                      "but no 6-month review", "repeat_justification 'maintenance review due' warning on "
+                      "the courses after month 6.", overdue)
+        self.register("cidp_review_documented", "Same with the 6-month review documented at month 5",
+                      "No finding.", reviewed)
 
     def scenario_mg(self) -> None:
         nojust, just = [], []
@@ -1049,6 +1073,7 @@ class Generator:
         self.scenario_monitoring()
         self.scenario_out_of_scope()
         self.scenario_bad_rows()
+        self.scenario_review_overdue()  # last: earlier scenarios keep their ids
         self.other_patients()
         self.self_check()
 
