@@ -14,13 +14,13 @@ from pathlib import Path
 
 import polars as pl
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline import audit as stages
 from pipeline.normalise import ProductDictionary, load_products
 from pipeline.read import ExtractError, SourceFile, discover, file_sha256, scan_extract
-from pipeline.report import ReportOptions, write_report
+from pipeline.report import ReportOptions, aggregate_table, build_report, headline_markdown
 from pipeline.rulepack import RulePack, load_rule_pack
 from pipeline.store import RunRecord, StoreError, processed_hashes, read_source_rows, read_tables, write_run
 
@@ -107,6 +107,12 @@ def apply_rules(courses, prepared: stages.PreparedOrders, pack: RulePack, run_id
     return findings
 
 
+@task(name="audit shard", **PATIENT_ROWS)
+def audit_shard(extracts: stages.Extracts, products: ProductDictionary, pack: RulePack, run_id: str, index: int, shards: int):
+    """The whole audit of one shard of patients (runs on a Dask worker when the flow uses Dask)."""
+    return stages.run_audit_remembering(stages.shard(extracts, index, shards), products, pack, run_id)
+
+
 @task(name="write database", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_on_io, **PATIENT_ROWS)
 def store(db: str, run: RunRecord, result: stages.AuditResult, source_rows) -> None:
     """Write the run to DuckDB in one transaction (the whole history was re-audited)."""
@@ -117,10 +123,13 @@ def store(db: str, run: RunRecord, result: stages.AuditResult, source_rows) -> N
     get_run_logger().info("database written: run %s", run.run_id)
 
 
-@task(name="write report", retries=1, retry_delay_seconds=[5], **PATIENT_ROWS)
+@task(name="write report", retries=1, retry_delay_seconds=[5], retry_condition_fn=_retry_on_io, **PATIENT_ROWS)
 def report(db: str, report_dir: str, options: ReportOptions) -> list[str]:
-    """The manager summary (HTML and Markdown) from what the database holds."""
-    paths = write_report(read_tables(Path(db)), Path(report_dir), options)
+    """The manager summary (HTML, Markdown, worklist) from what the database holds, and its artifacts."""
+    paths, data = build_report(read_tables(Path(db)), Path(report_dir), options)
+    # Artifacts hold counts and grams only: no patient or course identifier leaves the database.
+    create_markdown_artifact(key="ivig-audit-report-headline", markdown=headline_markdown(data), description="Headline")
+    create_table_artifact(key="ivig-audit-by-indication", table=aggregate_table(data), description="By indication")
     return [str(p) for p in paths]
 
 
@@ -186,6 +195,7 @@ def audit_flow(
     report_dir: str | None = "reports",
     cost_per_gram: float = 80.0,
     force: bool = False,
+    shards: int = 1,
 ) -> AuditSummary:
     """Audit the new extracts together with the stored history into the database; write the summary."""
     started = datetime.now(timezone.utc)
@@ -205,26 +215,39 @@ def audit_flow(
     if not new_inputs:
         get_run_logger().info("nothing new to audit: every input file was audited before (use --force)")
         return AuditSummary(run_id=run_id, db=db, skipped_files=len(skipped), nothing_new=True)
-    futures = {name: read_extract.submit(paths, name) for name, paths in new_inputs.items()}
+    # One read task per file, run concurrently (hashing and header checks); scanning stays lazy.
+    futures = {name: [read_extract.submit([path], name) for path in paths] for name, paths in new_inputs.items()}
     history = load_history(db)
-    read = {name: future.result() for name, future in futures.items()}
+    read = {name: [future.result() for future in files] for name, files in futures.items()}
     lap("read")
-    sources: list[SourceFile] = [s for _, files in read.values() for s in files]
+    sources: list[SourceFile] = [s for files in read.values() for _, found in files for s in found]
     try:
         extracts = stages.with_history(
-            {name: frame for name, (frame, _) in read.items()}, history, frozenset(s.path for s in sources)
+            {name: pl.concat([frame for frame, _ in files], how="vertical") for name, files in read.items()},
+            history,
+            frozenset(s.path for s in sources),
         )
     except ValueError as exc:
         raise ExtractError(str(exc)) from None
-    prepared = prepare(extracts, product_dictionary, pack)
-    lap("contract_normalise")
-    courses, order_course = build_courses(prepared, pack)
-    lap("courses")
-    findings = apply_rules(courses, prepared, pack, run_id)
-    lap("rules")
-    result = stages.output_tables(prepared, courses, order_course, findings, run_id)
-    source_rows = stages.remember(extracts, prepared)
-    lap("outputs")
+    if shards > 1:
+        # Patients are independent: each shard is audited whole on its own worker; the database
+        # write stays one final step.
+        parts = [audit_shard.submit(extracts, product_dictionary, pack, run_id, i, shards) for i in range(shards)]
+        try:
+            result, source_rows = stages.combine([part.result() for part in parts])
+        except ValueError as exc:
+            raise ExtractError(str(exc)) from None
+        lap("audit_shards")
+    else:
+        prepared = prepare(extracts, product_dictionary, pack)
+        lap("contract_normalise")
+        courses, order_course = build_courses(prepared, pack)
+        lap("courses")
+        findings = apply_rules(courses, prepared, pack, run_id)
+        lap("rules")
+        result = stages.output_tables(prepared, courses, order_course, findings, run_id)
+        source_rows = stages.remember(extracts, prepared)
+        lap("outputs")
     run = RunRecord(
         run_id=run_id,
         started_at=started,

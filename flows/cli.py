@@ -70,9 +70,12 @@ def run(
     profile: Annotated[Optional[str], typer.Option(help="Dosing-weight policy profile: default, ontario, ibw, discretionary.")] = None,
     products: Annotated[Optional[Path], typer.Option(help="Site product dictionary TOML (replaces the shipped one).")] = None,
     report_dir: Annotated[Path, typer.Option(help="Folder for the HTML and Markdown summary.")] = Path("reports"),
-    cost_per_gram: Annotated[float, typer.Option(help="Cost of one gram of IVIG, for money avoidable.")] = 80.0,
+    cost_per_gram: Annotated[float, typer.Option(min=0, help="Cost of one gram of IVIG, for money avoidable.")] = 80.0,
     fail_on_critical: Annotated[bool, typer.Option(help="Exit 1 when the run found critical findings.")] = False,
     force: Annotated[bool, typer.Option(help="Audit input files again even if their content was audited before.")] = False,
+    task_runner: Annotated[str, typer.Option(help="Where tasks run: 'threads' (this machine) or 'dask' (a Dask cluster).")] = "threads",
+    dask_address: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster).")] = None,
+    shards: Annotated[int, typer.Option(min=1, help="Audit patients in this many independent shards (tasks); use with --task-runner dask.")] = 1,
 ) -> None:
     """Audit the extracts into the database and write the summary (no options: the shipped sample data).
 
@@ -90,6 +93,14 @@ def run(
         _fail(str(exc))
     from flows.audit import audit_flow
 
+    if task_runner not in ("threads", "dask"):
+        _fail("--task-runner must be 'threads' or 'dask'")
+    if task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner()
+        audit_flow = audit_flow.with_options(task_runner=runner)
+        shards = max(shards, 2)
     try:
         summary = audit_flow(
             orders=[str(p) for p in orders],
@@ -102,6 +113,7 @@ def run(
             report_dir=str(report_dir),
             cost_per_gram=cost_per_gram,
             force=force,
+            shards=shards,
         )
     except (ExtractError, RulePackError) as exc:
         _fail(str(exc))

@@ -16,6 +16,7 @@ import pandera.polars as pa
 import polars as pl
 
 from checks.outputs import COURSES, FINDINGS, ORDERS, QUARANTINE
+from pipeline.levers import lever_sql
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,60 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE runs ADD COLUMN IF NOT EXISTS cost_per_gram DOUBLE",
         ],
     ),
+    (
+        3,
+        "scenarios: past runs replayed under another rule pack or profile (never touching live tables)",
+        [
+            """CREATE TABLE IF NOT EXISTS scenarios (
+                scenario_id VARCHAR PRIMARY KEY,
+                name VARCHAR NOT NULL,
+                base_run_id VARCHAR NOT NULL,
+                created_at TIMESTAMP NOT NULL,
+                profile VARCHAR NOT NULL,
+                rule_pack_version VARCHAR NOT NULL,
+                rule_pack_hash VARCHAR NOT NULL,
+                rules_file VARCHAR,
+                courses BIGINT NOT NULL,
+                findings BIGINT NOT NULL,
+                history_only BOOLEAN NOT NULL DEFAULT false
+            )""",
+            """CREATE TABLE IF NOT EXISTS scenario_findings (
+                scenario_id VARCHAR NOT NULL,
+                finding_id VARCHAR NOT NULL,
+                rule_id VARCHAR NOT NULL,
+                rule_version VARCHAR NOT NULL,
+                category VARCHAR NOT NULL,
+                severity VARCHAR NOT NULL,
+                status VARCHAR NOT NULL,
+                patient_id VARCHAR NOT NULL,
+                course_id VARCHAR,
+                order_ids VARCHAR,
+                indication VARCHAR,
+                message VARCHAR NOT NULL,
+                expected VARCHAR,
+                observed VARCHAR,
+                action VARCHAR,
+                evidence VARCHAR,
+                excess_g DOUBLE NOT NULL,
+                first_seen_run VARCHAR NOT NULL,
+                last_seen_run VARCHAR NOT NULL,
+                resolved_run VARCHAR,
+                PRIMARY KEY (scenario_id, finding_id)
+            )""",
+            """CREATE TABLE IF NOT EXISTS scenario_courses (
+                scenario_id VARCHAR NOT NULL,
+                course_id VARCHAR NOT NULL,
+                patient_id VARCHAR NOT NULL,
+                indication VARCHAR NOT NULL,
+                appropriate BOOLEAN NOT NULL,
+                excess_g DOUBLE NOT NULL,
+                g_per_kg DOUBLE,
+                dosing_weight_kg DOUBLE,
+                weight_basis VARCHAR NOT NULL,
+                PRIMARY KEY (scenario_id, course_id)
+            )""",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
@@ -254,6 +309,9 @@ TABLE_COMMENTS: dict[str, str] = {
     "quarantine": "Rejected input rows with the file they came from and the reason",
     "source_rows": "History: canonical text of every input row of IVIG patients, re-audited each run (one row per extract x row_key)",
     "review_events": "Append-only log of review decisions on findings; findings.status follows the latest event",
+    "scenarios": "What-if replays of a past run's inputs under another rule pack or profile (ivig-audit replay); live tables untouched",
+    "scenario_findings": "Findings a scenario raised, one row per scenario x finding_id (same columns as findings)",
+    "scenario_courses": "Courses of a scenario with the figures compared across rule packs, one row per scenario x course_id",
 }
 
 _RUN_COL = "audit run that last wrote this row (runs.run_id)"
@@ -403,6 +461,52 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "reviewed_by": "who decided",
         "reviewed_at": "when (UTC)",
     },
+    "scenarios": {
+        "scenario_id": "scenario identifier: 'scn-' + UTC time + random suffix, e.g. scn-20261128T091500Z-4b1e0a",
+        "name": "name given with ivig-audit replay --name (or a default describing the replay)",
+        "base_run_id": "run whose recorded inputs were replayed (runs.run_id)",
+        "created_at": "when the scenario was computed (UTC)",
+        "profile": "policy profile used by the scenario",
+        "rule_pack_version": "version of the rule pack used by the scenario",
+        "rule_pack_hash": "sha256 of the scenario's effective rule configuration",
+        "rules_file": "site rule-pack TOML given with --rules (null: the shipped pack)",
+        "courses": "courses the scenario built",
+        "findings": "findings the scenario raised",
+        "history_only": "true when replayed from stored source_rows only (--history-only), without re-reading the input files",
+    },
+    "scenario_findings": {
+        "scenario_id": "scenario that raised the finding (scenarios.scenario_id)",
+        "finding_id": "stable identifier of the problem (same as findings.finding_id for the same rule and course)",
+        "rule_id": "rule that raised the finding",
+        "rule_version": "version of that rule in the scenario's rule pack",
+        "category": "finding category",
+        "severity": "info, warning or critical under the scenario's rule pack",
+        "status": "always open: scenarios are not reviewed",
+        "patient_id": "patient identifier",
+        "course_id": "course concerned (scenario_courses.course_id)",
+        "order_ids": "orders concerned (comma-separated order_id)",
+        "indication": "normalised indication",
+        "message": "what is wrong, for the reviewer",
+        "expected": "what the scenario's policy expects",
+        "observed": "what was found",
+        "action": "suggested action",
+        "evidence": "supporting data (labs, procedures, values)",
+        "excess_g": "grams avoidable by fixing this problem under the scenario",
+        "first_seen_run": "the scenario id (a scenario is a single audit)",
+        "last_seen_run": "the scenario id",
+        "resolved_run": "always null in a scenario",
+    },
+    "scenario_courses": {
+        "scenario_id": "scenario that built the course (scenarios.scenario_id)",
+        "course_id": "course identifier (same as courses.course_id)",
+        "patient_id": "patient identifier",
+        "indication": "normalised indication of the course",
+        "appropriate": "course passed every dose and indication rule under the scenario",
+        "excess_g": "grams above target under the scenario",
+        "g_per_kg": "course total grams / the scenario's dosing weight",
+        "dosing_weight_kg": "weight the dose should be based on under the scenario (kg)",
+        "weight_basis": "basis of the scenario's dosing weight: actual, adjusted, ibw or unknown",
+    },
 }
 
 # --------------------------------------------------------------------------------------------
@@ -472,16 +576,7 @@ VIEWS: dict[str, str] = {
         ) ORDER BY sort_key, excess_g DESC, category""",
 }
 
-# A course counts once in grams avoidable, in the first lever that applies (priority order).
-LEVERS: tuple[tuple[str, str], ...] = (
-    ("indication", "category = 'indication'"),
-    ("repeat course", "rule_id = 'repeat_justification.repeat_without_justification'"),
-    ("weight basis", "category = 'weight_basis'"),
-    ("over-dose", "rule_id = 'course_dose.above_target'"),
-    ("rounding", "rule_id = 'course_dose.rounding_opportunity'"),
-)
-_LEVER_CASE = "CASE " + " ".join(f"WHEN {cond} THEN {i}" for i, (_, cond) in enumerate(LEVERS)) + " END"
-_LEVER_NAME = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond in LEVERS) + " END"
+_LEVER_CASE, _LEVER_NAME = lever_sql("rule_id")
 
 VIEWS |= {
     "v_course_summary": """CREATE OR REPLACE VIEW v_course_summary AS
@@ -547,7 +642,7 @@ VIEWS |= {
 VIEW_COMMENTS: dict[str, str] = {
     "v_course_summary": "One row per course with its unresolved findings counted by severity and the categories concerned",
     "v_appropriateness_by_indication_month": "Courses per month of start and indication: appropriate share, total and excess grams",
-    "v_grams_avoidable_by_lever": "Grams (and cost at the latest run's cost per gram) avoidable per lever; each course counts once, in its first lever: indication > repeat course > weight basis > over-dose > rounding",
+    "v_grams_avoidable_by_lever": "Grams (and cost at the latest run's cost per gram) avoidable per lever (pipeline/levers.py); each course counts once, in its first lever: indication > repeat > weight_basis > over_dose > rounding",
     "v_review_yield": "Per finding category: findings, reviewed, actioned, dismissed, share actioned, median days from first sighting to first decision",
     "v_dismissals_by_reason": "Dismissed findings per category and disposition code",
     "v_open_findings": "Open, unresolved findings with their course figures, critical first, then by course start",
@@ -1074,3 +1169,197 @@ def export_parquet(db_path: Path, out_dir: Path) -> list[Path]:
     finally:
         con.close()
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios (ivig-audit replay / diff): what a rule-pack or policy change would do, stored apart
+# from the live tables. Nothing below writes to runs, orders, courses, findings, quarantine,
+# source_rows or review_events.
+# --------------------------------------------------------------------------------------------
+
+SCENARIO_TABLES: tuple[str, ...] = ("scenarios", "scenario_findings", "scenario_courses")
+
+#: Course columns a scenario keeps for comparison (besides scenario_id).
+SCENARIO_COURSE_COLUMNS: tuple[str, ...] = (
+    "course_id", "patient_id", "indication", "appropriate", "excess_g", "g_per_kg", "dosing_weight_kg", "weight_basis",
+)
+
+
+@dataclass(frozen=True)
+class ScenarioRecord:
+    """Metadata of one replayed scenario, stored as one row of table `scenarios`."""
+
+    scenario_id: str
+    name: str
+    base_run_id: str
+    created_at: datetime
+    profile: str
+    rule_pack_version: str
+    rule_pack_hash: str
+    rules_file: str | None
+    courses: int
+    findings: int
+    history_only: bool = False
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the main schema holds a table of that name."""
+    return bool(
+        con.execute(
+            "SELECT COUNT(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = ?", [name]
+        ).fetchall()[0][0]
+    )
+
+
+def read_run(db_path: Path, run_id: str) -> dict | None:
+    """One stored run's metadata (inputs decoded from JSON), or None when there is no such run.
+
+    `earlier_runs` counts the stored runs whose id sorts before it (0: the run created the database).
+    """
+    con = connect_read_only(Path(db_path))
+    try:
+        rows = con.execute(
+            "SELECT run_id, started_at, profile, rule_pack_version, rule_pack_hash, inputs FROM runs WHERE run_id = ?",
+            [run_id],
+        ).fetchall()
+        earlier = con.execute("SELECT COUNT(*) FROM runs WHERE run_id < ?", [run_id]).fetchall()[0][0]
+    finally:
+        con.close()
+    if not rows:
+        return None
+    run_id_, started_at, profile, version, pack_hash, inputs = rows[0]
+    return {
+        "run_id": run_id_,
+        "earlier_runs": int(earlier),
+        "started_at": started_at,
+        "profile": profile,
+        "rule_pack_version": version,
+        "rule_pack_hash": pack_hash,
+        "inputs": json.loads(inputs or "[]"),
+    }
+
+
+def read_source_rows_as_of(db_path: Path, run_id: str) -> pl.DataFrame | None:
+    """The stored source rows first stored by that run or an earlier one (run ids sort by time).
+
+    Approximation: source_rows keeps only the latest version of a row key, so an order corrected
+    after the run comes back in its corrected form.
+    """
+    con = connect_read_only(Path(db_path))
+    try:
+        if not _has_table(con, "source_rows"):
+            return None
+        return con.sql(
+            "SELECT extract, row_key, patient_id, raw, source_file, source_row FROM source_rows "
+            "WHERE first_run <= ? ORDER BY extract, row_key",
+            params=[run_id],
+        ).pl()
+    finally:
+        con.close()
+
+
+def write_scenario(db_path: Path, scenario: ScenarioRecord, findings: pl.DataFrame, courses: pl.DataFrame) -> None:
+    """Store a scenario's metadata, findings and courses in one transaction (live tables untouched).
+
+    `findings` is in the checks.outputs.FINDINGS layout; `courses` holds at least SCENARIO_COURSE_COLUMNS.
+    """
+    _check_frame("findings", findings)
+    missing = [c for c in SCENARIO_COURSE_COLUMNS if c not in courses.columns]
+    if missing:
+        raise ValueError(f"scenario courses frame lacks {', '.join(missing)}")
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise StoreError(f"database {db_path} does not exist; run the audit first")
+    try:
+        con = duckdb.connect(str(db_path))
+    except duckdb.Error as exc:
+        raise _store_error(db_path, exc) from exc
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            _migrate(con, db_path)
+            _apply_views_and_comments(con)
+            if con.execute("SELECT COUNT(*) FROM scenarios WHERE scenario_id = ?", [scenario.scenario_id]).fetchall()[0][0]:
+                raise ValueError(f"scenario {scenario.scenario_id} is already stored")
+            con.execute(
+                """INSERT INTO scenarios (scenario_id, name, base_run_id, created_at, profile, rule_pack_version,
+                       rule_pack_hash, rules_file, courses, findings, history_only)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    scenario.scenario_id, scenario.name, scenario.base_run_id, _utc_naive(scenario.created_at),
+                    scenario.profile, scenario.rule_pack_version, scenario.rule_pack_hash, scenario.rules_file,
+                    scenario.courses, scenario.findings, scenario.history_only,
+                ],
+            )
+            con.register("incoming_scenario_findings", findings)
+            cols = ", ".join(_q(c) for c in _columns("findings"))
+            con.execute(
+                f"INSERT INTO scenario_findings (scenario_id, {cols}) SELECT ?, {cols} FROM incoming_scenario_findings",
+                [scenario.scenario_id],
+            )
+            con.register("incoming_scenario_courses", courses.select(SCENARIO_COURSE_COLUMNS))
+            course_cols = ", ".join(_q(c) for c in SCENARIO_COURSE_COLUMNS)
+            con.execute(
+                f"INSERT INTO scenario_courses (scenario_id, {course_cols}) "
+                f"SELECT ?, {course_cols} FROM incoming_scenario_courses",
+                [scenario.scenario_id],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise
+    finally:
+        con.close()
+    log.info("stored scenario %s of run %s: %d courses, %d findings",
+             scenario.scenario_id, scenario.base_run_id, courses.height, findings.height)
+
+
+def read_run_findings(db_path: Path, run_id: str) -> pl.DataFrame:
+    """The findings present at a past run, rebuilt from the live findings table.
+
+    Present = first_seen_run <= run AND (resolved_run IS NULL OR resolved_run > run). The content
+    (severity, message, expected, observed, excess_g) is the latest stored, not necessarily what
+    that run wrote. ValueError when there is no such run.
+    """
+    con = connect_read_only(Path(db_path))
+    try:
+        if not con.execute("SELECT COUNT(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]:
+            raise ValueError(f"no run with id '{run_id}'")
+        cols = ", ".join(_q(c) for c in _columns("findings"))
+        return con.sql(
+            f"SELECT {cols} FROM findings WHERE first_seen_run <= ? "
+            "AND (resolved_run IS NULL OR resolved_run > ?) ORDER BY finding_id",
+            params=[run_id, run_id],
+        ).pl()
+    finally:
+        con.close()
+
+
+def read_scenario_findings(db_path: Path, scenario_id: str) -> pl.DataFrame:
+    """The findings a stored scenario raised (FINDINGS layout). ValueError when there is no such scenario."""
+    con = connect_read_only(Path(db_path))
+    try:
+        if not _has_table(con, "scenarios") or not con.execute(
+            "SELECT COUNT(*) FROM scenarios WHERE scenario_id = ?", [scenario_id]
+        ).fetchall()[0][0]:
+            raise ValueError(f"no scenario with id '{scenario_id}'")
+        cols = ", ".join(_q(c) for c in _columns("findings"))
+        return con.sql(
+            f"SELECT {cols} FROM scenario_findings WHERE scenario_id = ? ORDER BY finding_id", params=[scenario_id]
+        ).pl()
+    finally:
+        con.close()
+
+
+def read_scenarios(db_path: Path) -> pl.DataFrame:
+    """Every stored scenario's metadata, oldest first (an empty frame before the first replay)."""
+    con = connect_read_only(Path(db_path))
+    try:
+        if not _has_table(con, "scenarios"):
+            return pl.DataFrame(schema={"scenario_id": pl.String, "name": pl.String, "base_run_id": pl.String})
+        return con.sql("SELECT * FROM scenarios ORDER BY created_at, scenario_id").pl()
+    finally:
+        con.close()

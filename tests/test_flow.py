@@ -95,3 +95,24 @@ def test_patient_ids_stay_out_of_prefect_home(audited, prefect_home):
             data = path.read_bytes()
             leaked += [(path.name, pid) for pid in ids if pid.encode() in data]
     assert not leaked, leaked[:5]
+
+
+def test_flow_on_a_dask_cluster_gives_the_same_audit(audited, tmp_path):
+    """Patient shards audited on a distributed.LocalCluster: the same courses and findings as one process."""
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    from flows.audit import audit_flow
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        sharded = audit_flow.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+        db = tmp_path / "dask.duckdb"
+        summary = sharded(
+            orders=[str(SAMPLE / "orders")], labs=str(SAMPLE / "labs.csv"),
+            procedures=str(SAMPLE / "procedures.csv"), db=str(db), report_dir=None, shards=3,
+        )
+    assert summary.courses == audited["first"].courses
+    query = "SELECT finding_id, rule_id, severity, excess_g FROM findings ORDER BY finding_id"
+    with duckdb.connect(str(db), read_only=True) as con:
+        sharded_findings = con.execute(query).fetchall()
+    assert sharded_findings == audited["before"]

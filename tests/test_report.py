@@ -1,27 +1,42 @@
-"""Tests of the manager report (pipeline/report.py)."""
+"""Tests of the manager report (pipeline/report.py) and the `ivig-audit report` command."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from checks.outputs import COURSES, FINDINGS, QUARANTINE
 from pipeline.report import (
+    PSEUDONYM_ENV,
     ReportOptions,
+    ReportOptionsError,
+    aggregate_table,
+    build_report,
+    course_levers,
+    headline_markdown,
     md_escape,
+    pseudonym_map,
     render_html,
     render_markdown,
     summarise,
+    worklist_frame,
     write_report,
 )
 
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=alert(1)>"
+FORMULAS = ('=HYPERLINK("http://x")', "@SUM(1)", "+1", "-1+2", "\tx", "\rx")
+PATIENTS = ("P1", "P2", "P3", "P4", "P5")
+# The whole fixture history (Jan-Feb 2024) as one period.
+ALL = dict(period_from=date(2024, 1, 1), period_to=date(2024, 2, 29))
 
 
 def _empty(schema) -> pl.DataFrame:
@@ -29,54 +44,72 @@ def _empty(schema) -> pl.DataFrame:
     return pl.DataFrame(schema={name: col.dtype.type for name, col in schema.columns.items()})
 
 
-def _frame(schema, rows: list[dict]) -> pl.DataFrame:
+def _frame(schema, rows: list[dict], validate: bool = True) -> pl.DataFrame:
     """A frame of the schema's columns (missing values null), validated by the schema."""
     cols = {name: col.dtype.type for name, col in schema.columns.items()}
     df = pl.DataFrame([{c: r.get(c) for c in cols} for r in rows], schema=cols)
-    return schema.validate(df)
+    return schema.validate(df) if validate else df
 
 
-def _course(cid: str, pid: str, ind: str, start: datetime, total_g: float, ok: bool, excess: float = 0.0) -> dict:
+def _course(cid: str, pid: str, ind: str, start: datetime, total_g: float, ok: bool, excess: float = 0.0,
+            service: str = "Neurology", facility: str = "North General") -> dict:
     return {
-        "course_id": cid, "patient_id": pid, "service": "Neurology", "indication_group": ind.split("_")[0],
-        "indication": ind, "course_number": 1, "start": start, "end": start, "n_days": 1, "span_days": 1,
-        "doses": 1, "total_g": total_g, "order_ids": f"O-{cid}", "products": "Privigen",
+        "course_id": cid, "patient_id": pid, "facility": facility, "service": service, "prescriber_id": "DR1",
+        "indication_group": ind.split("_")[0], "indication": ind, "course_number": 1, "start": start, "end": start,
+        "n_days": 1, "span_days": 1, "doses": 1, "total_g": total_g, "order_ids": f"O-{cid}", "products": "Privigen",
         "actual_weight_kg": 70.0, "weight_basis": "actual", "weight_basis_reason": "not obese",
         "g_per_kg": total_g / 70.0, "appropriate": ok, "excess_g": excess,
     }
 
 
-def _finding(fid: str, rule: str, cat: str, sev: str, cid: str, pid: str, ind: str, msg: str,
-             excess: float = 0.0, status: str = "open", resolved: str | None = None) -> dict:
+def _finding(fid: str, rule: str, sev: str, cid: str, pid: str, ind: str, msg: str, excess: float = 0.0,
+             status: str = "open", resolved: str | None = None, **extra) -> dict:
     return {
-        "finding_id": fid, "rule_id": rule, "rule_version": "1", "category": cat, "severity": sev,
+        "finding_id": fid, "rule_id": rule, "rule_version": "1", "category": rule.split(".")[0], "severity": sev,
         "status": status, "patient_id": pid, "course_id": cid, "indication": ind, "message": msg,
-        "excess_g": excess, "first_seen_run": "run-1", "last_seen_run": "run-2", "resolved_run": resolved,
+        "expected": "target", "observed": "observed", "action": "Review the order.",
+        "excess_g": excess, "first_seen_run": "run-1", "last_seen_run": "run-2", "resolved_run": resolved, **extra,
     }
 
 
-def make_tables(extra_courses: list[dict] | None = None) -> dict[str, pl.DataFrame]:
-    """Six courses over Jan-Feb 2024 and three indications; findings of mixed severity, one resolved."""
+def make_tables(extra_courses: list[dict] | None = None, extra_findings: list[dict] | None = None,
+                validate: bool = True) -> dict[str, pl.DataFrame]:
+    """Six courses over Jan-Feb 2024, three indications, two facilities; findings under every lever."""
     jan, feb = datetime(2024, 1, 10), datetime(2024, 2, 14)
     courses = [
-        _course("C1", "P1", "gbs", jan, 140.0, True),
-        _course("C2", "P2", "gbs", jan, 160.0, False, excess=20.0),
-        _course("C3", "P3", "gbs", feb, 140.0, True),
-        _course("C4", "P4", "cidp_maintenance", jan, 70.5, False, excess=10.5),
-        _course("C5", "P4", "cidp_maintenance", feb, 60.0, True),
-        _course("C6", "P5", "kawasaki", feb, 40.0, False),
+        _course("P1:gbs:20240110", "P1", "gbs", jan, 140.0, True),
+        _course("P2:gbs:20240110", "P2", "gbs", jan, 160.0, False, excess=20.0),
+        _course("P3:gbs:20240214", "P3", "gbs", feb, 140.0, True, service="ICU"),
+        _course("P4:cidp:20240110", "P4", "cidp_maintenance", jan, 70.5, False, excess=10.5),
+        _course("P4:cidp:20240214", "P4", "cidp_maintenance", feb, 60.0, True),
+        _course("P5:kawasaki:20240214", "P5", "kawasaki", feb, 40.0, False, excess=40.0,
+                service="Pediatrics", facility="Children's Hospital"),
     ] + (extra_courses or [])
     findings = [
-        _finding("F1", "DOSE-001", "course_dose", "warning", "C2", "P2", "gbs", "Course above 2 g/kg", 20.0),
-        _finding("F2", "IND-001", "indication", "critical", "C6", "P5", "kawasaki", f"Bad {XSS_SCRIPT} message"),
-        _finding("F3", "REP-001", "repeat_justification", "warning", "C4", "P4", "cidp_maintenance",
-                 f"No justification {XSS_IMG}", 10.5),
-        _finding("F4", "MON-001", "monitoring", "info", "C1", "P1", "gbs", "No creatinine before course"),
-        _finding("F5", "DOSE-001", "course_dose", "critical", "C3", "P3", "gbs", "Old problem", 50.0,
+        # P2: over-dose 20 g and rounding 5 g -> over-dose, 20 g (max), once.
+        _finding("F1", "course_dose.above_target", "warning", "P2:gbs:20240110", "P2", "gbs", "Course above 2 g/kg", 20.0),
+        _finding("F2", "course_dose.rounding_opportunity", "info", "P2:gbs:20240110", "P2", "gbs", "Round down", 5.0),
+        # P3: an above-target finding cleared by a later run does not count; rounding 10 g does.
+        _finding("F3", "course_dose.above_target", "critical", "P3:gbs:20240214", "P3", "gbs", "Old problem", 50.0,
                  resolved="run-2"),
-        _finding("F6", "WB-001", "weight_basis", "warning", "C5", "P4", "cidp_maintenance", "Reviewed",
-                 5.0, status="acknowledged"),
-    ]
+        _finding("F4", "course_dose.rounding_opportunity", "info", "P3:gbs:20240214", "P3", "gbs", "Round down", 10.0),
+        # P4 first course: repeat 10.5 g beats weight basis 8 g.
+        _finding("F5", "repeat_justification.repeat_without_justification", "warning", "P4:cidp:20240110", "P4",
+                 "cidp_maintenance", f"No justification {XSS_IMG}", 10.5),
+        _finding("F6", "weight_basis.actual_weight_in_obesity", "warning", "P4:cidp:20240110", "P4",
+                 "cidp_maintenance", "Actual weight in obesity", 8.0),
+        # P4 second course: weight basis acknowledged (still avoidable grams, not open).
+        _finding("F7", "weight_basis.actual_weight_in_obesity", "warning", "P4:cidp:20240214", "P4",
+                 "cidp_maintenance", "Reviewed", 5.0, status="acknowledged"),
+        # P5: the indication lever takes the whole course (40 g) over the over-dose (10 g).
+        _finding("F8", "indication.unrecognised", "critical", "P5:kawasaki:20240214", "P5", "kawasaki",
+                 f"Bad {XSS_SCRIPT} message", 40.0),
+        _finding("F9", "course_dose.above_target", "warning", "P5:kawasaki:20240214", "P5", "kawasaki", "Above", 10.0),
+        # P1: a dismissed finding has no avoidable grams; a monitoring finding has none either.
+        _finding("F10", "weight_basis.actual_weight_in_obesity", "warning", "P1:gbs:20240110", "P1", "gbs",
+                 "Dismissed", 7.0, status="dismissed"),
+        _finding("F11", "monitoring.no_baseline_labs", "warning", "P1:gbs:20240110", "P1", "gbs", "No creatinine"),
+    ] + (extra_findings or [])
     quarantine = [
         {"run_id": "run-2", "extract": "orders", "source_file": "orders.csv", "source_row": 7,
          "order_id": "X7", "patient_id": None, "reason": "dose <= 0", "raw": "{}"},
@@ -90,20 +123,20 @@ def make_tables(extra_courses: list[dict] | None = None) -> dict[str, pl.DataFra
     runs = pl.DataFrame(
         [
             {"run_id": "run-1", "started_at": datetime(2024, 2, 1, 2), "finished_at": datetime(2024, 2, 1, 2, 1),
-             "status": "completed", "profile": "default", "rule_pack_version": "2024.1", "rule_pack_hash": "h1",
+             "status": "succeeded", "profile": "default", "rule_pack_version": "2024.1", "rule_pack_hash": "h1",
              "inputs": "[]", "rows_read": 100, "rows_quarantined": 1, "rows_ivig": 80,
              "rows_passed_through": 19, "rows_out_of_scope": 0, "courses": 4, "findings": 3},
             {"run_id": "run-2", "started_at": datetime(2024, 3, 1, 2), "finished_at": datetime(2024, 3, 1, 2, 2),
-             "status": "completed", "profile": "default", "rule_pack_version": "2024.2", "rule_pack_hash": "h2",
+             "status": "succeeded", "profile": "ontario", "rule_pack_version": "2024.2", "rule_pack_hash": "h2",
              "inputs": json.dumps(inputs), "rows_read": 160, "rows_quarantined": 1, "rows_ivig": 90,
-             "rows_passed_through": 69, "rows_out_of_scope": 0, "courses": 6, "findings": 6},
+             "rows_passed_through": 69, "rows_out_of_scope": 0, "courses": 6, "findings": 11},
         ]
     )
     return {
         "runs": runs,
-        "courses": _frame(COURSES, courses),
-        "findings": _frame(FINDINGS, findings),
-        "quarantine": _frame(QUARANTINE, quarantine),
+        "courses": _frame(COURSES, courses, validate),
+        "findings": _frame(FINDINGS, findings, validate),
+        "quarantine": _frame(QUARANTINE, quarantine, validate),
     }
 
 
@@ -122,79 +155,121 @@ def tables() -> dict[str, pl.DataFrame]:
 
 
 @pytest.fixture(scope="module")
+def data(tables):
+    return summarise(tables, ReportOptions(cost_per_gram=100.0, **ALL))
+
+
+@pytest.fixture(scope="module")
 def html(tables) -> str:
-    return render_html(summarise(tables, ReportOptions()))
+    """The default report (last full month Feb 2024 and March to date) with an intervention."""
+    return render_html(summarise(tables, ReportOptions(intervention=date(2024, 2, 1))))
 
 
-# --------------------------------------------------------------------------- summarise
+# --------------------------------------------------------------------------- grams avoidable by lever
 
 
-def test_headline_numbers(tables):
-    h = summarise(tables, ReportOptions(cost_per_gram=100.0)).headline
+def test_course_levers_count_each_course_once_in_priority_order(tables):
+    levers = {r["course_id"]: (r["lever"], r["avoidable_g"]) for r in course_levers(tables["findings"]).to_dicts()}
+    assert levers == {
+        "P2:gbs:20240110": ("over_dose", 20.0),  # rounding 5 g is not added
+        "P3:gbs:20240214": ("rounding", 10.0),  # the resolved above-target finding does not count
+        "P4:cidp:20240110": ("repeat", 10.5),  # repeat before weight basis
+        "P4:cidp:20240214": ("weight_basis", 5.0),  # acknowledged still counts
+        "P5:kawasaki:20240214": ("indication", 40.0),  # whole course, not over-dose too
+    }  # P1: dismissed and zero-gram findings give nothing
+
+
+def test_by_lever_and_headline(data):
+    h = data.headline
     assert (h.courses, h.patients, h.appropriate) == (6, 5, 3)
     assert h.pct_appropriate == pytest.approx(50.0)
     assert h.grams_used == pytest.approx(610.5)
-    assert h.grams_above_target == pytest.approx(30.5)
-    assert h.money_avoidable == pytest.approx(30.5 * 100.0)
-    # F5 is resolved and F6 acknowledged: neither is open.
-    assert (h.open_critical, h.open_warning, h.open_info) == (1, 2, 1)
-    assert h.open_findings == 4
-    assert h.rows_quarantined == 1
+    assert h.grams_above_target == pytest.approx(70.5)  # courses.excess_g: no info (rounding) grams
+    assert h.courses_above_target == 2  # P2 and P5 (P3's finding was resolved)
+    assert h.grams_avoidable == pytest.approx(85.5)
+    assert h.rounding_savings == pytest.approx(10.0)
+    assert h.money_avoidable == pytest.approx(8550.0)
+    assert (h.open_critical, h.open_warning, h.open_info) == (1, 5, 2)
+    rows = {r["lever"]: (r["courses"], r["grams"], r["money"]) for r in data.by_lever.to_dicts()}
+    assert list(rows) == ["indication", "repeat", "weight_basis", "over_dose", "rounding"]
+    assert rows["indication"] == (1, 40.0, 4000.0)
+    assert rows["over_dose"] == (1, 20.0, 2000.0)
+    assert sum(v[1] for v in rows.values()) == pytest.approx(h.grams_avoidable)
 
 
-def test_by_indication(tables):
-    data = summarise(tables, ReportOptions())
+def test_default_periods_are_last_full_month_and_month_to_date(tables):
+    d = summarise(tables, ReportOptions())  # as of the latest run: 2024-03-01
+    assert d.as_of == date(2024, 3, 1)
+    (feb, mar) = d.periods
+    assert (feb.period.start, feb.period.end) == (date(2024, 2, 1), date(2024, 2, 29))
+    assert (mar.period.start, mar.period.end) == (date(2024, 3, 1), date(2024, 3, 1))
+    assert feb.period.label == "February 2024" and mar.period.label == "March 2024 to date"
+    assert (feb.headline.courses, feb.headline.appropriate, feb.headline.grams_avoidable) == (3, 2, 55.0)
+    assert mar.headline.courses == 0 and mar.headline.pct_appropriate is None
+    assert d.history.courses == 6  # trends: whole history
+    assert d.by_month["month_label"].to_list() == ["Jan 2024", "Feb 2024"]
+    assert d.by_month["grams_avoidable"].to_list() == pytest.approx([30.5, 55.0])
+    d2 = summarise(tables, ReportOptions(as_of=date(2024, 2, 20)))
+    assert [p.period.span for p in d2.periods] == ["2024-01-01 to 2024-01-31", "2024-02-01 to 2024-02-20"]
+
+
+def test_custom_period_and_bad_period(tables):
+    d = summarise(tables, ReportOptions(period_from=date(2024, 2, 1)))
+    assert len(d.periods) == 1 and d.periods[0].period.span == "2024-02-01 to 2024-03-01"
+    assert d.headline.courses == 3
+    with pytest.raises(ReportOptionsError, match="after"):
+        summarise(tables, ReportOptions(period_from=date(2024, 3, 1), period_to=date(2024, 2, 1)))
+    with pytest.raises(ReportOptionsError):
+        summarise(tables, ReportOptions(cost_per_gram=-1.0))
+
+
+def test_tables_by_indication_service_and_rules(data):
     rows = {r["indication"]: r for r in data.by_indication.to_dicts()}
     assert rows["gbs"]["courses"] == 3 and rows["gbs"]["patients"] == 3
     assert rows["gbs"]["pct_appropriate"] == pytest.approx(200 / 3)
     assert rows["gbs"]["label"] == "Guillain-Barré syndrome"
-    assert rows["gbs"]["grams"] == pytest.approx(440.0)
-    assert rows["gbs"]["grams_above_target"] == pytest.approx(20.0)
-    assert rows["cidp_maintenance"]["patients"] == 1
-    assert rows["cidp_maintenance"]["pct_appropriate"] == pytest.approx(50.0)
-    assert rows["kawasaki"]["pct_appropriate"] == pytest.approx(0.0)
+    assert rows["gbs"]["grams_avoidable"] == pytest.approx(30.0)
+    assert rows["kawasaki"]["courses_above_target"] == 1
+    services = {r["service"]: r for r in data.by_service.to_dicts()}
+    assert services["Neurology"]["courses"] == 4 and services["Pediatrics"]["grams_avoidable"] == 40.0
+    top = {r["rule_id"]: r for r in data.top_rules.to_dicts()}
+    assert top["course_dose.above_target"]["findings"] == 2  # F1, F9 (F3 resolved)
+    assert data.period_findings["severity"].to_list()[0] == "critical"
+    assert data.period_findings_total == 6 and data.period_info_findings == 2
+    assert data.review_status == {"open": 8, "acknowledged": 1, "actioned": 0, "dismissed": 1, "resolved": 1}
 
 
-def test_by_month_and_findings(tables):
-    data = summarise(tables, ReportOptions())
-    months = data.by_month.to_dicts()
-    assert [m["month_label"] for m in months] == ["Jan 2024", "Feb 2024"]
-    assert [m["courses"] for m in months] == [3, 3]
-    assert months[0]["pct_appropriate"] == pytest.approx(100 / 3)
-    assert months[1]["grams"] == pytest.approx(240.0)
-    wide = {r["label"]: r for r in data.findings_table.to_dicts()}
-    assert set(wide) == {"Course dose", "Indication", "Repeat justification", "Monitoring"}
-    assert wide["Course dose"]["critical"] == 0 and wide["Course dose"]["warning"] == 1
-    excess = {r["category"]: r["excess_g"] for r in data.excess_by_category.to_dicts()}
-    assert excess == {"course_dose": pytest.approx(20.0), "repeat_justification": pytest.approx(10.5)}
-    assert data.top_rules["rule_id"].to_list()[0] in {"DOSE-001", "IND-001", "REP-001", "MON-001"}
-    assert data.top_rules.filter(pl.col("rule_id") == "DOSE-001")["findings"].item() == 1
-    assert data.recent_critical["rule_id"].to_list() == ["IND-001"]
-    assert data.review_status == {"open": 4, "acknowledged": 1, "actioned": 0, "dismissed": 0, "resolved": 1}
-    assert data.period_start == datetime(2024, 1, 10) and data.period_end == datetime(2024, 2, 14)
+def test_facility_filter_and_unknown_facility(tables):
+    d = summarise(tables, ReportOptions(facility="children's hospital", **ALL))
+    assert d.facility == "Children's Hospital" and d.facility_note is None
+    assert d.headline.courses == 1 and d.headline.grams_avoidable == 40.0
+    assert set(d.worklist["patient_id"].to_list()) == {"P5"}
+    d = summarise(tables, ReportOptions(facility="Nowhere", **ALL))
+    assert d.headline.courses == 0 and d.worklist.height == 0
+    assert "No courses for facility 'Nowhere'" in d.facility_note and "North General" in d.facility_note
 
 
-def test_run_metadata(tables):
-    run = summarise(tables, ReportOptions()).run
-    assert run is not None and run.run_id == "run-2" and run.rule_pack_version == "2024.2"
-    assert [(f.name, f.extract, f.rows) for f in run.inputs] == [
-        ("data/orders & more.csv", "orders", 120),
-        ("data/labs.parquet", "labs", 40),
-    ]
-    assert run.rows_read == 160 and run.runs_total == 2
+def test_intervention_before_and_after(tables):
+    d = summarise(tables, ReportOptions(intervention=date(2024, 2, 1), intervention_label="ABW protocol"))
+    before, after = d.intervention.to_dicts()
+    assert (before["courses"], after["courses"]) == (3, 3)
+    assert before["pct_appropriate"] == pytest.approx(100 / 3) and after["pct_appropriate"] == pytest.approx(200 / 3)
+    assert before["avoidable_per_course"] == pytest.approx(30.5 / 3)
 
 
 # --------------------------------------------------------------------------- HTML
 
 
-def test_html_has_one_svg_per_chart(html):
-    assert html.count("<svg") == 4
-    for fig in ("by-indication", "trend", "findings", "excess"):
+def test_html_charts_and_content(html):
+    assert html.count("<svg") == 5
+    for fig in ("trend", "by-indication", "levers", "top-rules", "by-service"):
         assert f'id="fig-{fig}"' in html
-    assert "Guillain-Barré syndrome" in html
-    assert "US$2,440" in html  # 30.5 g x 80
+    assert "February 2024" in html and "March 2024 to date" in html  # both periods side by side
+    assert "Before and after: Intervention (2024-02-01)" in html
     assert "US$70-100 per gram" in html  # the cost assumption and its source
-    assert "IND-001" in html and "P5" in html  # critical findings table
+    assert "US$4,400" in html  # February: 55 g avoidable x US$80
+    assert "Adjusted-weight dosing" in html and "Rounding to vial size" in html
+    assert "P5" in html  # the findings table names patients (internal report)
 
 
 def test_html_is_self_contained(html):
@@ -202,23 +277,31 @@ def test_html_is_self_contained(html):
     for needle in ('src="http', "src='http", 'href="http', "href='http", "@import", "<script", "url(http"):
         assert needle not in lowered, needle
     assert "<link" not in lowered
+    assert "default-src 'none'" in html  # no script could run even if one slipped in
 
 
 def test_html_escapes_data_text():
-    tables = make_tables([_course("C7", "P6", XSS_SCRIPT, datetime(2024, 2, 20), 30.0, True)])
+    payload = f"{XSS_SCRIPT}{XSS_IMG}"
+    tables = make_tables(
+        [_course("P6:x:20240220", "P6", XSS_SCRIPT, datetime(2024, 2, 20), 30.0, False, excess=30.0,
+                 service=payload, facility=payload)],
+        [_finding("F12", "indication.unrecognised", "critical", "P6:x:20240220", "P6", XSS_SCRIPT, payload, 30.0)],
+    )
     tables["runs"] = tables["runs"].with_columns(
         pl.when(pl.col("run_id") == "run-2")
         .then(pl.lit(json.dumps([{"path": f"evil{XSS_IMG}.csv", "rows": 3}])))
         .otherwise(pl.col("inputs"))
         .alias("inputs")
     )
-    out = render_html(summarise(tables, ReportOptions(title="Audit <b>x</b>")))
-    assert XSS_SCRIPT not in out
-    assert XSS_IMG not in out
-    assert "<b>x</b>" not in out
+    out = render_html(summarise(tables, ReportOptions(title="Audit <b>x</b>", facility=payload,
+                                                      cost_source=XSS_IMG, **ALL)))
+    assert XSS_SCRIPT not in out and XSS_IMG not in out and "<b>x</b>" not in out
+    assert not re.search(r"<\s*(script|img)\b", out, re.IGNORECASE)  # no tag from data, escaped or not
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out
     assert "&lt;img src=x onerror=alert(1)&gt;" in out
-    assert out.count("<svg") == 4
+    assert out.count("<svg") == 5
+    md = render_markdown(summarise(tables, ReportOptions(facility=payload, **ALL)))
+    assert XSS_SCRIPT not in md and XSS_IMG not in md
 
 
 def test_empty_database():
@@ -228,33 +311,32 @@ def test_empty_database():
     out = render_html(data)
     assert "no courses audited yet" in out.lower()
     assert "<svg" not in out
-    md = render_markdown(data)
-    assert "no courses audited yet" in md.lower()
+    assert "no courses audited yet" in render_markdown(data).lower()
 
 
 def test_missing_tables_and_runs():
-    out = render_html(summarise({"courses": make_tables()["courses"]}, ReportOptions()))
+    out = render_html(summarise({"courses": make_tables()["courses"]}, ReportOptions(**ALL)))
     assert "No audit run recorded" in out
-    assert out.count("<svg") == 2  # no findings: the two findings charts become notes
-    assert "No open findings" in out
+    assert out.count("<svg") == 3  # no findings: no levers, no top rules
+    assert "No open findings in the report window" in out
 
 
-# --------------------------------------------------------------------------- Markdown
+# --------------------------------------------------------------------------- Markdown and artifacts
 
 
 def test_markdown_headline_and_tables(tables):
-    md = render_markdown(summarise(tables, ReportOptions()))
+    md = render_markdown(summarise(tables, ReportOptions(cost_per_gram=100.0, **ALL)))
     assert md.startswith("# IVIG stewardship audit")
-    assert "| Courses audited | 6 |" in md
-    assert "| Patients | 5 |" in md
-    assert "50% (3 of 6)" in md
-    assert "US$2,440 at US$80 per gram" in md
-    assert "critical 1, warning 2, info 1" in md
-    assert "| Indication | Courses | Patients | % appropriate | Grams | Grams above target |" in md
-    assert "| Guillain-Barré syndrome | 3 | 3 | 67% | 440 g | 20 g |" in md
-    assert "| CIDP maintenance | 2 | 1 | 50% | 130.5 g | 10.5 g |" in md
-    assert "P5" not in md  # no patient identifiers in the Markdown summary
-    assert "data/orders & more.csv" in md
+    assert "| Courses audited | 6 | 6 |" in md  # the period and all history
+    assert "| Courses appropriate | 50% (3 of 6) | 50% (3 of 6) |" in md
+    assert "| Grams avoidable (all levers) | 85.5 g | 85.5 g |" in md
+    assert "| Money avoidable | US$8,550 | US$8,550 |" in md
+    assert "| Rounding savings | 10 g | 10 g |" in md
+    assert "| Guillain-Barré syndrome | 3 | 3 | 67% | 440 g | 1 | 20 g | 30 g |" in md
+    assert "| Indication not supported | 1 | 40 g | US$4,000 |" in md
+    assert "data/orders &amp; more.csv" in md or "data/orders & more.csv" in md
+    for pid in PATIENTS:  # no patient identifiers in the Markdown summary
+        assert pid not in md
 
 
 def test_markdown_escapes_table_cells():
@@ -263,23 +345,170 @@ def test_markdown_escapes_table_cells():
     assert md_escape("<b>") == "&lt;b&gt;"
     assert md_escape("two\nlines") == "two lines"
     key = "odd|<key>`"
-    md = render_markdown(summarise(make_tables([_course("C7", "P6", key, datetime(2024, 2, 20), 30.0, True)]),
-                                   ReportOptions()))
+    md = render_markdown(summarise(make_tables([_course("P6:x:1", "P6", key, datetime(2024, 2, 20), 30.0, True)]),
+                                   ReportOptions(**ALL)))
     assert "| odd\\|&lt;key&gt;\\` | 1 |" in md
     assert key not in md and "<key>" not in md
 
 
-# --------------------------------------------------------------------------- files
+def test_artifacts_carry_no_patient_identifiers(tables):
+    d = summarise(tables, ReportOptions())
+    text = headline_markdown(d)
+    rows = aggregate_table(d)
+    assert "Courses audited" in text and "All history" in text
+    assert {r["indication"] for r in rows} == {"Guillain-Barré syndrome", "CIDP maintenance", "Kawasaki disease"}
+    blob = text + json.dumps(rows, ensure_ascii=False)
+    for pid in PATIENTS + ("P9",):
+        assert pid not in blob
+    assert all(set(r) >= {"courses", "pct_appropriate", "grams_avoidable", "money_avoidable"} for r in rows)
 
 
-def test_write_report(tables, tmp_path: Path):
-    paths = write_report(tables, tmp_path / "out", ReportOptions(cost_per_gram=90.0))
-    assert [p.name for p in paths] == ["index.html", "summary.md"]
-    html_text, md_text = (p.read_text(encoding="utf-8") for p in paths)
-    assert html_text.count("<svg") == 4 and "US$2,745" in html_text
-    assert "US$2,745" in md_text
+# --------------------------------------------------------------------------- worklist
 
 
-def test_write_report_empty(tmp_path: Path):
-    paths = write_report(empty_tables(), tmp_path)
-    assert all(p.exists() for p in paths)
+def test_worklist_is_formula_safe_and_keeps_numbers():
+    extra = [
+        _finding(f"X{i}", "course_dose.above_target", "warning", "P2:gbs:20240110", "P2", "gbs", payload, -1.5 * i,
+                 expected=payload, observed=payload, action=payload)
+        for i, payload in enumerate(FORMULAS, start=1)
+    ]
+    tables = make_tables([_course("-7:gbs:20240120", "-7", "gbs", datetime(2024, 1, 20), 10.0, True,
+                                  service="=cmd|'/c calc'!A0")],
+                         extra + [_finding("X9", "monitoring.no_baseline_labs", "warning", "-7:gbs:20240120", "-7",
+                                           "gbs", "@SUM(1)")], validate=False)
+    df = worklist_frame(summarise(tables, ReportOptions(**ALL)))
+    assert df.columns == ["finding_id", "severity", "category", "rule_id", "patient_id", "course_id", "indication",
+                          "course_start", "service", "prescriber_id", "message", "expected", "observed", "action",
+                          "excess_g"]
+    buf = io.StringIO()
+    df.write_csv(buf, date_format="%Y-%m-%d")
+    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    for row in rows:
+        for col, cell in row.items():
+            if col in ("excess_g", "course_start"):
+                continue
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (col, cell)
+    by_id = {r["finding_id"]: r for r in rows}
+    assert by_id["X1"]["message"] == "'=HYPERLINK(\"http://x\")"
+    assert by_id["X2"]["message"] == "'@SUM(1)" and by_id["X3"]["message"] == "'+1"
+    assert by_id["X4"]["message"] == "'-1+2" and by_id["X5"]["message"] == "'\tx"
+    assert by_id["X1"]["excess_g"] == "-1.5"  # a negative number stays a number
+    assert by_id["X9"]["patient_id"] == "'-7" and by_id["X9"]["service"] == "'=cmd|'/c calc'!A0"
+    assert by_id["X9"]["course_start"] == "2024-01-20"
+
+
+def test_write_report_files(tables, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("pipeline.report.CHART_BUILDERS", ())  # charts are tested elsewhere
+    paths, d = build_report(tables, tmp_path / "out", ReportOptions(cost_per_gram=90.0, **ALL))
+    assert [p.name for p in paths] == ["index.html", "summary.md", "worklist.csv"]
+    html_text, md_text = (p.read_text(encoding="utf-8") for p in paths[:2])
+    assert "US$7,695" in html_text  # 85.5 g x 90
+    assert "US$7,695" in md_text
+    raw = paths[2].read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")  # BOM: Excel reads UTF-8
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+    assert len(rows) == 8 and rows[0]["severity"] == "critical"  # open findings, worst first
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    assert write_report(empty_tables(), tmp_path / "empty") == [tmp_path / "empty" / n
+                                                                for n in ("index.html", "summary.md", "worklist.csv")]
+
+
+# --------------------------------------------------------------------------- pseudonyms
+
+
+def test_pseudonymized_outputs_hide_patient_ids(tables, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("pipeline.report.CHART_BUILDERS", ())  # charts hold aggregates only
+    monkeypatch.delenv(PSEUDONYM_ENV, raising=False)
+    with pytest.raises(ReportOptionsError, match="pseudonym"):
+        summarise(tables, ReportOptions(pseudonymize=True))
+    monkeypatch.setenv(PSEUDONYM_ENV, "site-secret")
+    paths, d = build_report(tables, tmp_path, ReportOptions(pseudonymize=True, **ALL))
+    assert d.pseudonymized
+    mapping = dict(pseudonym_map(pl.Series(list(PATIENTS)), b"site-secret").iter_rows())
+    assert all(v.startswith("anon-") and len(v) == 21 for v in mapping.values())
+    for path in paths:
+        text = path.read_text(encoding="utf-8-sig")
+        for pid in PATIENTS:
+            assert f"{pid}:" not in text and f">{pid}<" not in text and f",{pid}," not in text, (path.name, pid)
+    csv_text = paths[2].read_text(encoding="utf-8-sig")
+    assert mapping["P5"] in csv_text and f"{mapping['P5']}:kawasaki:20240214" in csv_text  # course ids too
+    assert mapping["P5"] in paths[0].read_text(encoding="utf-8")
+    # Same key, same pseudonym; another key, another.
+    again = summarise(tables, ReportOptions(pseudonymize=True, pseudonym_key="site-secret", **ALL))
+    other = summarise(tables, ReportOptions(pseudonymize=True, pseudonym_key="other", **ALL))
+    assert set(again.worklist["patient_id"]) == set(d.worklist["patient_id"])
+    assert not set(other.worklist["patient_id"]) & set(d.worklist["patient_id"])
+    assert again.headline == d.headline  # numbers do not change
+
+
+def test_pseudonym_map_hashes_each_distinct_id_once():
+    ids = pl.Series(["P1", "P2", "P1", None, "P1"])
+    m = pseudonym_map(ids, b"k")
+    assert m.height == 2 and m["pseudonym"].n_unique() == 2
+
+
+# --------------------------------------------------------------------------- command line
+
+runner = CliRunner()
+
+
+def _cli(args: list[str]):
+    from flows.cli import app
+
+    return runner.invoke(app, ["report", *args])
+
+
+@pytest.fixture()
+def fake_db(tmp_path: Path, monkeypatch) -> Path:
+    """An existing database path whose tables are the fixture's (read_tables patched)."""
+    import pipeline.store
+
+    db = tmp_path / "audit.duckdb"
+    db.write_bytes(b"")
+    monkeypatch.setattr(pipeline.store, "read_tables", lambda path: make_tables())
+    return db
+
+
+def _one_line_error(result) -> str:
+    err = result.stderr.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["--from", "2024-13-01"], 2, "--from must be a date"),
+        (["--to", "yesterday"], 2, "--to must be a date"),
+        (["--from", "2024-03-01", "--to", "2024-02-01"], 2, "is after"),
+        (["--cost-per-gram", "abc"], 2, "--cost-per-gram"),
+        (["--cost-per-gram", "-5"], 2, "--cost-per-gram"),
+        (["--pseudonymize"], 2, "--pseudonym-key"),
+    ],
+)
+def test_cli_bad_options_are_one_line(fake_db, tmp_path, monkeypatch, args, code, text):
+    monkeypatch.delenv(PSEUDONYM_ENV, raising=False)
+    result = _cli(["--db", str(fake_db), "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == code
+    assert text in _one_line_error(result)
+
+
+def test_cli_unwritable_out_is_exit_3(fake_db, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        result = _cli(["--db", str(fake_db), "--out", str(out)])
+        assert result.exit_code == 3
+        assert "cannot write the report" in _one_line_error(result)
+
+
+def test_cli_writes_report_with_options(fake_db, tmp_path):
+    out = tmp_path / "r"
+    result = _cli(["--db", str(fake_db), "--out", str(out), "--from", "2024-01-01", "--to", "2024-02-29",
+                   "--cost-per-gram", "100", "--cost-source", "2024 contract", "--facility", "Nowhere",
+                   "--pseudonymize", "--pseudonym-key", "k", "--intervention", "2024-02-01"])
+    assert result.exit_code == 0, result.output
+    assert "no courses for facility 'Nowhere'" in result.stderr
+    html_text = (out / "index.html").read_text(encoding="utf-8")
+    assert "2024 contract" in html_text and "No courses for facility" in html_text
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "summary.md", "worklist.csv"]

@@ -181,7 +181,7 @@ def test_grams_avoidable_by_lever_counts_a_course_once(db: Path, tmp_path: Path)
         ).fetchall()
         levers = con.execute("SELECT lever, courses, grams_avoidable, cost_avoidable FROM v_grams_avoidable_by_lever").fetchall()
     assert claims == [("course_dose.above_target", 140.0), ("repeat_justification.repeat_without_justification", 280.0)]
-    assert levers == [("repeat course", 1, 280.0, 280.0 * 80.0)]
+    assert levers == [("repeat", 1, 280.0, 280.0 * 80.0)]
 
 
 def test_reader_gets_clear_message_while_writer_holds_the_file(db: Path, tmp_path: Path):
