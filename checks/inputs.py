@@ -31,6 +31,9 @@ ORDER_COLUMNS: dict[str, bool] = {
     "justification": False,
     "prescriber_id": False,
     "service": False,
+    # National Drug Code of the product dispensed (any of 4-4-2, 5-3-2, 5-4-1 with dashes, or 11 digits):
+    # matched by prefix against `ndc_prefixes` of the product dictionary before the name.
+    "ndc": False,
 }
 
 LAB_COLUMNS: dict[str, bool] = {
@@ -56,6 +59,23 @@ EXTRACT_COLUMNS: dict[str, dict[str, bool]] = {
 }
 
 DOSE_UNITS = ("g", "mg", "ml", "g/kg")
+
+#: Plausibility limits of an IVIG order's values (data, documented; a site may change them here).
+#: These live here, not in rulepack.toml, because they decide whether a row can be audited at all
+#: (quarantine), not whether a course is appropriate (findings). A value outside its limits is not
+#: a clinical judgement but an impossible number (a weight in grams or pounds entered as kg, a course
+#: total entered as a daily dose, a volume entered as grams): the IVIG row goes to quarantine with
+#: the reason and the limit, and is never audited on a guessed value.
+#:   weight_kg          actual weight at order, kilograms (0.3 kg: the smallest viable neonate)
+#:   height_cm          height, centimetres
+#:   grams_per_day      grams of one daily dose
+#:   g_per_kg_per_day   grams per kilogram of actual weight of one daily dose (when the weight is known)
+PLAUSIBILITY: dict[str, tuple[float, float]] = {
+    "weight_kg": (0.3, 350.0),
+    "height_cm": (30.0, 250.0),
+    "grams_per_day": (0.0, 300.0),
+    "g_per_kg_per_day": (0.0, 3.0),
+}
 LAB_TESTS = ("creatinine", "egfr", "crcl", "hemoglobin", "platelets", "iga", "igg")
 
 

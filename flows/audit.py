@@ -72,9 +72,9 @@ def _retry_on_io(task, task_run, state) -> bool:
 
 
 @task(name="read extract", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io, **PATIENT_ROWS)
-def read_extract(paths: list[str], extract: str):
-    """One extract's files as a lazy frame of text columns, with their content hashes."""
-    lf, sources = scan_extract([Path(p) for p in paths], extract)
+def read_extract(paths: list[str], extract: str, mapping: str | None = None):
+    """One extract's files as a lazy frame of canonical text columns, with their content hashes."""
+    lf, sources = scan_extract([Path(p) for p in paths], extract, mapping=mapping)
     get_run_logger().info("%s extract: %d file(s)", extract, len(sources))
     return lf, sources
 
@@ -196,6 +196,7 @@ def audit_flow(
     cost_per_gram: float = 80.0,
     force: bool = False,
     shards: int = 1,
+    mapping: str | None = None,
 ) -> AuditSummary:
     """Audit the new extracts together with the stored history into the database; write the summary."""
     started = datetime.now(timezone.utc)
@@ -216,7 +217,9 @@ def audit_flow(
         get_run_logger().info("nothing new to audit: every input file was audited before (use --force)")
         return AuditSummary(run_id=run_id, db=db, skipped_files=len(skipped), nothing_new=True)
     # One read task per file, run concurrently (hashing and header checks); scanning stays lazy.
-    futures = {name: [read_extract.submit([path], name) for path in paths] for name, paths in new_inputs.items()}
+    futures = {
+        name: [read_extract.submit([path], name, mapping) for path in paths] for name, paths in new_inputs.items()
+    }
     history = load_history(db)
     read = {name: [future.result() for future in files] for name, files in futures.items()}
     lap("read")

@@ -16,7 +16,8 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
 
 import typer  # noqa: E402
 
-from pipeline.read import ExtractError, discover, scan_extract  # noqa: E402
+from pipeline.mapping import load_mapping  # noqa: E402
+from pipeline.read import ExtractError, scan_extract  # noqa: E402
 from pipeline.rulepack import RulePackError, load_rule_pack  # noqa: E402
 from pipeline.store import StoreError  # noqa: E402
 
@@ -50,14 +51,18 @@ def default_sample_dir() -> Path:
     return here if here.is_dir() else Path(__file__).resolve().parents[1] / "sample_data"
 
 
-def preflight(orders: list[Path], labs: Path | None, procedures: Path | None, rules: Path | None, profile: str | None) -> None:
+def preflight(
+    orders: list[Path], labs: Path | None, procedures: Path | None, rules: Path | None, profile: str | None,
+    mapping: str | None = None,
+) -> None:
     """Check inputs and configuration before Prefect starts, so user mistakes fail fast with one line."""
     load_rule_pack(rules, profile)
-    scan_extract(orders, "orders")
+    profile_map = load_mapping(mapping) if mapping else None
+    scan_extract(orders, "orders", mapping=profile_map)
     if labs is not None:
-        scan_extract([labs], "labs")
+        scan_extract([labs], "labs", mapping=profile_map)
     if procedures is not None:
-        scan_extract([procedures], "procedures")
+        scan_extract([procedures], "procedures", mapping=profile_map)
 
 
 @app.command()
@@ -69,6 +74,7 @@ def run(
     rules: Annotated[Optional[Path], typer.Option(help="Site rule-pack TOML overriding the shipped defaults.")] = None,
     profile: Annotated[Optional[str], typer.Option(help="Dosing-weight policy profile: default, ontario, ibw, discretionary.")] = None,
     products: Annotated[Optional[Path], typer.Option(help="Site product dictionary TOML (replaces the shipped one).")] = None,
+    mapping: Annotated[Optional[str], typer.Option(help="Column-mapping profile of the site's extract: canonical, epic_clarity, fhir_medication_request, fhir_medication_administration, mimic3, mimic4, or a TOML file (docs/ingest.md).")] = None,
     report_dir: Annotated[Path, typer.Option(help="Folder for the HTML and Markdown summary.")] = Path("reports"),
     cost_per_gram: Annotated[float, typer.Option(min=0, help="Cost of one gram of IVIG, for money avoidable.")] = 80.0,
     fail_on_critical: Annotated[bool, typer.Option(help="Exit 1 when the run found critical findings.")] = False,
@@ -88,7 +94,7 @@ def run(
         labs = labs or (sample / "labs.csv" if (sample / "labs.csv").exists() else None)
         procedures = procedures or (sample / "procedures.csv" if (sample / "procedures.csv").exists() else None)
     try:
-        preflight(orders, labs, procedures, rules, profile)
+        preflight(orders, labs, procedures, rules, profile, mapping)
     except (ExtractError, RulePackError) as exc:
         _fail(str(exc))
     from flows.audit import audit_flow
@@ -114,6 +120,7 @@ def run(
             cost_per_gram=cost_per_gram,
             force=force,
             shards=shards,
+            mapping=mapping,
         )
     except (ExtractError, RulePackError) as exc:
         _fail(str(exc))
@@ -178,6 +185,7 @@ def serve(
     procedures: Annotated[Optional[Path], typer.Option(help="Procedures extract path, read each night.")] = None,
     db: Annotated[Path, typer.Option(help="DuckDB database to write.")] = Path("ivig_audit.duckdb"),
     report_dir: Annotated[Path, typer.Option(help="Folder for the summary.")] = Path("reports"),
+    mapping: Annotated[Optional[str], typer.Option(help="Column-mapping profile name or TOML file.")] = None,
     cron: Annotated[str, typer.Option(help="Cron schedule of the nightly run.")] = "0 2 * * *",
     timezone: Annotated[str, typer.Option(help="Time zone of the schedule (IANA name).")] = "UTC",
 ) -> None:
@@ -201,6 +209,7 @@ def serve(
             "procedures": str(procedures.resolve()) if procedures else None,
             "db": str(db.resolve()),
             "report_dir": str(report_dir.resolve()),
+            "mapping": str(Path(mapping).resolve()) if mapping and Path(mapping).exists() else mapping,
         },
     )
 

@@ -1,4 +1,5 @@
-"""`ivig-audit dose` and `ivig-audit measure`: the pharmacist's dose calculator and the comparable measure."""
+"""`ivig-audit dose`, `measure`, `replay`, `diff` and `scenarios`: the pharmacist's dose calculator,
+the comparable measure, and what a rule-pack or policy change would do before it goes live."""
 
 from __future__ import annotations
 
@@ -169,3 +170,205 @@ def measure(
         f"wrote {out}: {counts['denominator']} courses started {start} to {end}, {counts['numerator']} appropriate"
         + (f" ({score:.1%})" if score is not None else "")
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Replay and diff (issue 9): scenarios never touch the live findings or their review states.
+# --------------------------------------------------------------------------------------------
+
+_DB_HELP = "DuckDB database written by `ivig-audit run`."
+
+
+def _require_db(db: Path) -> None:
+    if not db.exists():
+        _fail(f"database not found: {db}", EXIT_BAD_INPUT)
+
+
+@app.command()
+def replay(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The past run whose recorded inputs to re-audit (runs.run_id).")],
+    rules: Annotated[Optional[Path], typer.Option(help="Site rule-pack TOML to try (merged over the shipped defaults).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Policy profile to try: default, ontario, ibw, discretionary.")] = None,
+    db: Annotated[Path, typer.Option(help=_DB_HELP)] = Path("ivig_audit.duckdb"),
+    name: Annotated[Optional[str], typer.Option(help="A name for the scenario (default: describes the replay).")] = None,
+    products: Annotated[Optional[Path], typer.Option(help="Site product dictionary TOML (the run's own is not recorded; default: the shipped one).")] = None,
+    history_only: Annotated[bool, typer.Option("--history-only", help="Do not re-read the input files: audit only the stored history (source_rows) the run could see.")] = False,
+) -> None:
+    """Re-audit the inputs recorded for a past run under another rule pack or profile, into a scenario.
+
+    The run's input files (runs.inputs) are read again after checking their sha256, together with
+    the stored history of IVIG patients first stored at or before that run. The result is stored as
+    a scenario (tables scenarios, scenario_findings, scenario_courses); the live findings, courses
+    and review states are not touched. Compare with `ivig-audit diff RUN_ID SCENARIO_ID`.
+
+    Example: ivig-audit replay 20261128T021500Z-3f2a1c --profile ibw --name "NHS IBW policy"
+
+    Exit status: 0 stored; 2 bad input (unknown run, missing or changed input file, bad rule pack
+    or profile); 3 database failure (locked, unreadable).
+    """
+    import duckdb
+
+    from pipeline.normalise import load_products
+    from pipeline.read import ExtractError, file_sha256, scan_extract
+    from pipeline.rulepack import load_rule_pack
+    from pipeline.scenario import (
+        default_scenario_name,
+        input_problem,
+        is_scenario_id,
+        new_scenario_id,
+        recorded_files,
+        replay_audit,
+    )
+    from pipeline.store import ScenarioRecord, read_run, read_source_rows_as_of, write_scenario
+
+    _require_db(db)
+    if is_scenario_id(run_id):
+        _fail(f"'{run_id}' is a scenario id; replay takes a run id (see `ivig-audit scenarios`)", EXIT_BAD_INPUT)
+    try:
+        pack = load_rule_pack(rules, profile)
+    except RulePackError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    try:
+        dictionary = load_products(products)
+    except FileNotFoundError:
+        _fail(f"product dictionary not found: {products}", EXIT_BAD_INPUT)
+    except (ValueError, KeyError) as exc:
+        _fail(f"product dictionary {products} cannot be used: {exc}", EXIT_BAD_INPUT)
+    try:
+        run = read_run(db, run_id)
+    except (StoreError, duckdb.Error) as exc:
+        _fail(_db_message(exc), EXIT_FAILURE)
+    if run is None:
+        _fail(f"no run with id '{run_id}' in {db}", EXIT_BAD_INPUT)
+    try:
+        files = recorded_files(run["inputs"])
+    except ValueError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+
+    frames = {}
+    tonight: set[str] = set()
+    if not history_only:
+        for extract, entries in files.items():
+            for path, recorded in entries:
+                current = file_sha256(Path(path)) if Path(path).is_file() else None
+                problem = input_problem(extract, path, recorded, current, run_id)
+                if problem:
+                    _fail(problem, EXIT_BAD_INPUT)
+            try:
+                frames[extract], sources = scan_extract([Path(p) for p, _ in entries], extract)
+            except ExtractError as exc:
+                _fail(str(exc), EXIT_BAD_INPUT)
+            tonight |= {s.path for s in sources}
+    try:
+        history = read_source_rows_as_of(db, run_id)
+    except (StoreError, duckdb.Error) as exc:
+        _fail(_db_message(exc), EXIT_FAILURE)
+    if not frames and (history is None or history.filter(history["extract"] == "orders").is_empty()):
+        _fail(f"run {run_id} left no stored orders history to replay; replay without --history-only", EXIT_BAD_INPUT)
+
+    created = datetime.now(timezone.utc)
+    scenario_id = new_scenario_id(created)
+    try:
+        result = replay_audit(frames, history, frozenset(tonight), dictionary, pack, scenario_id)
+    except ExtractError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except Exception as exc:  # noqa: BLE001 - one line, no row content (it may hold patient data)
+        _fail(f"the replay of run {run_id} failed ({type(exc).__name__}); the live tables were not touched", EXIT_FAILURE)
+    record = ScenarioRecord(
+        scenario_id=scenario_id,
+        name=name or default_scenario_name(run_id, pack.profile_name, str(rules) if rules else None, history_only),
+        base_run_id=run_id,
+        created_at=created,
+        profile=pack.profile_name,
+        rule_pack_version=pack.version,
+        rule_pack_hash=pack.config_hash,
+        rules_file=str(rules) if rules else None,
+        courses=result.courses.height,
+        findings=result.findings.height,
+        history_only=history_only,
+    )
+    try:
+        write_scenario(db, record, result.findings, result.courses)
+    except (StoreError, duckdb.Error) as exc:
+        _fail(_db_message(exc), EXIT_FAILURE)
+    severities = result.findings.group_by("severity").len()
+    counts = dict(zip(severities["severity"].to_list(), severities["len"].to_list()))
+    typer.echo(
+        f"scenario {scenario_id} ({record.name}): run {run_id} replayed under rule pack {pack.version}, "
+        f"profile {pack.profile_name}"
+        f"{' (the same rule configuration as the run)' if pack.config_hash == run['rule_pack_hash'] else ''}"
+        f": {record.courses} courses, {record.findings} findings "
+        f"(critical {counts.get('critical', 0)}, warning {counts.get('warning', 0)}, info {counts.get('info', 0)}); "
+        f"compare: ivig-audit diff {run_id} {scenario_id} --db {db}"
+    )
+
+
+def _db_message(exc: BaseException) -> str:
+    """One line for a database failure (a StoreError is already one line)."""
+    if isinstance(exc, StoreError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"cannot read the database: {text[0] if text else type(exc).__name__}"
+
+
+@app.command("diff")
+def diff_command(
+    a: Annotated[str, typer.Argument(metavar="A", help="Run id (20261128T021500Z-3f2a1c) or scenario id (scn-...): the before.")],
+    b: Annotated[str, typer.Argument(metavar="B", help="Run id or scenario id: the after.")],
+    db: Annotated[Path, typer.Option(help=_DB_HELP)] = Path("ivig_audit.duckdb"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """List the findings added, removed and changed from A to B, with counts by rule.
+
+    A and B are each a run id or a scenario id (scenario ids start with "scn-"). For a run, the
+    findings present at that run are rebuilt from the live findings table: first seen at or before
+    it and not resolved by then; their content (severity, expected, observed, grams) is the latest
+    stored. "Changed" means the same finding_id with a different severity, expected, observed or
+    excess_g.
+
+    Example: ivig-audit diff 20261128T021500Z-3f2a1c scn-20261128T091500Z-4b1e0a
+
+    Exit status: 0 compared (differences are not errors); 2 unknown id or missing database;
+    3 database failure.
+    """
+    import duckdb
+
+    from pipeline.scenario import diff_findings, diff_to_json, format_diff, is_scenario_id
+    from pipeline.store import read_run_findings, read_scenario_findings
+
+    _require_db(db)
+    sides = []
+    for ref in (a, b):
+        try:
+            sides.append(read_scenario_findings(db, ref) if is_scenario_id(ref) else read_run_findings(db, ref))
+        except ValueError as exc:
+            _fail(f"{exc} in {db}", EXIT_BAD_INPUT)
+        except (StoreError, duckdb.Error) as exc:
+            _fail(_db_message(exc), EXIT_FAILURE)
+    result = diff_findings(*sides)
+    typer.echo(diff_to_json(result, a, b) if as_json else format_diff(result, a, b))
+
+
+@app.command()
+def scenarios(
+    db: Annotated[Path, typer.Option(help=_DB_HELP)] = Path("ivig_audit.duckdb"),
+) -> None:
+    """List the stored scenarios (ivig-audit replay), oldest first."""
+    import duckdb
+
+    from pipeline.store import read_scenarios
+
+    _require_db(db)
+    try:
+        rows = read_scenarios(db)
+    except (StoreError, duckdb.Error) as exc:
+        _fail(_db_message(exc), EXIT_FAILURE)
+    if rows.is_empty():
+        typer.echo("no scenarios: create one with `ivig-audit replay RUN_ID --profile NAME` or `--rules FILE`")
+        return
+    for r in rows.iter_rows(named=True):
+        typer.echo(
+            f"{r['scenario_id']}  run {r['base_run_id']}  pack {r['rule_pack_version']} profile {r['profile']}"
+            f"{'  rules ' + r['rules_file'] if r['rules_file'] else ''}  {r['courses']} courses, {r['findings']} findings"
+            f"  {r['name']}"
+        )

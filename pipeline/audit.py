@@ -61,6 +61,8 @@ class PreparedOrders:
     rows_passed_through: int
     rows_ivig: int
     rows_quarantined: int
+    rows_unrecognised_ig: int
+    rows_quarantined_orders: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class AuditResult:
     rows_passed_through: int
     rows_out_of_scope: int
     rows_quarantined: int
+    rows_unrecognised_ig: int
+    rows_quarantined_orders: int
 
 
 def _contract_failures(df: pl.DataFrame, schema: pa.DataFrameSchema, extract: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -165,6 +169,8 @@ def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> 
         rows_passed_through=counted(evidence.lazy()).select(pl.len()).collect().item(),
         rows_ivig=counted(ivig.lazy()).select(pl.len()).collect().item(),
         rows_quarantined=counted(quarantine.lazy()).select(pl.len()).collect().item(),
+        rows_unrecognised_ig=counted(collected["unrecognised_ig"].lazy()).select(pl.len()).collect().item(),
+        rows_quarantined_orders=counted(quarantine.lazy().filter(pl.col("extract") == "orders")).select(pl.len()).collect().item(),
     )
 
 
@@ -239,6 +245,8 @@ def output_tables(
         rows_passed_through=prepared.rows_passed_through,
         rows_out_of_scope=prepared.rows_out_of_scope,
         rows_quarantined=prepared.rows_quarantined,
+        rows_unrecognised_ig=prepared.rows_unrecognised_ig,
+        rows_quarantined_orders=prepared.rows_quarantined_orders,
     )
 
 
@@ -248,7 +256,10 @@ def with_history(
     """Tonight's extracts merged with the stored history (a new row replaces a stored one with the same key)."""
     merged: dict[str, pl.LazyFrame | None] = {}
     for name in ("orders", "labs", "procedures"):
-        stored = stored_text_rows(history, name) if history is not None else None
+        # A labs or procedures extract never given (tonight or before) stays absent: the rules
+        # that need it are then not judged, rather than judged against an empty extract.
+        has_stored = history is not None and not history.filter(pl.col("extract") == name).is_empty()
+        stored = stored_text_rows(history, name) if has_stored else None
         tonight = new.get(name)
         merged[name] = stored if tonight is None else merge_history(tonight, stored, name)
     if merged["orders"] is None:
@@ -325,6 +336,8 @@ def combine(parts: list[tuple[AuditResult, pl.DataFrame]]) -> tuple[AuditResult,
             rows_passed_through=sum(r.rows_passed_through for r in results),
             rows_out_of_scope=sum(r.rows_out_of_scope for r in results),
             rows_quarantined=sum(r.rows_quarantined for r in results),
+            rows_unrecognised_ig=sum(r.rows_unrecognised_ig for r in results),
+            rows_quarantined_orders=sum(r.rows_quarantined_orders for r in results),
         ),
         pl.concat([remembered for _, remembered in parts]),
     )

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from checks.inputs import EXTRACT_COLUMNS
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from checks.inputs import EXTRACT_COLUMNS, PLAUSIBILITY
 
 DT = pl.Datetime("us")
 
@@ -24,12 +27,20 @@ DATETIME_FORMATS = (
 DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y", "%Y%m%d")
 
 #: Spellings of dose units, lower-cased and without spaces, mapped to the canonical unit.
+#: (A per-day g/kg unit is a daily dose: one row is one daily dose, so it is g/kg.)
 UNIT_SPELLINGS = {
-    "g": "g", "gm": "g", "gms": "g", "gram": "g", "grams": "g", "gr.": "g",
-    "mg": "mg", "milligram": "mg", "milligrams": "mg",
-    "ml": "ml", "milliliter": "ml", "milliliters": "ml", "millilitre": "ml", "millilitres": "ml", "cc": "ml",
+    "g": "g", "g.": "g", "gm": "g", "gm.": "g", "gms": "g", "gram": "g", "grams": "g", "gr.": "g",
+    "gramme": "g", "grammes": "g",
+    "mg": "mg", "mg.": "mg", "mgs": "mg", "milligram": "mg", "milligrams": "mg", "milligramme": "mg",
+    "ml": "ml", "ml.": "ml", "mls": "ml", "milliliter": "ml", "milliliters": "ml", "millilitre": "ml",
+    "millilitres": "ml", "cc": "ml",
     "g/kg": "g/kg", "gm/kg": "g/kg", "gram/kg": "g/kg", "grams/kg": "g/kg", "gperkg": "g/kg", "g/kg/dose": "g/kg",
+    "gramsperkg": "g/kg", "gramsperkilogram": "g/kg", "g/kg/day": "g/kg", "gm/kg/day": "g/kg", "gm/kg/dose": "g/kg",
+    "g/kgbw": "g/kg",
 }
+
+#: A dose written as a range ("1-2", "0.4 - 0.5", "1 to 2"): never guessed.
+DOSE_RANGE = r"^\d+(\.\d+)?\s*(-|–|to)\s*\d+(\.\d+)?$"
 
 QUARANTINE_COLUMNS = ["extract", "source_file", "source_row", "order_id", "patient_id", "reason", "raw"]
 
@@ -48,12 +59,23 @@ def parse_number(column: str) -> pl.Expr:
     return cleaned.cast(pl.Float64, strict=False)
 
 
-def parse_datetime(column: str) -> pl.Expr:
-    """A text date-time in any accepted layout (a bare date is midnight); unparseable is null."""
-    text = blank_to_null(column)
-    candidates = [text.str.strptime(DT, fmt, strict=False) for fmt in DATETIME_FORMATS]
+def parse_datetime_text(text: pl.Expr, formats: Sequence[str] = ()) -> pl.Expr:
+    """A trimmed text expression as a date-time: `formats` first (a mapping profile's), then the accepted layouts."""
+    candidates = []
+    for fmt in formats:
+        has_time = any(code in fmt for code in ("%H", "%I", "%M", "%S", "%T", "%R", "%c"))
+        if has_time:
+            candidates.append(text.str.strptime(DT, fmt, strict=False))
+        else:
+            candidates.append(text.str.strptime(pl.Date, fmt, strict=False).cast(DT))
+    candidates += [text.str.strptime(DT, fmt, strict=False) for fmt in DATETIME_FORMATS]
     candidates += [text.str.strptime(pl.Date, fmt, strict=False).cast(DT) for fmt in DATE_FORMATS]
     return pl.coalesce(candidates)
+
+
+def parse_datetime(column: str) -> pl.Expr:
+    """A text date-time in any accepted layout (a bare date is midnight); unparseable is null."""
+    return parse_datetime_text(blank_to_null(column))
 
 
 def parse_date(column: str) -> pl.Expr:
@@ -123,6 +145,25 @@ def quarantine_rows(rows: pl.LazyFrame, extract: str, reason: pl.Expr | str = "r
     )
 
 
+def _unreadable_or_implausible(column: str, unit: str) -> list[tuple[pl.Expr, pl.Expr]]:
+    """IVIG dose problems of a weight or height: text that is not a number, or a value outside PLAUSIBILITY."""
+    low, high = PLAUSIBILITY[column]
+    value = pl.col(column)
+    return [
+        (
+            pl.col(f"{column}_text").is_not_null() & value.is_null(),
+            pl.format(f"{column} is not a number: '{{}}'", pl.col(f"{column}_text").str.slice(0, 40)),
+        ),
+        (
+            (value > 0) & ((value < low) | (value > high)),
+            pl.format(
+                f"{column} {{}} is outside the plausible {low:g}-{high:g} {unit}",
+                value.round(2).cast(pl.String).str.replace(r"\.0$", ""),
+            ),
+        ),
+    ]
+
+
 def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Typed order rows that pass the structural checks, and the rejected rows with their reason."""
     parsed = text_rows.with_columns(
@@ -136,8 +177,11 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         dose=parse_number("dose"),
         dose_unit_text=blank_to_null("dose_unit"),
         dose_unit=canonical_unit("dose_unit"),
+        doses_text=blank_to_null("doses"),
         doses_number=parse_number("doses"),
+        weight_kg_text=blank_to_null("weight_kg"),
         weight_kg=parse_number("weight_kg"),
+        height_cm_text=blank_to_null("height_cm"),
         height_cm=parse_number("height_cm"),
         age_years=parse_number("age_years"),
         birth_date=parse_date("birth_date"),
@@ -191,7 +235,13 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         dose_problem=_reasons(
             (pl.col("dose_text").is_null(), "dose missing"),
             (
-                pl.col("dose_text").is_not_null() & pl.col("dose").is_null(),
+                pl.col("dose_text").is_not_null() & pl.col("dose").is_null()
+                & pl.col("dose_text").str.contains(DOSE_RANGE),
+                pl.format("dose is not a number: '{}' is a range, not one amount", pl.col("dose_text").str.slice(0, 40)),
+            ),
+            (
+                pl.col("dose_text").is_not_null() & pl.col("dose").is_null()
+                & ~pl.col("dose_text").str.contains(DOSE_RANGE),
                 pl.format("dose is not a number: '{}'", pl.col("dose_text").str.slice(0, 40)),
             ),
             (pl.col("dose") <= 0, "dose must be above zero"),
@@ -200,10 +250,17 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
                 pl.col("dose_unit_text").is_not_null() & pl.col("dose_unit").is_null(),
                 pl.format("unknown dose unit '{}'", pl.col("dose_unit_text").str.slice(0, 20)),
             ),
+            (
+                pl.col("doses_text").is_not_null() & pl.col("doses_number").is_null(),
+                pl.format("doses not usable: {}", pl.col("doses_text").str.slice(0, 80)),
+            ),
+            *_unreadable_or_implausible("weight_kg", "kg"),
+            *_unreadable_or_implausible("height_cm", "cm"),
         ),
     )
     valid = checked.filter(pl.col("reason").is_null()).drop(
-        "reason", "copies", "versions", "copy_rank", "doses_number", "start_text", "birth_date"
+        "reason", "copies", "versions", "copy_rank", "doses_number", "doses_text", "start_text", "birth_date",
+        "weight_kg_text", "height_cm_text",
     )
     rejected = quarantine_rows(checked.filter(pl.col("reason").is_not_null()), "orders")
     return valid, rejected
@@ -292,3 +349,98 @@ def check_procedures(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFram
     )
     rejected = quarantine_rows(checked.filter(pl.col("reason").is_not_null()), "procedures")
     return valid, rejected
+
+
+# ------------------------------------------------------------------------------------ accounting
+@dataclass(frozen=True)
+class OrderAccounting:
+    """Where every row of an orders extract went: the counts must add up to the rows read.
+
+    ivig             IVIG rows audited (one row may be an order of several daily doses)
+    passed_through   other medications, kept as evidence (aspirin, ...), not audited
+    out_of_scope     immunoglobulins that are not IVIG (subcutaneous, hyperimmune globulins)
+    unrecognised_ig  names that look like an immunoglobulin but match no product (data-quality finding)
+    quarantined      rows rejected with file, row and reason (orders extract only)
+    """
+
+    rows_read: int
+    ivig: int
+    passed_through: int
+    out_of_scope: int
+    unrecognised_ig: int
+    quarantined: int
+
+    @property
+    def accounted(self) -> int:
+        """Rows that went somewhere."""
+        return self.ivig + self.passed_through + self.out_of_scope + self.unrecognised_ig + self.quarantined
+
+    @property
+    def unaccounted(self) -> int:
+        """Rows read minus rows accounted for (0 when nothing was lost or counted twice)."""
+        return self.rows_read - self.accounted
+
+    @property
+    def balanced(self) -> bool:
+        """Whether rows_read == ivig + passed_through + out_of_scope + unrecognised_ig + quarantined."""
+        return self.unaccounted == 0
+
+    def check(self) -> "OrderAccounting":
+        """Raise AssertionError with the numbers when rows were lost or counted twice; return self."""
+        if not self.balanced:
+            raise AssertionError(f"orders not accounted for: {self.describe()}")
+        return self
+
+    def describe(self) -> str:
+        """One line with every count (no patient data)."""
+        return (
+            f"read {self.rows_read} = IVIG {self.ivig} + passed through {self.passed_through} + out of scope "
+            f"{self.out_of_scope} + unrecognised Ig {self.unrecognised_ig} + quarantined {self.quarantined}"
+            + ("" if self.balanced else f" (difference {self.unaccounted})")
+        )
+
+
+def _height(value: Any) -> int:
+    """A count from an int or the height of a frame."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    return int(value.height)
+
+
+def accounting(
+    rows_read: int,
+    *,
+    ivig: Any,
+    passed_through: Any,
+    out_of_scope: Any,
+    unrecognised_ig: Any,
+    quarantine: Any,
+) -> OrderAccounting:
+    """The order accounting from counts or frames (pure; frames count their rows).
+
+    `quarantine` may be the run's whole quarantine frame: only rows of the orders extract count.
+    """
+    if quarantine is not None and not isinstance(quarantine, int) and "extract" in quarantine.columns:
+        quarantine = quarantine.filter(pl.col("extract") == "orders")
+    return OrderAccounting(
+        rows_read=int(rows_read),
+        ivig=_height(ivig),
+        passed_through=_height(passed_through),
+        out_of_scope=_height(out_of_scope),
+        unrecognised_ig=_height(unrecognised_ig),
+        quarantined=_height(quarantine),
+    )
+
+
+def accounting_of(result: Any) -> OrderAccounting:
+    """The order accounting of tonight's rows of a `PreparedOrders` or an `AuditResult` (pipeline.audit)."""
+    return accounting(
+        result.rows_read,
+        ivig=result.rows_ivig,
+        passed_through=result.rows_passed_through,
+        out_of_scope=result.rows_out_of_scope,
+        unrecognised_ig=result.rows_unrecognised_ig,
+        quarantine=result.rows_quarantined_orders,
+    )

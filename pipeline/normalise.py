@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 
+from checks.inputs import PLAUSIBILITY
 from pipeline.contract import quarantine_rows
 from pipeline.rulepack import RulePack
 
@@ -35,8 +36,13 @@ class ProductDictionary:
                 "iga_depleted": [bool(p.get("iga_depleted", False)) for p in self.products],
                 "vial_sizes_g": [[float(v) for v in p.get("vial_sizes_g", [])] for p in self.products],
                 "product_route": [p.get("route", "IV") for p in self.products],
+                "ndc_prefixes": [[normalise_ndc_prefix(n) for n in p.get("ndc_prefixes", [])] for p in self.products],
             },
-            schema_overrides={"concentration_g_per_ml": pl.Float64, "vial_sizes_g": pl.List(pl.Float64)},
+            schema_overrides={
+                "concentration_g_per_ml": pl.Float64,
+                "vial_sizes_g": pl.List(pl.Float64),
+                "ndc_prefixes": pl.List(pl.String),
+            },
         )
 
 
@@ -54,13 +60,58 @@ def load_products(path: Path | None = None) -> ProductDictionary:
     )
 
 
-def matched_product(products: ProductDictionary) -> pl.Expr:
-    """The dictionary product whose pattern first matches the medication name (null if none)."""
+def normalise_ndc_prefix(text: str) -> str:
+    """A dictionary NDC prefix ('0944-2700', '44206-439', '13533-805-45') as digits of the 11-digit 5-4-2 form.
+
+    Each dash-separated segment is zero-padded to 5, 4 and 2 digits (the HIPAA 11-digit layout), so the
+    10-digit 4-4-2, 5-3-2 and 5-4-1 layouts all compare; a prefix without dashes is taken as digits.
+    """
+    parts = [part.strip() for part in str(text).split("-")]
+    if len(parts) == 1:
+        return "".join(ch for ch in parts[0] if ch.isdigit())
+    widths = (5, 4, 2)
+    return "".join(part.zfill(width) for part, width in zip(parts, widths) if part)
+
+
+def normalised_ndc(column: str = "ndc") -> pl.Expr:
+    """An NDC text as digits of the 11-digit 5-4-2 form (null when absent, too short or ambiguous).
+
+    Dashed 4-4-2, 5-3-2, 5-4-1 and 5-4-2 codes are padded segment by segment; 11 bare digits are kept;
+    10 bare digits are ambiguous (which segment lacks its leading zero?) and give null, so the name decides.
+    """
+    text = pl.col(column).str.strip_chars()
+    dashed = text.str.extract_groups(r"^(\d{4,5})-(\d{3,4})(?:-(\d{1,2}))?$")
+    padded = pl.concat_str(
+        dashed.struct.field("1").str.zfill(5),
+        dashed.struct.field("2").str.zfill(4),
+        dashed.struct.field("3").fill_null("").str.zfill(2),
+    )
+    bare = pl.when(text.str.contains(r"^\d{11}$")).then(text)
+    return pl.coalesce(padded, bare)
+
+
+def matched_product(products: ProductDictionary, ndc_column: str | None = None) -> pl.Expr:
+    """The dictionary product of a row: its NDC by prefix when the row has one that matches, else the first
+    product whose pattern matches the medication name (null if none).
+
+    Only the medication name is matched, never container, bag or formulary codes (MIMIC 'Bag' rows with
+    formulary code IVIGBAG are diluent bags, not doses).
+    """
     name = pl.col("medication").str.to_lowercase()
     expr: pl.Expr = pl.lit(None, dtype=pl.String)
     for product in reversed(products.products):
         expr = pl.when(name.str.contains(product["pattern"])).then(pl.lit(product["name"])).otherwise(expr)
-    return expr
+    if ndc_column is None:
+        return expr
+    ndc = normalised_ndc(ndc_column)
+    by_ndc: pl.Expr = pl.lit(None, dtype=pl.String)
+    for product in reversed(products.products):
+        prefixes = [normalise_ndc_prefix(n) for n in product.get("ndc_prefixes", [])]
+        prefixes = [p for p in prefixes if len(p) >= 9]  # labeler + product at least: never a labeler alone
+        if prefixes:
+            hit = pl.any_horizontal([ndc.str.starts_with(p) for p in prefixes])
+            by_ndc = pl.when(hit).then(pl.lit(product["name"])).otherwise(by_ndc)
+    return pl.coalesce(by_ndc, expr)
 
 
 def classify_medications(orders: pl.LazyFrame, products: ProductDictionary) -> pl.LazyFrame:
@@ -68,9 +119,10 @@ def classify_medications(orders: pl.LazyFrame, products: ProductDictionary) -> p
     table = products.table().lazy()
     route = pl.col("route").str.to_uppercase().str.strip_chars()
     looks_like_ig = pl.col("medication").str.to_lowercase().str.contains(products.looks_like_immunoglobulin)
+    ndc_column = "ndc" if "ndc" in orders.collect_schema().names() else None
     return (
-        orders.with_columns(product=matched_product(products))
-        .join(table, on="product", how="left")
+        orders.with_columns(product=matched_product(products, ndc_column))
+        .join(table.drop("ndc_prefixes"), on="product", how="left")
         .with_columns(
             # An IVIG brand given subcutaneously (Gamunex-C, Gammagard Liquid for PI) is SCIG, not IVIG.
             scope=pl.when((pl.col("scope") == "ivig") & route.is_in(["SC", "SUBCUT", "SUBCUTANEOUS", "SQ"]))
@@ -100,6 +152,27 @@ def grams_per_dose() -> pl.Expr:
     )
 
 
+def implausible_grams() -> pl.Expr:
+    """Why a daily dose in grams is impossible (PLAUSIBILITY of checks/inputs.py), null when plausible."""
+    _, max_g = PLAUSIBILITY["grams_per_day"]
+    _, max_g_per_kg = PLAUSIBILITY["g_per_kg_per_day"]
+    grams = pl.col("grams_per_dose")
+    per_kg = grams / pl.col("weight_kg")
+    short = lambda e: e.round(2).cast(pl.String).str.replace(r"\.0$", "")  # noqa: E731
+    return (
+        pl.when(grams > max_g)
+        .then(pl.format(f"daily dose {{}} g is above the plausible {max_g:g} g", short(grams)))
+        .when(per_kg > max_g_per_kg)
+        .then(
+            pl.format(
+                f"daily dose {{}} g on {{}} kg is {{}} g/kg, above the plausible {max_g_per_kg:g} g/kg",
+                short(grams), short(pl.col("weight_kg")), short(per_kg),
+            )
+        )
+        .otherwise(None)
+    )
+
+
 def grams_problem() -> pl.Expr:
     """Why a dose could not be turned into grams (null when it could)."""
     unit = pl.col("dose_unit")
@@ -125,10 +198,11 @@ class SplitOrders:
 
 def split_orders(classified: pl.LazyFrame) -> SplitOrders:
     """IVIG rows (dose checked), other medications as evidence, out-of-scope Ig, unrecognised Ig, rejects."""
-    ivig_rows = classified.filter(pl.col("scope") == "ivig")
+    ivig_rows = classified.filter(pl.col("scope") == "ivig").with_columns(
+        grams_per_dose=pl.when(pl.col("dose_problem").is_null()).then(grams_per_dose()),
+    ).with_columns(dose_problem=pl.coalesce(pl.col("dose_problem"), implausible_grams()))
     bad_ivig = ivig_rows.filter(pl.col("dose_problem").is_not_null())
     ivig = ivig_rows.filter(pl.col("dose_problem").is_null()).with_columns(
-        grams_per_dose=grams_per_dose(),
         grams_problem=grams_problem(),
     ).with_columns(total_g=pl.col("grams_per_dose") * pl.col("doses"))
     return SplitOrders(

@@ -286,7 +286,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
 
-TABLES: tuple[str, ...] = ("runs", "orders", "courses", "findings", "quarantine", "source_rows", "review_events")
+TABLES: tuple[str, ...] = (
+    "runs", "orders", "courses", "findings", "quarantine", "source_rows", "review_events",
+    "scenarios", "scenario_findings", "scenario_courses",
+)
 
 # Incoming frame contracts (column names and Polars dtypes) per stored table.
 _FRAME_SCHEMAS: dict[str, pa.DataFrameSchema] = {
@@ -660,6 +663,11 @@ _ORDER_BY: dict[str, str] = {
     "courses": "patient_id, start, course_id",
     "findings": "finding_id",
     "quarantine": "source_file, source_row, reason",
+    "source_rows": "extract, row_key",
+    "review_events": "event_id",
+    "scenarios": "created_at, scenario_id",
+    "scenario_findings": "scenario_id, finding_id",
+    "scenario_courses": "scenario_id, course_id",
 }
 
 
@@ -1212,17 +1220,13 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 
 def read_run(db_path: Path, run_id: str) -> dict | None:
-    """One stored run's metadata (inputs decoded from JSON), or None when there is no such run.
-
-    `earlier_runs` counts the stored runs whose id sorts before it (0: the run created the database).
-    """
+    """One stored run's metadata (inputs decoded from JSON), or None when there is no such run."""
     con = connect_read_only(Path(db_path))
     try:
         rows = con.execute(
             "SELECT run_id, started_at, profile, rule_pack_version, rule_pack_hash, inputs FROM runs WHERE run_id = ?",
             [run_id],
         ).fetchall()
-        earlier = con.execute("SELECT COUNT(*) FROM runs WHERE run_id < ?", [run_id]).fetchall()[0][0]
     finally:
         con.close()
     if not rows:
@@ -1230,7 +1234,6 @@ def read_run(db_path: Path, run_id: str) -> dict | None:
     run_id_, started_at, profile, version, pack_hash, inputs = rows[0]
     return {
         "run_id": run_id_,
-        "earlier_runs": int(earlier),
         "started_at": started_at,
         "profile": profile,
         "rule_pack_version": version,

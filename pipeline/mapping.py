@@ -1,0 +1,730 @@
+"""Column-mapping profiles: a site's own extract (columns, codes, units, date formats) onto the canonical columns.
+
+A profile is a TOML file (shipped ones in `pipeline/data/mappings/`, documented in docs/ingest.md).
+`load_mapping(name_or_path)` reads one; `pipeline.read.scan_extract(paths, extract, mapping=...)`
+applies it. Whatever the source looked like, the result is the canonical text layout the rest of
+the pipeline reads: every canonical column of the extract as String, plus `source_file` and
+`source_row`. Values are only re-spelled here (renamed, recoded, re-dated, converted to kg / cm,
+expanded from start/end/frequency into a number of daily doses); judging them stays in
+`pipeline.contract`, so a value the profile cannot convert reaches the contract as text and is
+quarantined there with its reason.
+
+Two formats:
+  table  CSV or Parquet files (Epic Clarity, MIMIC, the canonical layout, any site table)
+  fhir   FHIR R4 NDJSON (bulk export): MedicationRequest or MedicationAdministration resources are
+         the order rows; Observation resources (LOINC body weight / body height) give weight and
+         height as of the order time per patient; Patient resources give sex and birth date.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import polars as pl
+
+from checks.inputs import EXTRACT_COLUMNS, required_columns
+from pipeline.contract import blank_to_null, parse_datetime_text
+from pipeline.read import ExtractError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("table", "fhir")
+ENCODINGS = ("auto", "utf-8", "cp1252", "latin-1")
+FHIR_RESOURCES = ("MedicationRequest", "MedicationAdministration")
+
+#: Canonical columns holding a date or date-time, per extract (re-dated with the profile's formats).
+DATE_COLUMNS = {
+    "orders": ("start", "birth_date"),
+    "labs": ("collected_at",),
+    "procedures": ("performed_at",),
+}
+
+#: Weight units (lower-case, no spaces or dots) and the factor to kilograms.
+WEIGHT_UNITS = {
+    "kg": 1.0, "kgs": 1.0, "kilo": 1.0, "kilos": 1.0, "kilogram": 1.0, "kilograms": 1.0,
+    "lb": 0.45359237, "lbs": 0.45359237, "pound": 0.45359237, "pounds": 0.45359237, "#": 0.45359237,
+    "[lb_av]": 0.45359237,
+    "g": 0.001, "gm": 0.001, "gram": 0.001, "grams": 0.001,
+    "oz": 0.028349523125, "ounce": 0.028349523125, "ounces": 0.028349523125, "[oz_av]": 0.028349523125,
+}
+#: Height units and the factor to centimetres.
+HEIGHT_UNITS = {
+    "cm": 1.0, "cms": 1.0, "centimeter": 1.0, "centimeters": 1.0, "centimetre": 1.0, "centimetres": 1.0,
+    "in": 2.54, "inch": 2.54, "inches": 2.54, '"': 2.54, "[in_i]": 2.54, "[in_us]": 2.54,
+    "m": 100.0, "meter": 100.0, "meters": 100.0, "metre": 100.0, "metres": 100.0,
+    "mm": 0.1,
+}
+#: Default frequency spellings of a schedule (upper-case, spaces collapsed); a profile may replace them.
+DAILY_FREQUENCIES = ("DAILY", "Q24H", "Q 24 H", "QD", "EVERY 24 HOURS", "ONCE DAILY", "Q24HR", "EVERY DAY", "1X DAILY")
+ONCE_FREQUENCIES = ("ONCE", "ONE TIME", "X1", "1 TIME", "NOW", "STAT", "ONCE ONLY")
+
+_TOP_KEYS = {"name", "description", "extends", "format", "read", "dates", "orders", "labs", "procedures", "fhir"}
+_EXTRACT_KEYS = {"columns", "templates", "constants", "values", "units", "schedule"}
+_UNIT_KEYS = {"weight", "weight_unit_column", "height", "height_unit_column"}
+_SCHEDULE_KEYS = {"end", "frequency", "daily", "once"}
+_FHIR_KEYS = {
+    "resource", "weight_codes", "height_codes", "observation_max_age_days", "exclude_status", "code_systems",
+}
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+class MappingError(ExtractError):
+    """A mapping profile that cannot be used (one-line, user-facing; the CLI exits 2)."""
+
+
+@dataclass(frozen=True)
+class ExtractMapping:
+    """How one extract (orders, labs, procedures) of a site maps onto its canonical columns.
+
+    columns    canonical -> source column names (lower-case), first non-empty wins
+    templates  canonical -> text with {source column} placeholders (ids built from several columns)
+    constants  canonical -> fixed text (a facility name for a one-site export)
+    values     canonical -> {source value (trimmed, lower-case) -> canonical value} (code lists)
+    units      weight / height default unit and optional per-row unit columns
+    schedule   order-level rows: end column, frequency column and frequency spellings -> `doses`
+    """
+
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    templates: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A column-mapping profile: how a site's extracts map onto the canonical columns (contract.md)."""
+
+    name: str
+    description: str
+    source: str
+    format: str = "table"
+    separator: str = ","
+    encoding: str = "auto"
+    date_formats: tuple[str, ...] = ()
+    extracts: dict[str, ExtractMapping] = field(default_factory=dict)
+    fhir: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def for_extract(self, extract: str) -> ExtractMapping:
+        """The mapping of one extract (an empty one: canonical names, when the profile has none)."""
+        return self.extracts.get(extract, ExtractMapping())
+
+    @property
+    def config_hash(self) -> str:
+        """sha256 of the effective profile (after `extends`), for the run record."""
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ loading
+def _shipped_dir():
+    return resources.files("pipeline").joinpath("data/mappings")
+
+
+def shipped_mappings() -> list[str]:
+    """Names of the profiles shipped in pipeline/data/mappings/."""
+    return sorted(p.name[: -len(".toml")] for p in _shipped_dir().iterdir() if p.name.endswith(".toml"))
+
+
+def _read_profile(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+    """The raw TOML of a profile (its `extends` chain merged) and where it came from."""
+    text_name = str(name_or_path)
+    path = Path(text_name)
+    if path.suffix.lower() == ".toml" or path.exists() or "/" in text_name or "\\" in text_name:
+        if not path.is_file():
+            raise MappingError(f"mapping profile not found: {path}")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MappingError(f"cannot read mapping profile {path}: {exc}") from None
+        where, base_dir = str(path), path.parent
+    else:
+        key = text_name.strip().lower().replace("-", "_")
+        entry = _shipped_dir().joinpath(f"{key}.toml")
+        if not entry.is_file():
+            raise MappingError(
+                f"unknown mapping profile '{text_name}': give a TOML file or one of {', '.join(shipped_mappings())}"
+            )
+        text, where, base_dir = entry.read_text(encoding="utf-8"), f"shipped:{key}", None
+    if where in seen:
+        raise MappingError(f"mapping profile {where} extends itself (via {' -> '.join(seen)})")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise MappingError(f"mapping profile {where} is not valid TOML: {exc}") from None
+    parent = raw.pop("extends", None)
+    if parent:
+        parent_ref = str(parent)
+        if base_dir is not None and (parent_ref.endswith(".toml") or "/" in parent_ref):
+            parent_ref = str((base_dir / parent_ref).resolve())
+        base, _ = _read_profile(parent_ref, (*seen, where))
+        raw = _deep_merge(base, raw)
+    return raw, where
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; other values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    """A source column name or list of names, lower-cased and trimmed."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
+        raise MappingError(f"{where}: expected a column name or a list of column names")
+    return tuple(v.strip().lstrip("\ufeff").lower() for v in items)
+
+
+def _check_keys(table: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise MappingError(f"{where}: expected a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise MappingError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+    return table
+
+
+def _extract_mapping(extract: str, table: dict[str, Any], where: str) -> ExtractMapping:
+    """One extract section of a profile, checked against the canonical columns."""
+    _check_keys(table, _EXTRACT_KEYS, f"{where} [{extract}]")
+    canonical = set(EXTRACT_COLUMNS[extract])
+
+    def canonical_keys(section: str) -> dict[str, Any]:
+        values = _check_keys(table.get(section, {}), canonical, f"{where} [{extract}.{section}] (canonical {extract} columns)")
+        return values
+
+    columns = {k: _names(v, f"{where} [{extract}.columns] {k}") for k, v in canonical_keys("columns").items()}
+    templates = {}
+    for key, value in canonical_keys("templates").items():
+        if not isinstance(value, str) or not _PLACEHOLDER.search(value):
+            raise MappingError(f"{where} [{extract}.templates] {key}: expected text with {{column}} placeholders")
+        templates[key] = value
+    constants = {k: str(v) for k, v in canonical_keys("constants").items()}
+    values = {}
+    for key, recode in canonical_keys("values").items():
+        if not isinstance(recode, dict):
+            raise MappingError(f"{where} [{extract}.values.{key}]: expected a table of source value = canonical value")
+        values[key] = {str(k).strip().lower(): str(v) for k, v in recode.items()}
+    units = _check_keys(table.get("units", {}), _UNIT_KEYS, f"{where} [{extract}.units]")
+    if units.get("weight") is not None and _unit_key(units["weight"]) not in WEIGHT_UNITS:
+        raise MappingError(f"{where} [{extract}.units] weight: unknown unit '{units['weight']}' (kg, lb, g, oz)")
+    if units.get("height") is not None and _unit_key(units["height"]) not in HEIGHT_UNITS:
+        raise MappingError(f"{where} [{extract}.units] height: unknown unit '{units['height']}' (cm, in, m)")
+    schedule = dict(_check_keys(table.get("schedule", {}), _SCHEDULE_KEYS, f"{where} [{extract}.schedule]"))
+    if schedule:
+        if extract != "orders":
+            raise MappingError(f"{where} [{extract}.schedule]: only the orders extract has a schedule")
+        if "frequency" not in schedule:
+            raise MappingError(f"{where} [orders.schedule]: needs a frequency column")
+        schedule["frequency"] = _names(schedule["frequency"], f"{where} [orders.schedule] frequency")
+        if "end" in schedule:
+            schedule["end"] = _names(schedule["end"], f"{where} [orders.schedule] end")
+        for key, default in (("daily", DAILY_FREQUENCIES), ("once", ONCE_FREQUENCIES)):
+            schedule[key] = tuple(_frequency_key(v) for v in schedule.get(key, default))
+    return ExtractMapping(
+        columns=columns,
+        templates=templates,
+        constants=constants,
+        values=values,
+        units={k: str(v) for k, v in units.items()},
+        schedule=schedule,
+    )
+
+
+def _unit_key(text: str) -> str:
+    return re.sub(r"[\s.]", "", str(text).lower())
+
+
+def _frequency_key(text: str) -> str:
+    return re.sub(r"\s+", " ", str(text).strip().upper())
+
+
+def load_mapping(name_or_path: str | Path) -> Mapping:
+    """A mapping profile by shipped name (`canonical`, `epic_clarity`, `mimic3`, ...) or TOML path.
+
+    Raises MappingError (an ExtractError: one line, exit status 2) for an unknown name, a bad file
+    or a key that is not part of the profile layout (docs/ingest.md).
+    """
+    raw, where = _read_profile(name_or_path)
+    _check_keys(raw, _TOP_KEYS, f"mapping profile {where}")
+    fmt = str(raw.get("format", "table")).lower()
+    if fmt not in FORMATS:
+        raise MappingError(f"mapping profile {where}: format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    read = _check_keys(raw.get("read", {}), {"separator", "encoding"}, f"mapping profile {where} [read]")
+    separator = str(read.get("separator", ","))
+    if separator in ("\\t", "tab", "TAB"):
+        separator = "\t"
+    if len(separator) != 1:
+        raise MappingError(f"mapping profile {where} [read] separator must be one character, not '{separator}'")
+    encoding = str(read.get("encoding", "auto")).lower().replace("_", "-")
+    encoding = {"utf8": "utf-8", "windows-1252": "cp1252", "latin1": "latin-1", "iso-8859-1": "latin-1"}.get(encoding, encoding)
+    if encoding not in ENCODINGS:
+        raise MappingError(f"mapping profile {where} [read] encoding must be one of {', '.join(ENCODINGS)}")
+    dates = _check_keys(raw.get("dates", {}), {"formats"}, f"mapping profile {where} [dates]")
+    formats = dates.get("formats", [])
+    if isinstance(formats, str):
+        formats = [formats]
+    extracts = {
+        name: _extract_mapping(name, raw[name], f"mapping profile {where}")
+        for name in ("orders", "labs", "procedures")
+        if name in raw
+    }
+    fhir = dict(_check_keys(raw.get("fhir", {}), _FHIR_KEYS, f"mapping profile {where} [fhir]"))
+    if fmt == "fhir":
+        resource = fhir.get("resource", "MedicationRequest")
+        if resource not in FHIR_RESOURCES:
+            raise MappingError(f"mapping profile {where} [fhir] resource must be one of {', '.join(FHIR_RESOURCES)}")
+        fhir = {
+            "resource": resource,
+            "weight_codes": [str(c) for c in fhir.get("weight_codes", ["29463-7", "3141-9"])],
+            "height_codes": [str(c) for c in fhir.get("height_codes", ["8302-2", "8306-3"])],
+            "observation_max_age_days": int(fhir.get("observation_max_age_days", 365)),
+            "exclude_status": [str(s) for s in fhir.get("exclude_status", ["entered-in-error", "cancelled", "not-done"])],
+            "code_systems": [str(s) for s in fhir.get("code_systems", ["icd-10", "icd-9", "icd10", "icd9"])],
+        }
+    return Mapping(
+        name=str(raw.get("name", Path(str(name_or_path)).stem)),
+        description=str(raw.get("description", "")),
+        source=where,
+        format=fmt,
+        separator=separator,
+        encoding=encoding,
+        date_formats=tuple(str(f) for f in formats),
+        extracts=extracts,
+        fhir=fhir,
+        raw=raw,
+    )
+
+
+# ------------------------------------------------------------------------------------ table format
+def _text(column: str) -> pl.Expr:
+    """A source column as trimmed text, empty as null."""
+    return blank_to_null(column)
+
+
+def _resolve(canonical: str, spec: ExtractMapping, present: set[str]) -> tuple[pl.Expr | None, list[str]]:
+    """The expression of one canonical column and the source columns it needs but the file lacks."""
+    if canonical in spec.constants:
+        return pl.lit(spec.constants[canonical], dtype=pl.String), []
+    if canonical in spec.templates:
+        template = spec.templates[canonical]
+        needed = [n.strip().lower() for n in _PLACEHOLDER.findall(template)]
+        missing = [n for n in needed if n not in present]
+        if missing:
+            return None, missing
+        parts: list[pl.Expr] = []
+        last = 0
+        for match in _PLACEHOLDER.finditer(template):
+            if match.start() > last:
+                parts.append(pl.lit(template[last : match.start()]))
+            parts.append(_text(match.group(1).strip().lower()).fill_null(""))
+            last = match.end()
+        if last < len(template):
+            parts.append(pl.lit(template[last:]))
+        any_value = pl.any_horizontal([_text(n).is_not_null() for n in needed])
+        return pl.when(any_value).then(pl.concat_str(parts)).otherwise(None), []
+    sources = spec.columns.get(canonical, (canonical,))
+    found = [s for s in sources if s in present]
+    if not found:
+        return None, list(sources)
+    return (pl.coalesce([_text(s) for s in found]) if len(found) > 1 else pl.col(found[0])), []
+
+
+def _number(text: pl.Expr) -> pl.Expr:
+    """A number in text (thousands separators allowed) as Float64, else null."""
+    grouped = text.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
+    return pl.when(grouped).then(text.str.replace_all(",", "")).otherwise(text).cast(pl.Float64, strict=False)
+
+
+def _measure(text: pl.Expr, unit_column: pl.Expr | None, default_unit: str, factors: dict[str, float], feet_inches: bool) -> pl.Expr:
+    """A weight or height text converted to kg or cm, as text.
+
+    The unit is the one written after the number ('176 lb', '70kg'), else the row's unit column,
+    else the profile's default. A value that cannot be converted stays as the source wrote it (with
+    its unit), so the contract quarantines the IVIG row with that text as the reason.
+    """
+    text = _text_of(text)
+    parts = text.str.extract_groups(r"^([+-]?\d[\d,]*(?:\.\d+)?|[+-]?\.\d+)\s*([A-Za-z\[\]_#\"]*)\.?$")
+    number = _number(parts.struct.field("1"))
+    suffix = pl.when(parts.struct.field("2").str.len_chars() > 0).then(parts.struct.field("2"))
+    unit = pl.coalesce(suffix, unit_column if unit_column is not None else pl.lit(None, dtype=pl.String), pl.lit(default_unit))
+    unit_key = unit.str.to_lowercase().str.replace_all(r"[\s.]", "")
+    factor = unit_key.replace_strict(factors, default=None, return_dtype=pl.Float64)
+    converted = (number * factor).round(3)
+    candidates = [converted]
+    if feet_inches:  # 5' 10" or 5 ft 10 in
+        fi = text.str.extract_groups(r"^(\d+)\s*(?:'|ft|feet)\s*(?:(\d+(?:\.\d+)?)\s*(?:\"|in|inches)?)?$")
+        feet = fi.struct.field("1").cast(pl.Float64, strict=False)
+        inches = fi.struct.field("2").cast(pl.Float64, strict=False).fill_null(0.0)
+        candidates.insert(0, ((feet * 12 + inches) * 2.54).round(3))
+    value = pl.coalesce(candidates)
+    unconverted = pl.when(number.is_not_null() & factor.is_null() & suffix.is_null()).then(pl.format("{} {}", text, unit)).otherwise(text)
+    as_text = value.cast(pl.String).str.replace(r"\.0$", "")
+    return pl.when(text.is_null()).then(None).when(value.is_not_null()).then(as_text).otherwise(unconverted)
+
+
+def _schedule_doses(spec: ExtractMapping, present: set[str], start_text: pl.Expr, formats: Sequence[str]) -> pl.Expr | None:
+    """`doses` from an order's start, end and frequency (null when the row has no frequency)."""
+    schedule = spec.schedule
+    freq_cols = [c for c in schedule["frequency"] if c in present]
+    if not freq_cols:
+        return None
+    freq = pl.coalesce([_text(c) for c in freq_cols]).str.to_uppercase().str.replace_all(r"\s+", " ")
+    end_cols = [c for c in schedule.get("end", ()) if c in present]
+    start = parse_datetime_text(start_text, formats)
+    end = parse_datetime_text(pl.coalesce([_text(c) for c in end_cols]), formats) if end_cols else pl.lit(None, dtype=pl.Datetime("us"))
+    days = (end.dt.date() - start.dt.date()).dt.total_days() + 1
+    return (
+        pl.when(freq.is_null())
+        .then(None)
+        .when(freq.is_in(list(schedule["once"])))
+        .then(pl.lit("1"))
+        .when(freq.is_in(list(schedule["daily"])) & start.is_not_null() & end.is_null())
+        .then(pl.format("frequency '{}' without an end date: number of doses unknown", freq))
+        .when(freq.is_in(list(schedule["daily"])) & (days < 1))
+        .then(pl.format("frequency '{}' with an end before the start", freq))
+        .when(freq.is_in(list(schedule["daily"])) & start.is_not_null())
+        .then(days.cast(pl.String))
+        .when(freq.is_in(list(schedule["daily"])))
+        .then(None)  # no usable start: the contract names the start
+        .otherwise(pl.format("frequency '{}' is not daily or once: number of doses unknown", freq))
+    )
+
+
+def apply_table_mapping(lf: pl.LazyFrame, extract: str, mapping: Mapping, path: Path | str) -> pl.LazyFrame:
+    """One file's frame (source columns, lower-case names) in the canonical text layout of the extract.
+
+    Raises ExtractError naming the source column(s) when a required canonical column cannot be made.
+    """
+    spec = mapping.for_extract(extract)
+    present = set(lf.collect_schema().names())
+    exprs: dict[str, pl.Expr] = {}
+    missing_required: list[str] = []
+    for canonical, required in EXTRACT_COLUMNS[extract].items():
+        expr, missing = _resolve(canonical, spec, present)
+        if expr is None:
+            if required:
+                wanted = " or ".join(missing)
+                missing_required.append(canonical if wanted == canonical else f"{wanted} (for {canonical})")
+            exprs[canonical] = pl.lit(None, dtype=pl.String)
+        else:
+            exprs[canonical] = expr.cast(pl.String)
+    if missing_required:
+        hint = ""
+        source_names = sorted(present - {"source_file", "source_row"})
+        if len(source_names) == 1 and any(sep in source_names[0] for sep in (";", "\t", "|", ",")):
+            hint = " (the file seems to use another delimiter: set [read] separator in the profile)"
+        raise ExtractError(
+            f"{extract} extract {path} lacks required column(s): {', '.join(missing_required)} "
+            f"[mapping profile '{mapping.name}']{hint}"
+        )
+    for canonical, recode in spec.values.items():
+        text = exprs[canonical].str.strip_chars()
+        exprs[canonical] = text.str.to_lowercase().replace_strict(recode, default=text, return_dtype=pl.String)
+    formats = mapping.date_formats
+    if extract == "orders":
+        units = spec.units
+        weight_unit = _resolve_optional(units.get("weight_unit_column"), present)
+        height_unit = _resolve_optional(units.get("height_unit_column"), present)
+        exprs["weight_kg"] = _measure(exprs["weight_kg"], weight_unit, units.get("weight", "kg"), WEIGHT_UNITS, False)
+        exprs["pre_pregnancy_weight_kg"] = _measure(
+            exprs["pre_pregnancy_weight_kg"], weight_unit, units.get("weight", "kg"), WEIGHT_UNITS, False
+        )
+        exprs["height_cm"] = _measure(exprs["height_cm"], height_unit, units.get("height", "cm"), HEIGHT_UNITS, True)
+        if spec.schedule:
+            doses = _schedule_doses(spec, present, _text_of(exprs["start"]), formats)
+            if doses is not None:
+                exprs["doses"] = pl.coalesce(doses, exprs["doses"])
+    if formats:
+        for column in DATE_COLUMNS[extract]:
+            text = _text_of(exprs[column])
+            parsed = parse_datetime_text(text, formats).dt.strftime("%Y-%m-%d %H:%M:%S")
+            exprs[column] = pl.coalesce(parsed, exprs[column])
+    return lf.select(
+        *[expr.alias(name) for name, expr in exprs.items()],
+        pl.col("source_file"),
+        pl.col("source_row"),
+    )
+
+
+def _text_of(expr: pl.Expr) -> pl.Expr:
+    text = expr.str.strip_chars()
+    return pl.when(text.str.len_chars() > 0).then(text).otherwise(None)
+
+
+def _resolve_optional(names: str | None, present: set[str]) -> pl.Expr | None:
+    if not names:
+        return None
+    found = [n for n in _names(names, "unit column") if n in present]
+    return pl.coalesce([_text(n) for n in found]) if found else None
+
+
+# ------------------------------------------------------------------------------------ FHIR R4 NDJSON
+_CODING = pl.List(pl.Struct({"system": pl.String, "code": pl.String, "display": pl.String}))
+_CODEABLE = pl.Struct({"text": pl.String, "coding": _CODING})
+_QUANTITY = pl.Struct({"value": pl.String, "unit": pl.String, "code": pl.String, "system": pl.String})
+_REFERENCE = pl.Struct({"reference": pl.String, "display": pl.String})
+_PERIOD = pl.Struct({"start": pl.String, "end": pl.String})
+
+#: The FHIR R4 elements the audit reads (everything else in a resource is ignored); numbers read as text.
+FHIR_SCHEMA: dict[str, pl.DataType] = {
+    "resourceType": pl.String,
+    "id": pl.String,
+    "status": pl.String,
+    "subject": _REFERENCE,
+    "encounter": _REFERENCE,
+    "context": _REFERENCE,
+    "authoredOn": pl.String,
+    "effectiveDateTime": pl.String,
+    "effectivePeriod": _PERIOD,
+    "medicationCodeableConcept": _CODEABLE,
+    "medicationReference": _REFERENCE,
+    "dosageInstruction": pl.List(
+        pl.Struct(
+            {
+                "text": pl.String,
+                "route": _CODEABLE,
+                "timing": pl.Struct(
+                    {
+                        "repeat": pl.Struct(
+                            {
+                                "boundsPeriod": _PERIOD,
+                                "count": pl.String,
+                                "frequency": pl.String,
+                                "period": pl.String,
+                                "periodUnit": pl.String,
+                            }
+                        ),
+                        "code": _CODEABLE,
+                    }
+                ),
+                "doseAndRate": pl.List(pl.Struct({"doseQuantity": _QUANTITY})),
+            }
+        )
+    ),
+    "dosage": pl.Struct({"text": pl.String, "route": _CODEABLE, "dose": _QUANTITY}),
+    "reasonCode": pl.List(_CODEABLE),
+    "requester": _REFERENCE,
+    "note": pl.List(pl.Struct({"text": pl.String})),
+    "code": _CODEABLE,
+    "valueQuantity": _QUANTITY,
+    "gender": pl.String,
+    "birthDate": pl.String,
+}
+
+
+def _ref_id(reference: pl.Expr) -> pl.Expr:
+    """'Patient/123' or 'urn:uuid:abc' -> '123' / 'abc'."""
+    return blank_to_null_expr(reference.str.replace(r"^.*[/:]", ""))
+
+
+def blank_to_null_expr(expr: pl.Expr) -> pl.Expr:
+    text = expr.str.strip_chars()
+    return pl.when(text.str.len_chars() > 0).then(text).otherwise(None)
+
+
+def _codeable_text(concept: pl.Expr) -> pl.Expr:
+    """A CodeableConcept's text, else its first coding's display."""
+    return pl.coalesce(
+        blank_to_null_expr(concept.struct.field("text")),
+        blank_to_null_expr(concept.struct.field("coding").list.eval(pl.element().struct.field("display")).list.drop_nulls().list.first()),
+    )
+
+
+def _coding_code(concept: pl.Expr, system_pattern: str) -> pl.Expr:
+    """The code of a CodeableConcept's first coding whose system matches the pattern (case-insensitive)."""
+    return concept.struct.field("coding").list.eval(
+        pl.element().filter(pl.element().struct.field("system").str.to_lowercase().str.contains(system_pattern)).struct.field("code")
+    ).list.first()
+
+
+def read_fhir_file(path: Path, resource_types: Sequence[str]) -> pl.LazyFrame:
+    """The resources of the given types in one NDJSON file (source_row = line number)."""
+    try:
+        lf = pl.scan_ndjson(path, schema=FHIR_SCHEMA, infer_schema_length=None)
+        lf = lf.with_row_index("source_row", offset=1).with_columns(
+            pl.col("source_row").cast(pl.Int64), pl.lit(str(path)).alias("source_file")
+        )
+        # Parse the whole file now: a broken line is a clear error before anything is written.
+        lf.select(pl.col("resourceType").null_count()).collect()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExtractError(f"cannot read FHIR NDJSON {path}: {first}") from None
+    return lf.filter(pl.col("resourceType").is_in(list(resource_types)))
+
+
+def _observations(resources_lf: pl.LazyFrame, codes: Sequence[str], factors: dict[str, float], excluded: Sequence[str]) -> pl.LazyFrame:
+    """Observation values of the given LOINC codes per patient and time, converted with the unit factors."""
+    loinc = pl.col("code").struct.field("coding").list.eval(
+        pl.element().struct.field("code").is_in(list(codes))
+    ).list.any()
+    quantity = pl.col("valueQuantity")
+    unit = pl.coalesce(blank_to_null_expr(quantity.struct.field("code")), blank_to_null_expr(quantity.struct.field("unit")))
+    factor = unit.str.to_lowercase().str.replace_all(r"[\s.]", "").replace_strict(factors, default=None, return_dtype=pl.Float64)
+    return (
+        resources_lf.filter(
+            (pl.col("resourceType") == "Observation") & loinc.fill_null(False)
+            & ~pl.col("status").fill_null("").is_in(list(excluded))
+        )
+        .select(
+            patient_id=_ref_id(pl.col("subject").struct.field("reference")),
+            observed_at=parse_datetime_text(
+                blank_to_null_expr(
+                    pl.coalesce(pl.col("effectiveDateTime"), pl.col("effectivePeriod").struct.field("start"))
+                ).str.replace(r"(Z|[+-]\d{2}:\d{2})$", "").str.replace("T", " ")
+            ),
+            value=(quantity.struct.field("value").cast(pl.Float64, strict=False) * factor).round(3),
+        )
+        .drop_nulls()
+        .sort("observed_at")
+    )
+
+
+def _num_text(expr: pl.Expr) -> pl.Expr:
+    """A float as short text (2.0 -> '2')."""
+    return expr.cast(pl.String).str.replace(r"\.0$", "")
+
+
+def _fhir_time(expr: pl.Expr) -> pl.Expr:
+    """A FHIR dateTime ('2026-06-01T09:00:00+01:00', '2026-06-01') as canonical text (local time as written)."""
+    text = blank_to_null_expr(expr).str.replace(r"(Z|[+-]\d{2}:\d{2})$", "").str.replace("T", " ")
+    parsed = parse_datetime_text(text).dt.strftime("%Y-%m-%d %H:%M:%S")
+    return pl.coalesce(parsed, blank_to_null_expr(expr))
+
+
+def fhir_orders(paths: Sequence[Path], mapping: Mapping) -> pl.LazyFrame:
+    """Order rows in the canonical text layout from FHIR R4 NDJSON files (vectorised, no per-row Python)."""
+    opts = mapping.fhir
+    resource = opts["resource"]
+    frames = [read_fhir_file(p, (resource, "Observation", "Patient")) for p in paths]
+    everything = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+    excluded = opts["exclude_status"]
+    systems = "|".join(re.escape(s.lower()) for s in opts["code_systems"])
+    meds = everything.filter(pl.col("resourceType") == resource)
+    medication = pl.coalesce(
+        _codeable_text(pl.col("medicationCodeableConcept")),
+        blank_to_null_expr(pl.col("medicationReference").struct.field("display")),
+    )
+    ndc = _coding_code(pl.col("medicationCodeableConcept"), "ndc")
+    first_reason = pl.col("reasonCode").list.first()
+    reason_code = pl.col("reasonCode").list.eval(
+        pl.element().struct.field("coding").list.eval(
+            pl.element().filter(pl.element().struct.field("system").str.to_lowercase().str.contains(systems)).struct.field("code")
+        ).list.first()
+    ).list.drop_nulls().list.first()
+    notes = pl.col("note").list.eval(pl.element().struct.field("text")).list.drop_nulls().list.join("; ")
+    status = pl.col("status").fill_null("")
+    status_problem = pl.when(status.is_in(list(excluded))).then(pl.format("status '{}': not given", status))
+    if resource == "MedicationRequest":
+        instruction = pl.col("dosageInstruction").list.first()
+        quantity = instruction.struct.field("doseAndRate").list.first().struct.field("doseQuantity")
+        repeat = instruction.struct.field("timing").struct.field("repeat")
+        bounds = repeat.struct.field("boundsPeriod")
+        start_text = _fhir_time(pl.coalesce(bounds.struct.field("start"), pl.col("authoredOn")))
+        end_text = _fhir_time(bounds.struct.field("end"))
+        start_dt, end_dt = parse_datetime_text(start_text), parse_datetime_text(end_text)
+        days = (end_dt.dt.date() - start_dt.dt.date()).dt.total_days() + 1
+        frequency = repeat.struct.field("frequency").cast(pl.Float64, strict=False)
+        period = repeat.struct.field("period").cast(pl.Float64, strict=False)
+        period_unit = repeat.struct.field("periodUnit")
+        count = blank_to_null_expr(repeat.struct.field("count"))
+        timing_code = _codeable_text(instruction.struct.field("timing").struct.field("code")).str.to_uppercase()
+        daily = (frequency.fill_null(1) == 1) & (period == 1) & (period_unit == "d")
+        doses = (
+            pl.when(status_problem.is_not_null()).then(status_problem)
+            .when(count.is_not_null()).then(count)
+            .when(timing_code.is_in(list(ONCE_FREQUENCIES))).then(pl.lit("1"))
+            .when(daily & end_dt.is_not_null() & start_dt.is_not_null()).then(days.cast(pl.String))
+            .when(daily).then(pl.lit("daily order without an end date: number of doses unknown"))
+            .when(repeat.is_not_null() & (frequency.is_not_null() | period.is_not_null()))
+            .then(pl.format("timing {} per {} {} is not daily or once: number of doses unknown",
+                            _num_text(frequency.fill_null(1)), _num_text(period), period_unit.fill_null("")))
+            .otherwise(None)
+        )
+        route = _codeable_text(instruction.struct.field("route"))
+        encounter = pl.col("encounter").struct.field("reference")
+        prescriber = pl.coalesce(_ref_id(pl.col("requester").struct.field("reference")), pl.col("requester").struct.field("display"))
+    else:
+        dosage = pl.col("dosage")
+        quantity = dosage.struct.field("dose")
+        start_text = _fhir_time(pl.coalesce(pl.col("effectiveDateTime"), pl.col("effectivePeriod").struct.field("start")))
+        start_dt = parse_datetime_text(start_text)
+        doses = pl.when(status_problem.is_not_null()).then(status_problem).otherwise(pl.lit("1"))
+        route = _codeable_text(dosage.struct.field("route"))
+        encounter = pl.coalesce(pl.col("context").struct.field("reference"), pl.col("encounter").struct.field("reference"))
+        prescriber = pl.lit(None, dtype=pl.String)
+    orders = meds.select(
+        order_id=blank_to_null_expr(pl.col("id")),
+        patient_id=_ref_id(pl.col("subject").struct.field("reference")),
+        encounter_id=_ref_id(encounter),
+        medication=medication,
+        ndc=ndc,
+        dose=blank_to_null_expr(quantity.struct.field("value")),
+        dose_unit=pl.coalesce(blank_to_null_expr(quantity.struct.field("unit")), blank_to_null_expr(quantity.struct.field("code"))),
+        doses=doses,
+        start=start_text,
+        start_dt=start_dt,
+        route=route,
+        indication=_codeable_text(first_reason),
+        indication_code=reason_code,
+        justification=pl.when(notes.str.len_chars() > 0).then(notes),
+        prescriber_id=prescriber,
+        source_file=pl.col("source_file"),
+        source_row=pl.col("source_row"),
+    )
+    tolerance = f"{opts['observation_max_age_days']}d"
+    weights = _observations(everything, opts["weight_codes"], WEIGHT_UNITS, excluded).rename({"value": "weight_value"})
+    heights = _observations(everything, opts["height_codes"], HEIGHT_UNITS, excluded).rename({"value": "height_value"})
+    patients = (
+        everything.filter(pl.col("resourceType") == "Patient")
+        .select(
+            patient_id=blank_to_null_expr(pl.col("id")),
+            sex=blank_to_null_expr(pl.col("gender")),
+            birth_date=blank_to_null_expr(pl.col("birthDate")),
+        )
+        .drop_nulls("patient_id")
+        .unique("patient_id", keep="first")
+    )
+    timed = orders.filter(pl.col("start_dt").is_not_null() & pl.col("patient_id").is_not_null()).sort("start_dt")
+    untimed = orders.filter(pl.col("start_dt").is_null() | pl.col("patient_id").is_null()).with_columns(
+        weight_value=pl.lit(None, dtype=pl.Float64), height_value=pl.lit(None, dtype=pl.Float64)
+    )
+    joined = (
+        timed.join_asof(weights, left_on="start_dt", right_on="observed_at", by="patient_id", strategy="backward", tolerance=tolerance, check_sortedness=False)
+        .drop("observed_at")
+        .join_asof(heights, left_on="start_dt", right_on="observed_at", by="patient_id", strategy="backward",
+                   tolerance=tolerance, check_sortedness=False)
+        .drop("observed_at")
+    )
+    combined = pl.concat([joined, untimed], how="diagonal").join(patients, on="patient_id", how="left")
+    out = combined.with_columns(weight_kg=_num_text(pl.col("weight_value")), height_cm=_num_text(pl.col("height_value")))
+    columns = EXTRACT_COLUMNS["orders"]
+    present = set(out.collect_schema().names())
+    canonical = out.select(
+        *[(pl.col(c) if c in present else pl.lit(None, dtype=pl.String)).cast(pl.String).alias(c) for c in columns],
+        "source_file",
+        "source_row",
+    ).sort("source_file", "source_row")
+    # Materialised once here: the medication rows of a night are few, and every later query of the
+    # audit would otherwise re-read and re-join the NDJSON files.
+    try:
+        return canonical.collect().lazy()
+    except pl.exceptions.PolarsError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExtractError(f"cannot read FHIR NDJSON {', '.join(map(str, paths))}: {first}") from None
