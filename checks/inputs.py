@@ -70,11 +70,15 @@ DOSE_UNITS = ("g", "mg", "ml", "g/kg")
 #:   height_cm          height, centimetres
 #:   grams_per_day      grams of one daily dose
 #:   g_per_kg_per_day   grams per kilogram of actual weight of one daily dose (when the weight is known)
+#:   start_year         calendar year of the order start (a typo such as 0206 or 9999 would otherwise
+#:                      stretch the report's month-by-month trend over thousands of years); wide enough
+#:                      for de-identified research extracts, whose dates are shifted (MIMIC: 2100-2210)
 PLAUSIBILITY: dict[str, tuple[float, float]] = {
     "weight_kg": (0.3, 350.0),
     "height_cm": (30.0, 250.0),
     "grams_per_day": (0.0, 300.0),
     "g_per_kg_per_day": (0.0, 3.0),
+    "start_year": (1900.0, 2300.0),
 }
 LAB_TESTS = ("creatinine", "egfr", "crcl", "hemoglobin", "platelets", "iga", "igg")
 

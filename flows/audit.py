@@ -74,7 +74,8 @@ def _retry_on_io(task, task_run, state) -> bool:
 @task(name="read extract", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io, **PATIENT_ROWS)
 def read_extract(paths: list[str], extract: str, mapping: str | None = None):
     """One extract's files as a lazy frame of canonical text columns, with their content hashes."""
-    lf, sources = scan_extract([Path(p) for p in paths], extract, mapping=mapping)
+    # Rows are parsed once, in the audit's streaming pass (a broken file is an ExtractError there).
+    lf, sources = scan_extract([Path(p) for p in paths], extract, mapping=mapping, validate_rows=False)
     get_run_logger().info("%s extract: %d file(s)", extract, len(sources))
     return lf, sources
 
@@ -249,7 +250,7 @@ def audit_flow(
         findings = apply_rules(courses, prepared, pack, run_id)
         lap("rules")
         result = stages.output_tables(prepared, courses, order_course, findings, run_id)
-        source_rows = stages.remember(extracts, prepared)
+        source_rows = stages.remember(prepared)
         lap("outputs")
     run = RunRecord(
         run_id=run_id,

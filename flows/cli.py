@@ -17,11 +17,12 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
 import typer  # noqa: E402
 
 from pipeline.mapping import load_mapping  # noqa: E402
-from pipeline.read import ExtractError, scan_extract  # noqa: E402
+from pipeline.read import ExtractError, discover, scan_extract  # noqa: E402
 from pipeline.rulepack import RulePackError, load_rule_pack  # noqa: E402
 from pipeline.store import StoreError  # noqa: E402
 
 EXIT_OK, EXIT_CRITICAL, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
+PREFLIGHT_PARSE_BYTES = 256 * 1024 * 1024
 
 app = typer.Typer(
     help=(
@@ -58,11 +59,12 @@ def preflight(
     """Check inputs and configuration before Prefect starts, so user mistakes fail fast with one line."""
     load_rule_pack(rules, profile)
     profile_map = load_mapping(mapping) if mapping else None
-    scan_extract(orders, "orders", mapping=profile_map)
-    if labs is not None:
-        scan_extract([labs], "labs", mapping=profile_map)
-    if procedures is not None:
-        scan_extract([procedures], "procedures", mapping=profile_map)
+    inputs = {"orders": list(orders)} | ({"labs": [labs]} if labs else {}) | ({"procedures": [procedures]} if procedures else {})
+    # Small nightly extracts are parsed whole here, so a broken row is reported before Prefect starts;
+    # large ones (backfills) are parsed once, during the audit, with the same one-line message.
+    size = sum(p.stat().st_size for paths in inputs.values() for p in discover(paths))
+    for extract, paths in inputs.items():
+        scan_extract(paths, extract, mapping=profile_map, validate_rows=size <= PREFLIGHT_PARSE_BYTES)
 
 
 @app.command()
@@ -126,6 +128,9 @@ def run(
         _fail(str(exc))
     except StoreError as exc:
         _fail(str(exc), EXIT_FAILURE)
+    except OSError as exc:  # disk full or no permission writing the report (or an input vanished mid-run)
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"the run failed on a file operation: {exc.strerror or exc}{where}", EXIT_FAILURE)
     if summary.nothing_new:
         typer.echo(
             f"nothing new to audit: all {summary.skipped_files} input file(s) were audited before "

@@ -10,7 +10,7 @@ import polars as pl
 
 from checks import outputs
 from checks.inputs import IVIG_ORDER_ROWS, LAB_ROWS, PROCEDURE_ROWS
-from pipeline.contract import QUARANTINE_COLUMNS, check_labs, check_orders, check_procedures
+from pipeline.contract import QUARANTINE_COLUMNS, check_labs, check_orders, check_procedures, lab_rows_used
 from pipeline.courses import build_courses, regimen_table
 from pipeline.history import empty_source_rows, merge_history, rows_to_remember, stored_text_rows
 from pipeline.normalise import (
@@ -18,12 +18,18 @@ from pipeline.normalise import (
     classify_medications,
     expand_daily_doses,
     map_indications,
+    relevant_to_the_audit,
     split_orders,
 )
+from pipeline.read import ExtractError
 from pipeline.rulepack import RulePack
 from pipeline.rules import AuditContext, evaluate_rules
 
 log = logging.getLogger(__name__)
+
+# Only the pass over whole extracts streams; the small in-memory frames after it are collected
+# with the in-memory engine (polars 2.1's streaming engine can panic formatting strings of them).
+IN_MEMORY = "in-memory"
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class PreparedOrders:
     labs: pl.DataFrame | None
     procedures: pl.DataFrame | None
     quarantine: pl.DataFrame
+    source: Extracts  # the text rows the audit read (relevant rows only), in memory
     rows_read: int
     rows_out_of_scope: int
     rows_passed_through: int
@@ -117,22 +124,66 @@ def _empty_quarantine() -> pl.DataFrame:
     )
 
 
+def _collect_extract(queries: list[pl.LazyFrame], extract: str) -> list[pl.DataFrame]:
+    """Collect queries that scan an extract (streaming); a file that cannot be parsed is an ExtractError."""
+    try:
+        # Rechunked: polars 2.1 can panic formatting strings of a multi-chunk frame the streaming
+        # engine produced (seen with pl.format after filters); one chunk each avoids it.
+        return [frame.rechunk() for frame in pl.collect_all(queries, engine="streaming")]
+    except pl.exceptions.ComputeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExtractError(f"cannot read the {extract} extract: {first}") from None
+
+
+def select_relevant(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> tuple[Extracts, int]:
+    """The rows the audit reads, in memory, and the number of order rows read tonight.
+
+    One streaming pass over the orders keeps IVIG and other immunoglobulin rows, medications rules
+    use as evidence, and rows with no medication; labs and procedures are kept for those patients
+    only (and labs for the tests the audit uses). A pharmacy extract is mostly other medications:
+    they are counted, not parsed.
+    """
+    ndc_column = "ndc" if "ndc" in extracts.orders.collect_schema().names() else None
+    relevant = extracts.orders.filter(relevant_to_the_audit(products, pack.evidence_patterns, ndc_column))
+    orders, count = _collect_extract([relevant, extracts.tonight(extracts.orders).select(pl.len())], "orders")
+    patients = orders.select(pl.col("patient_id").str.strip_chars()).drop_nulls().unique()["patient_id"]
+
+    def of_patients(frame: pl.LazyFrame | None, extract: str, keep: pl.Expr | None = None) -> pl.LazyFrame | None:
+        if frame is None:
+            return None
+        query = frame.filter(pl.col("patient_id").str.strip_chars().is_in(patients.implode()))
+        if keep is not None:
+            query = query.filter(keep)
+        return _collect_extract([query], extract)[0].lazy()
+
+    selected = Extracts(
+        orders=orders.lazy(),
+        labs=of_patients(extracts.labs, "labs", lab_rows_used()),
+        procedures=of_patients(extracts.procedures, "procedures"),
+        tonight_files=extracts.tonight_files,
+    )
+    return selected, int(count.item())
+
+
 def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> PreparedOrders:
     """Contract and normalise: typed IVIG orders with grams and indications, evidence, labs, procedures, rejects."""
-    valid_orders, rejected_orders = check_orders(extracts.orders)
-    split = split_orders(classify_medications(valid_orders, products))
+    source, rows_read = select_relevant(extracts, products, pack)
+    valid_orders, rejected_orders = check_orders(source.orders)
+    # Materialise once: every query below starts from these two frames.
+    valid_df, rejected_df = pl.collect_all([classify_medications(valid_orders, products), rejected_orders], engine=IN_MEMORY)
+    rejected_orders = rejected_df.lazy()
+    split = split_orders(valid_df.lazy())
     ivig_lazy = map_indications(split.ivig, pack)
     labs_lazy = rejected_labs = procedures_lazy = rejected_procedures = None
-    if extracts.labs is not None:
-        labs_lazy, rejected_labs = check_labs(extracts.labs)
-    if extracts.procedures is not None:
-        procedures_lazy, rejected_procedures = check_procedures(extracts.procedures)
+    if source.labs is not None:
+        labs_lazy, rejected_labs = check_labs(source.labs)
+    if source.procedures is not None:
+        procedures_lazy, rejected_procedures = check_procedures(source.procedures)
     queries = {
-        "rows_read": extracts.tonight(extracts.orders).select(pl.len()),
         "ivig": ivig_lazy,
         "evidence": split.evidence,
         "unrecognised_ig": split.unrecognised_ig.select("order_id", "patient_id", "medication", "start", "source_file"),
-        "out_of_scope": extracts.tonight(split.out_of_scope).select(pl.len()),
+        "out_of_scope": source.tonight(split.out_of_scope).select(pl.len()),
         "rejected_orders": rejected_orders,
         "rejected_ivig": split.quarantine,
     }
@@ -140,7 +191,7 @@ def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> 
         queries |= {"labs": labs_lazy, "rejected_labs": rejected_labs}
     if procedures_lazy is not None:
         queries |= {"procedures": procedures_lazy, "rejected_procedures": rejected_procedures}
-    collected = dict(zip(queries, pl.collect_all(list(queries.values()))))
+    collected = dict(zip(queries, pl.collect_all(list(queries.values()), engine=IN_MEMORY)))
     ivig, ivig_contract_rejects = _contract_failures(collected["ivig"], IVIG_ORDER_ROWS, "orders")
     quarantine_parts = [collected["rejected_orders"], collected["rejected_ivig"], ivig_contract_rejects]
     labs = procedures = None
@@ -151,26 +202,31 @@ def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> 
         procedures, procedure_rejects = _contract_failures(collected["procedures"], PROCEDURE_ROWS, "procedures")
         quarantine_parts += [collected["rejected_procedures"], procedure_rejects]
     quarantine = pl.concat([q.select(QUARANTINE_COLUMNS) for q in quarantine_parts], how="vertical")
-    evidence = collected["evidence"]
-    counted = extracts.tonight
-    log.info(
-        "prepared orders: %d IVIG, %d other medications, %d quarantined",
-        ivig.height, evidence.height, quarantine.height,
-    )
+
+    def tonight_rows(frame: pl.DataFrame) -> int:
+        return source.tonight(frame.lazy()).select(pl.len()).collect(engine=IN_MEMORY).item()
+
+    rows_ivig = tonight_rows(ivig)
+    rows_out_of_scope = int(collected["out_of_scope"].item())
+    rows_unrecognised_ig = tonight_rows(collected["unrecognised_ig"])
+    rows_quarantined_orders = tonight_rows(quarantine.filter(pl.col("extract") == "orders"))
+    log.info("prepared orders: %d IVIG, %d quarantined", ivig.height, quarantine.height)
     return PreparedOrders(
         ivig=ivig,
-        evidence=evidence,
+        evidence=collected["evidence"],
         unrecognised_ig=collected["unrecognised_ig"],
         labs=labs,
         procedures=procedures,
         quarantine=quarantine,
-        rows_read=int(collected["rows_read"].item()),
-        rows_out_of_scope=int(collected["out_of_scope"].item()),
-        rows_passed_through=counted(evidence.lazy()).select(pl.len()).collect().item(),
-        rows_ivig=counted(ivig.lazy()).select(pl.len()).collect().item(),
-        rows_quarantined=counted(quarantine.lazy()).select(pl.len()).collect().item(),
-        rows_unrecognised_ig=counted(collected["unrecognised_ig"].lazy()).select(pl.len()).collect().item(),
-        rows_quarantined_orders=counted(quarantine.lazy().filter(pl.col("extract") == "orders")).select(pl.len()).collect().item(),
+        source=source,
+        rows_read=rows_read,
+        rows_out_of_scope=rows_out_of_scope,
+        # Every other row of tonight's orders passed through (other medications: not audited).
+        rows_passed_through=rows_read - rows_ivig - rows_out_of_scope - rows_unrecognised_ig - rows_quarantined_orders,
+        rows_ivig=rows_ivig,
+        rows_quarantined=tonight_rows(quarantine),
+        rows_unrecognised_ig=rows_unrecognised_ig,
+        rows_quarantined_orders=rows_quarantined_orders,
     )
 
 
@@ -191,7 +247,7 @@ def courses_with_regimen(ivig: pl.DataFrame, pack: RulePack) -> tuple[pl.DataFra
         .join(codes, on="course_id", how="left")
         .with_columns(indication_codes=pl.when(pl.col("indication_codes").str.len_chars() > 0).then(pl.col("indication_codes")))
     )
-    courses_df, map_df = pl.collect_all([enriched, order_course])
+    courses_df, map_df = pl.collect_all([enriched, order_course], engine=IN_MEMORY)
     return courses_df, map_df
 
 
@@ -211,7 +267,7 @@ def judge(
         procedures=prepared.procedures.lazy() if prepared.procedures is not None else None,
         pack=pack,
     )
-    return evaluate_rules(ctx, run_id).collect().sort("patient_id", "course_id", "rule_id", nulls_last=True)
+    return evaluate_rules(ctx, run_id).collect(engine=IN_MEMORY).sort("patient_id", "course_id", "rule_id", nulls_last=True)
 
 
 def output_tables(
@@ -269,8 +325,9 @@ def with_history(
     )
 
 
-def remember(extracts: Extracts, prepared: PreparedOrders) -> pl.DataFrame:
-    """The source rows of IVIG patients to keep as history for the next runs."""
+def remember(prepared: PreparedOrders) -> pl.DataFrame:
+    """The source rows of IVIG patients to keep as history for the next runs (the rows the audit read)."""
+    extracts = prepared.source
     patients = pl.concat(
         [prepared.ivig.select("patient_id"), prepared.unrecognised_ig.select("patient_id")]
     ).lazy().unique()
@@ -280,7 +337,7 @@ def remember(extracts: Extracts, prepared: PreparedOrders) -> pl.DataFrame:
         for name, frame in (("orders", extracts.orders), ("labs", extracts.labs), ("procedures", extracts.procedures))
         if frame is not None
     ]
-    return pl.concat(pl.collect_all(parts), how="vertical") if parts else empty_source_rows()
+    return pl.concat(pl.collect_all(parts, engine=IN_MEMORY), how="vertical") if parts else empty_source_rows()
 
 
 def run_audit(extracts: Extracts, products: ProductDictionary, pack: RulePack, run_id: str) -> AuditResult:
@@ -295,7 +352,7 @@ def run_audit_remembering(
     prepared = prepare(extracts, products, pack)
     courses, order_course = courses_with_regimen(prepared.ivig, pack)
     findings = judge(courses, prepared, pack, run_id)
-    return output_tables(prepared, courses, order_course, findings, run_id), remember(extracts, prepared)
+    return output_tables(prepared, courses, order_course, findings, run_id), remember(prepared)
 
 
 def shard_of_patient(shards: int) -> pl.Expr:

@@ -114,6 +114,26 @@ def matched_product(products: ProductDictionary, ndc_column: str | None = None) 
     return pl.coalesce(by_ndc, expr)
 
 
+def relevant_to_the_audit(products: ProductDictionary, evidence_patterns: list[str], ndc_column: str | None) -> pl.Expr:
+    """Rows the audit reads: names the dictionary knows or that look like an immunoglobulin, medications
+    rules use as evidence, a known NDC, and rows with no medication (to quarantine them).
+
+    Everything else (most of a pharmacy extract) is counted as passed through without being parsed.
+    """
+    patterns = [p["pattern"] for p in products.products] + [products.looks_like_immunoglobulin, *evidence_patterns]
+    combined = "(?i)" + "|".join(f"(?:{p})" for p in patterns)
+    medication = pl.col("medication")
+    relevant = medication.is_null() | (medication.str.strip_chars() == "") | medication.str.contains(combined)
+    prefixes = sorted(
+        {normalise_ndc_prefix(n) for p in products.products for n in p.get("ndc_prefixes", [])} - {""}
+    )
+    prefixes = [p for p in prefixes if len(p) >= 9]
+    if ndc_column is not None and prefixes:
+        ndc = normalised_ndc(ndc_column)
+        relevant = relevant | pl.any_horizontal([ndc.str.starts_with(p) for p in prefixes]).fill_null(False)
+    return relevant
+
+
 def classify_medications(orders: pl.LazyFrame, products: ProductDictionary) -> pl.LazyFrame:
     """Orders with product, scope and the product's properties (IVIG, SC, other Ig, unrecognised Ig, other)."""
     table = products.table().lazy()

@@ -93,34 +93,51 @@ class _TextCheck:
 
 
 def _check_text(path: Path) -> _TextCheck:
-    """Hash a text file and check it is UTF-8 text (gzip is looked into), in one streaming pass."""
+    """Hash a text file and check it is UTF-8 text (gzip is looked into), in one streaming pass
+    (two for gzip: the hash is of the compressed bytes, the text check of the content)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_BLOCK), b""):
-            digest.update(block)
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    gzipped = path.name.lower().endswith(".gz")
+    if gzipped:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(_BLOCK), b""):
+                digest.update(block)
+    opener = gzip.open if gzipped else open
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    offset, first = 0, True
+    offset, first, bad = 0, True, None
     try:
         with opener(path, "rb") as handle:
             for block in iter(lambda: handle.read(_BLOCK), b""):
+                if not gzipped:
+                    digest.update(block)
                 if first:
                     first = False
                     if block[:2] in (b"\xff\xfe", b"\xfe\xff"):
-                        return _TextCheck(digest.hexdigest(), False, True, None)
+                        return _TextCheck(_finish_hash(digest, handle, gzipped), False, True, None)
                     if b"\x00" in block[:65536]:
                         raise ExtractError(f"cannot read {path}: it holds NUL bytes (a binary file, not CSV text)")
-                try:
-                    decoder.decode(block, final=False)
-                except UnicodeDecodeError as exc:
-                    return _TextCheck(digest.hexdigest(), False, False, offset + exc.start)
+                if bad is None:
+                    try:
+                        decoder.decode(block, final=False)
+                    except UnicodeDecodeError as exc:
+                        bad = offset + exc.start
+                        if gzipped:
+                            break
                 offset += len(block)
-            decoder.decode(b"", final=True)
+            if bad is None:
+                decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
-        return _TextCheck(digest.hexdigest(), False, False, offset + exc.start)
+        bad = offset + exc.start
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ExtractError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    return _TextCheck(digest.hexdigest(), True, False, None)
+    return _TextCheck(digest.hexdigest(), bad is None, False, bad)
+
+
+def _finish_hash(digest, handle, gzipped: bool) -> str:
+    """Complete the hash of a file whose text check stopped early."""
+    if not gzipped:
+        for block in iter(lambda: handle.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _transcoded(path: Path, encoding: str) -> io.BytesIO:

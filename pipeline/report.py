@@ -1580,6 +1580,7 @@ def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
+        os.chmod(tmp, 0o600)  # patient data: owner only, before the file takes its final name
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -1595,7 +1596,8 @@ def build_report(
     """
     data = summarise(tables, options)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(out_dir, 0o700)  # also when the folder existed (mkdir's mode is masked by the umask anyway)
     html_path, md_path, csv_path = out_dir / "index.html", out_dir / "summary.md", out_dir / "worklist.csv"
     html, md = render_html(data), render_markdown(data)
     _write_atomic(html_path, lambda p: p.write_text(html, encoding="utf-8"))

@@ -60,6 +60,11 @@ class RulePack:
         """The spec of one rule by id."""
         return self.rules[rule_id]
 
+    @property
+    def evidence_patterns(self) -> list[str]:
+        """Medication-name patterns of the other medications rules read as evidence (`evidence_pattern` params)."""
+        return [str(r.params["evidence_pattern"]) for r in self.rules.values() if "evidence_pattern" in r.params]
+
 
 def default_pack_text() -> str:
     """The shipped rule pack as TOML text."""

@@ -467,7 +467,7 @@ def kawasaki_without_aspirin(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     kawasaki = ctx.courses.filter(pl.col("indication_group") == "kawasaki")
     # An aspirin order covers its `doses` daily doses from its start (an order running through the
     # course counts, not only one that starts inside the window).
-    aspirin = ctx.evidence.filter(has_text_matching("medication", spec.params["aspirin_pattern"])).select(
+    aspirin = ctx.evidence.filter(has_text_matching("medication", spec.params["evidence_pattern"])).select(
         "patient_id",
         pl.col("start").alias("aspirin_at"),
         (pl.col("start") + pl.duration(days=pl.col("doses").fill_null(1).clip(lower_bound=1) - 1)).alias("aspirin_until"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -711,6 +712,38 @@ def _store_error(db_path: Path, exc: BaseException) -> StoreError:
     return StoreError(f"cannot open database {db_path}: {_one_line(exc)}")
 
 
+def _owner_only_files(function):
+    """Run a database writer with umask 077: every file DuckDB creates meanwhile is readable by its owner only.
+
+    DuckDB creates the write-ahead log (`<db>.wal`, which holds the transaction's patient rows until the
+    checkpoint) and spill files with the process umask, typically 0644; a run killed after COMMIT leaves
+    that .wal behind. The umask is process-wide, so for the duration of the write other files created by
+    this process are private too (never less private).
+    """
+
+    @functools.wraps(function)
+    def private(*args, **kwargs):
+        previous = os.umask(0o077)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            os.umask(previous)
+
+    return private
+
+
+def _empty_database(db_path: Path) -> bool:
+    """Whether a DuckDB file holds no table at all: what a first run killed before its COMMIT leaves behind."""
+    try:
+        con = duckdb.connect(str(db_path), read_only=True)
+    except duckdb.Error as exc:
+        raise _store_error(db_path, exc) from exc
+    try:
+        return not con.execute("SELECT COUNT(*) FROM duckdb_tables()").fetchall()[0][0]
+    finally:
+        con.close()
+
+
 def _check_frame(table: str, df: pl.DataFrame) -> None:
     """Raise ValueError when a frame's column names or dtypes differ from its contract."""
     schema = _FRAME_SCHEMAS[table]
@@ -900,6 +933,7 @@ def _write_source_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@_owner_only_files
 def write_run(
     db_path: Path,
     run: RunRecord,
@@ -943,11 +977,13 @@ def write_run(
                 con.register("incoming_source_rows", source_rows)
                 _write_source_rows(con, run.run_id)
             con.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             try:
                 con.execute("ROLLBACK")
             except duckdb.Error:  # transaction already aborted; nothing left to undo
                 pass
+            if isinstance(exc, duckdb.IOException):  # disk full, file system gone read-only, ...
+                raise StoreError(f"cannot write database {db_path}: {_one_line(exc)}") from exc
             raise
     finally:
         con.close()
@@ -1044,7 +1080,7 @@ class ReviewEvent:
 def read_source_rows(db_path: Path) -> pl.DataFrame | None:
     """The stored history of source rows, or None when there is no database yet."""
     db_path = Path(db_path)
-    if not db_path.exists():
+    if not db_path.exists() or _empty_database(db_path):
         return None
     con = connect_read_only(db_path)
     try:
@@ -1062,7 +1098,7 @@ def read_source_rows(db_path: Path) -> pl.DataFrame | None:
 def processed_hashes(db_path: Path) -> set[str]:
     """Content hashes of every input file a stored run has audited."""
     db_path = Path(db_path)
-    if not db_path.exists():
+    if not db_path.exists() or _empty_database(db_path):
         return set()
     con = connect_read_only(db_path)
     try:
@@ -1075,6 +1111,7 @@ def processed_hashes(db_path: Path) -> set[str]:
         con.close()
 
 
+@_owner_only_files
 def record_review(
     db_path: Path,
     finding_id: str,
@@ -1261,6 +1298,7 @@ def read_source_rows_as_of(db_path: Path, run_id: str) -> pl.DataFrame | None:
         con.close()
 
 
+@_owner_only_files
 def write_scenario(db_path: Path, scenario: ScenarioRecord, findings: pl.DataFrame, courses: pl.DataFrame) -> None:
     """Store a scenario's metadata, findings and courses in one transaction (live tables untouched).
 
