@@ -37,3 +37,11 @@ server: $(STAMP)
 
 clean:
 	rm -rf reports ivig_audit.duckdb ivig_audit.duckdb.wal .pytest_cache
+
+## Benchmark the audit at 1M rows (bench/README.md); writes bench/data/ and bench/out/.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/generate.py --rows 1000000 --out bench/data/orders_1m.csv --parquet
+	$(BIN)/python bench/run.py bench/data/orders_1m.csv --out bench/out/results_1m.md
+	$(BIN)/python bench/profile_audit.py bench/data/orders_1m.csv
+	$(BIN)/python bench/prefect_overhead.py --repeat 3

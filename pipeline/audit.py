@@ -17,8 +17,9 @@ from pipeline.normalise import (
     ProductDictionary,
     classify_medications,
     expand_daily_doses,
+    evidence_rows,
+    immunoglobulin_rows,
     map_indications,
-    relevant_to_the_audit,
     split_orders,
 )
 from pipeline.read import ExtractError
@@ -138,28 +139,27 @@ def _collect_extract(queries: list[pl.LazyFrame], extract: str) -> list[pl.DataF
 def select_relevant(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> tuple[Extracts, int]:
     """The rows the audit reads, in memory, and the number of order rows read tonight.
 
-    One streaming pass over the orders keeps IVIG and other immunoglobulin rows, medications rules
-    use as evidence, and rows with no medication; labs and procedures are kept for those patients
-    only (and labs for the tests the audit uses). A pharmacy extract is mostly other medications:
-    they are counted, not parsed.
+    A pharmacy extract is mostly other medications: they are counted, not parsed. One streaming
+    pass keeps the immunoglobulin rows (and rows with no medication, to quarantine); a second keeps,
+    for those patients only, the medications rules read as evidence; labs and procedures are kept
+    for those patients only (labs for the tests the audit uses).
     """
     ndc_column = "ndc" if "ndc" in extracts.orders.collect_schema().names() else None
-    relevant = extracts.orders.filter(relevant_to_the_audit(products, pack.evidence_patterns, ndc_column))
-    orders, count = _collect_extract([relevant, extracts.tonight(extracts.orders).select(pl.len())], "orders")
-    patients = orders.select(pl.col("patient_id").str.strip_chars()).drop_nulls().unique()["patient_id"]
+    immunoglobulin = immunoglobulin_rows(products, ndc_column)
+    ig_rows, count = _collect_extract(
+        [extracts.orders.filter(immunoglobulin), extracts.tonight(extracts.orders).select(pl.len())], "orders"
+    )
+    patients = ig_rows.select(pl.col("patient_id").str.strip_chars()).drop_nulls().unique()["patient_id"].implode()
+    of_patients = pl.col("patient_id").str.strip_chars().is_in(patients)
 
-    def of_patients(frame: pl.LazyFrame | None, extract: str, keep: pl.Expr | None = None) -> pl.LazyFrame | None:
-        if frame is None:
-            return None
-        query = frame.filter(pl.col("patient_id").str.strip_chars().is_in(patients.implode()))
-        if keep is not None:
-            query = query.filter(keep)
-        return _collect_extract([query], extract)[0].lazy()
+    def kept(frame: pl.LazyFrame | None, extract: str, keep: pl.Expr) -> pl.LazyFrame | None:
+        return None if frame is None else _collect_extract([frame.filter(of_patients & keep)], extract)[0].lazy()
 
+    evidence = kept(extracts.orders, "orders", ~immunoglobulin & evidence_rows(pack.evidence_patterns))
     selected = Extracts(
-        orders=orders.lazy(),
-        labs=of_patients(extracts.labs, "labs", lab_rows_used()),
-        procedures=of_patients(extracts.procedures, "procedures"),
+        orders=pl.concat([ig_rows.lazy(), evidence]),
+        labs=kept(extracts.labs, "labs", lab_rows_used()),
+        procedures=kept(extracts.procedures, "procedures", pl.lit(True)),
         tonight_files=extracts.tonight_files,
     )
     return selected, int(count.item())

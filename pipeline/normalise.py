@@ -114,24 +114,35 @@ def matched_product(products: ProductDictionary, ndc_column: str | None = None) 
     return pl.coalesce(by_ndc, expr)
 
 
-def relevant_to_the_audit(products: ProductDictionary, evidence_patterns: list[str], ndc_column: str | None) -> pl.Expr:
-    """Rows the audit reads: names the dictionary knows or that look like an immunoglobulin, medications
-    rules use as evidence, a known NDC, and rows with no medication (to quarantine them).
+def immunoglobulin_rows(products: ProductDictionary, ndc_column: str | None) -> pl.Expr:
+    """Rows the audit parses for themselves: names the dictionary knows or that look like an
+    immunoglobulin, a known NDC, and rows with no medication (to quarantine them)."""
+    patterns = [p["pattern"] for p in products.products] + [products.looks_like_immunoglobulin]
+    return _any_name(patterns) | _known_ndc(products, ndc_column)
 
-    Everything else (most of a pharmacy extract) is counted as passed through without being parsed.
-    """
-    patterns = [p["pattern"] for p in products.products] + [products.looks_like_immunoglobulin, *evidence_patterns]
-    combined = "(?i)" + "|".join(f"(?:{p})" for p in patterns)
+
+def evidence_rows(evidence_patterns: list[str]) -> pl.Expr:
+    """Rows of other medications that rules read as evidence (aspirin for Kawasaki disease)."""
+    if not evidence_patterns:
+        return pl.lit(False)
+    return pl.col("medication").str.contains("(?i)" + "|".join(f"(?:{p})" for p in evidence_patterns)).fill_null(False)
+
+
+def _any_name(patterns: list[str]) -> pl.Expr:
+    """A medication name matching any of the patterns (case-insensitive), or no name at all."""
     medication = pl.col("medication")
-    relevant = medication.is_null() | (medication.str.strip_chars() == "") | medication.str.contains(combined)
-    prefixes = sorted(
-        {normalise_ndc_prefix(n) for p in products.products for n in p.get("ndc_prefixes", [])} - {""}
-    )
+    combined = "(?i)" + "|".join(f"(?:{p})" for p in patterns)
+    return medication.is_null() | (medication.str.strip_chars() == "") | medication.str.contains(combined)
+
+
+def _known_ndc(products: ProductDictionary, ndc_column: str | None) -> pl.Expr:
+    """An NDC starting with a dictionary product's prefix (labeler + product at least)."""
+    prefixes = sorted({normalise_ndc_prefix(n) for p in products.products for n in p.get("ndc_prefixes", [])})
     prefixes = [p for p in prefixes if len(p) >= 9]
-    if ndc_column is not None and prefixes:
-        ndc = normalised_ndc(ndc_column)
-        relevant = relevant | pl.any_horizontal([ndc.str.starts_with(p) for p in prefixes]).fill_null(False)
-    return relevant
+    if ndc_column is None or not prefixes:
+        return pl.lit(False)
+    ndc = normalised_ndc(ndc_column)
+    return pl.any_horizontal([ndc.str.starts_with(p) for p in prefixes]).fill_null(False)
 
 
 def classify_medications(orders: pl.LazyFrame, products: ProductDictionary) -> pl.LazyFrame:
