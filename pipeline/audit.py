@@ -136,28 +136,35 @@ def _collect_extract(queries: list[pl.LazyFrame], extract: str) -> list[pl.DataF
         raise ExtractError(f"cannot read the {extract} extract: {first}") from None
 
 
+#: The columns of an evidence row the rules read (the rest is left empty: an extract holds many).
+EVIDENCE_COLUMNS = ("order_id", "patient_id", "medication", "start", "doses", "source_file", "source_row")
+
+
 def select_relevant(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> tuple[Extracts, int]:
     """The rows the audit reads, in memory, and the number of order rows read tonight.
 
     A pharmacy extract is mostly other medications: they are counted, not parsed. One streaming
-    pass keeps the immunoglobulin rows (and rows with no medication, to quarantine); a second keeps,
-    for those patients only, the medications rules read as evidence; labs and procedures are kept
-    for those patients only (labs for the tests the audit uses).
+    pass keeps the immunoglobulin rows (and rows with no medication, to quarantine) and, narrowed to
+    the columns rules read, the medications rules use as evidence; evidence of patients without
+    immunoglobulin is then dropped. Labs and procedures are kept for those patients only (labs for
+    the tests the audit uses).
     """
     ndc_column = "ndc" if "ndc" in extracts.orders.collect_schema().names() else None
-    immunoglobulin = immunoglobulin_rows(products, ndc_column)
-    ig_rows, count = _collect_extract(
-        [extracts.orders.filter(immunoglobulin), extracts.tonight(extracts.orders).select(pl.len())], "orders"
+    wide = [c for c in extracts.orders.collect_schema().names() if c not in EVIDENCE_COLUMNS]
+    flagged = extracts.orders.with_columns(is_ig=immunoglobulin_rows(products, ndc_column))
+    read = flagged.filter(pl.col("is_ig") | evidence_rows(pack.evidence_patterns)).with_columns(
+        pl.when(pl.col("is_ig")).then(pl.col(c)).alias(c) for c in wide
     )
-    patients = ig_rows.select(pl.col("patient_id").str.strip_chars()).drop_nulls().unique()["patient_id"].implode()
-    of_patients = pl.col("patient_id").str.strip_chars().is_in(patients)
+    rows, count = _collect_extract([read, extracts.tonight(extracts.orders).select(pl.len())], "orders")
+    patients = rows.filter("is_ig").select(pl.col("patient_id").str.strip_chars()).drop_nulls().unique()
+    of_patients = pl.col("patient_id").str.strip_chars().is_in(patients["patient_id"].implode())
+    orders = rows.filter(pl.col("is_ig") | of_patients).drop("is_ig")
 
     def kept(frame: pl.LazyFrame | None, extract: str, keep: pl.Expr) -> pl.LazyFrame | None:
         return None if frame is None else _collect_extract([frame.filter(of_patients & keep)], extract)[0].lazy()
 
-    evidence = kept(extracts.orders, "orders", ~immunoglobulin & evidence_rows(pack.evidence_patterns))
     selected = Extracts(
-        orders=pl.concat([ig_rows.lazy(), evidence]),
+        orders=orders.lazy(),
         labs=kept(extracts.labs, "labs", lab_rows_used()),
         procedures=kept(extracts.procedures, "procedures", pl.lit(True)),
         tonight_files=extracts.tonight_files,

@@ -1,0 +1,298 @@
+"""Shared pieces of the reliability tests (issue 8): extracts, a night without Prefect, table dumps, fault children.
+
+`nightly()` runs one night exactly like `tests/test_warehouse.py::nightly` (scan -> history -> audit ->
+write_run, replace_all) but looks every stage up through its module at call time, so a test can
+monkeypatch a stage (`pipeline.audit.prepare`, `pipeline.store._write_findings`, ...) to inject a fault.
+
+Run as a script (`python -m tests.reliability_helpers MODE ...`) it is the *child* of the fault tests:
+a separate process that runs a night and SIGKILLs itself at an injected point inside `write_run`, or
+holds the database lock (mid-run or mid-review) until told to go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the child runs with cwd = REPO, but be explicit
+    sys.path.insert(0, str(REPO))
+
+from checks.inputs import ORDER_COLUMNS  # noqa: E402
+
+# ----------------------------------------------------------------------------------- extracts
+
+#: Identifiers and free text that must never reach a log (distinctive, so a match is never a coincidence).
+PATIENTS = ("PTZQ-4471", "PTZQ-5582", "PTZQ-6693", "PTZQ-7704")
+FREE_TEXT = (
+    "guillain barre after Zorblaxian campylobacter",
+    "relapsing ms Quaffleworth clinic",
+    "sarcoid neuropathy Vexingdale",
+    "refractory per Dr Plumtrees neurology",
+)
+
+_BASE = {"medication": "Privigen 10%", "dose_unit": "g", "route": "IV", "sex": "M", "age_years": "50",
+         "weight_kg": "70", "height_cm": "180", "service": "Neurology", "prescriber_id": "DRZQ-01",
+         "facility": "North General"}
+
+
+def _dose(order_id: str, patient: str, day: str, grams: str = "28", **kw: str) -> dict[str, str]:
+    return _BASE | {"order_id": order_id, "patient_id": patient, "dose": grams, "start": f"{day} 09:00:00"} | kw
+
+
+def night_rows(night: int) -> list[dict[str, str]]:
+    """A small night with findings in several categories, a quarantined row and a non-IVIG row.
+
+    Night 1 starts courses; night 2 continues one (a course spanning two nights), adds a repeat course
+    and a corrected order (same order_id, new dose), so the second write updates, resolves and inserts.
+    """
+    p1, p2, p3, p4 = PATIENTS
+    gbs, ms, odd, why = FREE_TEXT
+    if night == 1:
+        return [
+            _dose("OZQ-101", p1, "2026-11-01", indication=gbs),
+            _dose("OZQ-102", p1, "2026-11-02", indication=gbs),
+            _dose("OZQ-201", p2, "2026-11-01", "60", indication=ms, weight_kg="110", height_cm="165"),
+            _dose("OZQ-301", p3, "2026-11-03", "40", indication=odd),
+            _dose("OZQ-302", p3, "2026-11-04", "-5", indication=odd),  # quarantined: dose <= 0
+            _dose("OZQ-401", p4, "2026-11-05", "81", medication="Aspirin 81 mg", dose_unit="mg", indication="KD"),
+            _dose("OZQ-402", p4, "2026-11-05", "2", dose_unit="g/kg", weight_kg="20", height_cm="110",
+                  age_years="4", indication="Kawasaki disease"),
+        ]
+    if night == 2:
+        return [
+            _dose("OZQ-103", p1, "2026-11-03", indication=gbs),
+            _dose("OZQ-104", p1, "2026-11-04", "56", indication=gbs),
+            _dose("OZQ-201", p2, "2026-11-01", "30", indication=ms, weight_kg="110", height_cm="165"),  # corrected
+            _dose("OZQ-111", p1, "2026-12-20", indication=gbs, justification=why),  # repeat course
+            _dose("OZQ-303", p3, "2026-11-05", "40", indication=odd),
+            _dose("", p3, "2026-11-06", "40", indication=odd),  # quarantined: order_id missing
+        ]
+    raise ValueError(night)
+
+
+def write_extract(path: Path, rows: list[dict[str, str]]) -> Path:
+    """A canonical orders CSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(ORDER_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in ORDER_COLUMNS})
+    return path
+
+
+# ------------------------------------------------------------------------------------ a night
+
+FIXED_REVIEW_TIME = datetime(2026, 11, 2, 12, 0, 0)
+
+
+def compute_night(db: Path, extract: Path, run_id: str):
+    """Everything a night does before the database write: (RunRecord, AuditResult, remembered rows)."""
+    from pipeline import audit, read, store
+    from pipeline.normalise import load_products
+    from pipeline.rulepack import load_rule_pack
+
+    pack, products = load_rule_pack(), load_products()
+    orders, sources = read.scan_extract([Path(extract)], "orders")
+    extracts = audit.with_history({"orders": orders}, store.read_source_rows(Path(db)), frozenset(s.path for s in sources))
+    result, remembered = audit.run_audit_remembering(extracts, products, pack, run_id)
+    now = datetime.now(timezone.utc)
+    run = store.RunRecord(
+        run_id=run_id, started_at=now, finished_at=now, status="succeeded", profile=pack.profile_name,
+        rule_pack_version=pack.version, rule_pack_hash=pack.config_hash,
+        inputs=[{"extract": s.extract, "path": s.path, "sha256": s.sha256} for s in sources],
+        rows_read=result.rows_read, rows_quarantined=result.rows_quarantined, rows_ivig=result.rows_ivig,
+        rows_passed_through=result.rows_passed_through, rows_out_of_scope=result.rows_out_of_scope,
+        courses=result.courses.height, findings=result.findings.height, cost_per_gram=80.0,
+    )
+    return run, result, remembered
+
+
+def write_night(db: Path, computed) -> None:
+    """The database write of a computed night (one transaction)."""
+    from pipeline import store
+
+    run, result, remembered = computed
+    store.write_run(Path(db), run, result.orders, result.courses, result.findings, result.quarantine,
+                    source_rows=remembered, replace_all=True)
+
+
+def nightly(db: Path, extract: Path, run_id: str, report_dir: Path | None = None) -> None:
+    """One night without Prefect (as tests/test_warehouse.py), optionally followed by the report."""
+    write_night(db, compute_night(db, extract, run_id))
+    if report_dir is not None:
+        from pipeline import report, store
+
+        report.write_report(store.read_tables(Path(db)), Path(report_dir))
+
+
+# ------------------------------------------------------------------------------------- dumps
+
+#: Wall-clock columns: differ between two otherwise identical runs (replaced before comparing).
+#: Run ids need no normalising: the tests give the crashed and the control database the same ids.
+VOLATILE = {"started_at", "finished_at", "applied_at", "created_at"}
+
+
+def dump(db: Path) -> dict[str, Any] | None:
+    """Every table of the database (rows sorted), its views and comments; None when there is no file."""
+    db = Path(db)
+    if not db.exists():
+        return None
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' ORDER BY 1").fetchall()]
+        out: dict[str, Any] = {}
+        for name in tables:
+            columns = [r[0] for r in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
+                "ORDER BY column_index", [name]).fetchall()]
+            # Table names come from the catalog of this test database, quoted.
+            rows = con.execute(f'SELECT * FROM "{name}" ORDER BY ALL').fetchall()
+            out[name] = {"columns": columns, "rows": rows}
+        out["__views__"] = con.execute(
+            "SELECT view_name, sql FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal ORDER BY 1"
+        ).fetchall()
+    return out
+
+
+def normalised(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A dump with the VOLATILE columns blanked (rows re-sorted)."""
+    if snapshot is None:
+        return None
+    out: dict[str, Any] = {}
+    for name, table in snapshot.items():
+        if name == "__views__":
+            out[name] = table
+            continue
+        idx = [i for i, c in enumerate(table["columns"]) if c in VOLATILE]
+        rows = [tuple("<time>" if i in idx else v for i, v in enumerate(row)) for row in table["rows"]]
+        out[name] = {"columns": table["columns"], "rows": sorted(rows, key=repr)}
+    return out
+
+
+def row_counts(snapshot: dict[str, Any] | None) -> dict[str, int]:
+    return {} if snapshot is None else {k: len(v["rows"]) for k, v in snapshot.items() if k != "__views__"}
+
+
+# --------------------------------------------------------------------------- child processes
+
+#: Points inside write_run where the child kills itself (after the named step has executed).
+KILL_POINTS = ("migrate", "runs", "orders", "courses", "findings", "quarantine", "source_rows",
+               "before_commit", "after_commit")
+_STEP_FUNCTIONS = {"migrate": "_migrate", "runs": "_write_runs", "orders": "_write_orders",
+                   "courses": "_write_courses", "findings": "_write_findings", "quarantine": "_write_quarantine",
+                   "source_rows": "_write_source_rows"}
+
+
+class _Connection:
+    """A DuckDB connection that runs a hook before and after each statement (execute is read-only on the C type)."""
+
+    def __init__(self, con, before=None, after=None):
+        self._con, self._before, self._after = con, before, after
+
+    def execute(self, query, *args, **kwargs):
+        if self._before:
+            self._before(query)
+        result = self._con.execute(query, *args, **kwargs)
+        if self._after:
+            self._after(query)
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+class _DuckDB:
+    """Stands in for the duckdb module inside pipeline.store: connect() returns a hooked connection."""
+
+    def __init__(self, before=None, after=None):
+        self._before, self._after = before, after
+
+    def connect(self, *args, **kwargs):
+        return _Connection(duckdb.connect(*args, **kwargs), self._before, self._after)
+
+    def __getattr__(self, name):
+        return getattr(duckdb, name)
+
+
+def _die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_for(flag: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def child_main(argv: list[str]) -> None:
+    """Modes:
+    kill POINT DB EXTRACT RUN_ID     run a night and SIGKILL at POINT inside write_run
+    hold-run DB EXTRACT RUN_ID FLAG  run a night; inside the write transaction print 'holding' and wait for FLAG
+    hold-review DB FINDING FLAG      record a review; inside its transaction print 'holding' and wait for FLAG
+    """
+    from pipeline import store
+
+    mode = argv[0]
+    if mode == "kill":
+        point, db, extract, run_id = argv[1:5]
+        if point in _STEP_FUNCTIONS:
+            name = _STEP_FUNCTIONS[point]
+            original = getattr(store, name)
+
+            def killed_after(*args, **kwargs):
+                original(*args, **kwargs)
+                _die()
+
+            setattr(store, name, killed_after)
+        elif point == "before_commit":
+            store.duckdb = _DuckDB(before=lambda q: _die() if q == "COMMIT" else None)
+        elif point == "after_commit":
+            store.duckdb = _DuckDB(after=lambda q: _die() if q == "COMMIT" else None)
+        else:
+            raise SystemExit(f"unknown kill point {point}")
+        nightly(Path(db), Path(extract), run_id)
+        print("survived", flush=True)  # the kill point was never reached: the test fails on this
+        return
+    if mode == "hold-run":
+        db, extract, run_id, flag = argv[1:5]
+        original = store._write_findings
+
+        def holding(*args, **kwargs):
+            original(*args, **kwargs)
+            print("holding", flush=True)
+            _wait_for(Path(flag))
+
+        store._write_findings = holding
+        nightly(Path(db), Path(extract), run_id)
+        print("done", flush=True)
+        return
+    if mode == "hold-review":
+        db, finding_id, flag = argv[1:4]
+
+        def pause(query):
+            if query == "COMMIT":
+                print("holding", flush=True)
+                _wait_for(Path(flag))
+
+        store.duckdb = _DuckDB(before=pause)
+        store.record_review(Path(db), finding_id, "actioned", "B. Pharmacist", reason_code="dose_changed",
+                            reviewed_at=FIXED_REVIEW_TIME)
+        print("done", flush=True)
+        return
+    raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])
