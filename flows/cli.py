@@ -17,6 +17,7 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
 import typer  # noqa: E402
 
 from pipeline.mapping import load_mapping  # noqa: E402
+from pipeline.normalise import ProductDictionaryError, load_products  # noqa: E402
 from pipeline.read import ExtractError, discover, scan_extract  # noqa: E402
 from pipeline.rulepack import RulePackError, load_rule_pack  # noqa: E402
 from pipeline.store import StoreError  # noqa: E402
@@ -52,12 +53,20 @@ def default_sample_dir() -> Path:
     return here if here.is_dir() else Path(__file__).resolve().parents[1] / "sample_data"
 
 
+def configuration(rules: Path | None, profile: str | None, products: Path | None = None):
+    """The effective rule pack and product dictionary, or a one-line error and exit 2."""
+    try:
+        return load_rule_pack(rules, profile), load_products(products)
+    except (RulePackError, ProductDictionaryError) as exc:
+        _fail(str(exc))
+
+
 def preflight(
     orders: list[Path], labs: Path | None, procedures: Path | None, rules: Path | None, profile: str | None,
-    mapping: str | None = None,
+    mapping: str | None = None, products: Path | None = None,
 ) -> None:
     """Check inputs and configuration before Prefect starts, so user mistakes fail fast with one line."""
-    load_rule_pack(rules, profile)
+    configuration(rules, profile, products)
     profile_map = load_mapping(mapping) if mapping else None
     inputs = {"orders": list(orders)} | ({"labs": [labs]} if labs else {}) | ({"procedures": [procedures]} if procedures else {})
     # Small nightly extracts are parsed whole here, so a broken row is reported before Prefect starts;
@@ -96,8 +105,8 @@ def run(
         labs = labs or (sample / "labs.csv" if (sample / "labs.csv").exists() else None)
         procedures = procedures or (sample / "procedures.csv" if (sample / "procedures.csv").exists() else None)
     try:
-        preflight(orders, labs, procedures, rules, profile, mapping)
-    except (ExtractError, RulePackError) as exc:
+        preflight(orders, labs, procedures, rules, profile, mapping, products)
+    except ExtractError as exc:
         _fail(str(exc))
     from flows.audit import audit_flow
 

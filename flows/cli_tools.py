@@ -11,8 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app
-from pipeline.rulepack import RulePackError
+from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app, configuration
 from pipeline.store import StoreError
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -82,8 +81,6 @@ def dose(
     (an unrecognised indication, a number out of range, days outside the regimen).
     """
     from pipeline.dose import DoseError, DoseRequest, calculate_dose, format_dose
-    from pipeline.normalise import load_products
-    from pipeline.rulepack import load_rule_pack
 
     request_days = _number(days, "--days")
     if request_days is not None and request_days != int(request_days):
@@ -103,16 +100,7 @@ def dose(
         days=None if request_days is None else int(request_days),
         g_per_kg=_number(g_per_kg, "--g-per-kg", "g/kg"),
     )
-    try:
-        pack = load_rule_pack(rules, profile)
-    except RulePackError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
-    try:
-        dictionary = load_products(products)
-    except FileNotFoundError:
-        _fail(f"product dictionary not found: {products}", EXIT_BAD_INPUT)
-    except (ValueError, KeyError) as exc:  # tomllib.TOMLDecodeError is a ValueError
-        _fail(f"product dictionary {products} cannot be used: {exc}", EXIT_BAD_INPUT)
+    pack, dictionary = configuration(rules, profile, products)
     try:
         result = calculate_dose(request, pack, dictionary)
     except DoseError as exc:
@@ -208,9 +196,7 @@ def replay(
     """
     import duckdb
 
-    from pipeline.normalise import load_products
     from pipeline.read import ExtractError, file_sha256, scan_extract
-    from pipeline.rulepack import load_rule_pack
     from pipeline.scenario import (
         default_scenario_name,
         input_problem,
@@ -224,16 +210,7 @@ def replay(
     _require_db(db)
     if is_scenario_id(run_id):
         _fail(f"'{run_id}' is a scenario id; replay takes a run id (see `ivig-audit scenarios`)", EXIT_BAD_INPUT)
-    try:
-        pack = load_rule_pack(rules, profile)
-    except RulePackError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
-    try:
-        dictionary = load_products(products)
-    except FileNotFoundError:
-        _fail(f"product dictionary not found: {products}", EXIT_BAD_INPUT)
-    except (ValueError, KeyError) as exc:
-        _fail(f"product dictionary {products} cannot be used: {exc}", EXIT_BAD_INPUT)
+    pack, dictionary = configuration(rules, profile, products)
     try:
         run = read_run(db, run_id)
     except (StoreError, duckdb.Error) as exc:

@@ -46,18 +46,29 @@ class ProductDictionary:
         )
 
 
+class ProductDictionaryError(Exception):
+    """A product dictionary file that cannot be used (one-line, user-facing)."""
+
+
 def load_products(path: Path | None = None) -> ProductDictionary:
     """The shipped product dictionary, or a site's own file."""
-    if path is None:
-        text = resources.files("pipeline").joinpath("data/products.toml").read_text(encoding="utf-8")
-    else:
-        text = Path(path).read_text(encoding="utf-8")
-    raw = tomllib.loads(text)
-    return ProductDictionary(
-        version=str(raw.get("version", "")),
-        looks_like_immunoglobulin=raw["looks_like_immunoglobulin"],
-        products=list(raw["product"]),
-    )
+    try:
+        if path is None:
+            text = resources.files("pipeline").joinpath("data/products.toml").read_text(encoding="utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
+        return ProductDictionary(
+            version=str(raw.get("version", "")),
+            looks_like_immunoglobulin=raw["looks_like_immunoglobulin"],
+            products=list(raw["product"]),
+        )
+    except FileNotFoundError:
+        raise ProductDictionaryError(f"product dictionary not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProductDictionaryError(f"product dictionary {path} is not valid TOML: {exc}") from None
+    except KeyError as exc:
+        raise ProductDictionaryError(f"product dictionary {path} lacks {exc}") from None
 
 
 def normalise_ndc_prefix(text: str) -> str:

@@ -58,3 +58,10 @@ def test_serve_without_server_explains(monkeypatch):
     result = runner.invoke(app, ["serve"])
     assert result.exit_code == 2
     assert "prefect server start" in _one_line_error(result)
+
+
+def test_missing_product_dictionary_is_one_line(tmp_path: Path):
+    result = runner.invoke(app, ["run", "--orders", str(SAMPLE / "orders"), "--products", str(tmp_path / "none.toml"),
+                                 "--db", str(tmp_path / "a.duckdb")])
+    assert result.exit_code == 2
+    assert "product dictionary not found" in _one_line_error(result)
