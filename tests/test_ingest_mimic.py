@@ -14,11 +14,16 @@ from pipeline.normalise import load_products
 from pipeline.read import scan_extract
 from pipeline.rulepack import load_rule_pack
 
-MIMIC = Path("/work/shared/data/mimic-demo")
+# The project's shared/ folder sits beside the checkout (CI lays a copy there too).
+MIMIC = next(
+    (p for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "mimic-demo", Path("/work/shared/data/mimic-demo"))
+     if p.is_dir()),
+    Path("../shared/data/mimic-demo"),
+)
 MIMIC3 = MIMIC / "mimic3_demo_PRESCRIPTIONS.csv"
 MIMIC4 = MIMIC / "mimic4_demo_prescriptions.csv.gz"
 
-pytestmark = pytest.mark.skipif(not MIMIC3.exists(), reason="MIMIC demo tables not present")
+pytestmark = pytest.mark.skipif(not MIMIC3.exists(), reason=f"MIMIC demo tables not found beside the checkout ({MIMIC})")
 
 
 @pytest.fixture(scope="module")
