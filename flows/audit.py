@@ -271,6 +271,8 @@ def audit_flow(
         timings=timings,
         skipped_inputs=skipped,
         cost_per_gram=cost_per_gram,
+        rows_unrecognised_ig=result.rows_unrecognised_ig,
+        rows_quarantined_orders=result.rows_quarantined_orders,
     )
     store(db, run, result, source_rows)
     lap("store")

@@ -145,6 +145,7 @@ _RUN_COLS: dict[str, pl.DataType] = {
     "rows_ivig": pl.Int64(),
     "rows_passed_through": pl.Int64(),
     "rows_out_of_scope": pl.Int64(),
+    "rows_unrecognised_ig": pl.Int64(),
     "courses": pl.Int64(),
     "findings": pl.Int64(),
 }
@@ -260,6 +261,7 @@ class RunInfo:
     rows_ivig: int | None
     rows_passed_through: int | None
     rows_out_of_scope: int | None
+    rows_unrecognised_ig: int | None
     runs_total: int
 
 
@@ -458,6 +460,7 @@ def _latest_run(runs: pl.DataFrame) -> RunInfo | None:
         rows_ivig=_opt_int(row["rows_ivig"]),
         rows_passed_through=_opt_int(row["rows_passed_through"]),
         rows_out_of_scope=_opt_int(row["rows_out_of_scope"]),
+        rows_unrecognised_ig=_opt_int(row["rows_unrecognised_ig"]),
         runs_total=runs.height,
     )
 
@@ -1550,6 +1553,8 @@ def render_markdown(data: ReportData) -> str:
                 ["Rows quarantined", fmt_int(run.rows_quarantined)],
                 ["Rows IVIG", fmt_int(run.rows_ivig)],
                 ["Rows passed through", fmt_int(run.rows_passed_through)],
+                ["Rows out of scope (other immunoglobulins)", fmt_int(run.rows_out_of_scope)],
+                ["Rows unrecognised immunoglobulin", fmt_int(run.rows_unrecognised_ig)],
             ],
             align="ll",
         )

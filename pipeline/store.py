@@ -63,6 +63,8 @@ class RunRecord:
     timings: dict[str, float] = field(default_factory=dict)
     skipped_inputs: list[dict] = field(default_factory=list)
     cost_per_gram: float | None = None
+    rows_unrecognised_ig: int = 0
+    rows_quarantined_orders: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,6 +285,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        4,
+        "runs count unrecognised immunoglobulin rows and orders quarantined (the full row accounting)",
+        [
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS rows_unrecognised_ig BIGINT DEFAULT 0",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS rows_quarantined_orders BIGINT DEFAULT 0",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
@@ -344,6 +354,8 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "timings": "JSON: seconds spent per stage of the run",
         "skipped_inputs": "JSON list of input files skipped because their content hash was already audited",
         "cost_per_gram": "cost of one gram of IVIG used for money avoidable in this run's report",
+        "rows_unrecognised_ig": "order rows whose name looks like an immunoglobulin but matches no product (data-quality findings)",
+        "rows_quarantined_orders": "order rows quarantined (rows_quarantined counts every extract); rows_read = rows_ivig + rows_passed_through + rows_out_of_scope + rows_unrecognised_ig + rows_quarantined_orders",
     },
     "orders": {
         "order_id": "order identifier from the extract (unique)",
@@ -819,8 +831,9 @@ def _write_runs(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     con.execute(
         """INSERT INTO runs (run_id, started_at, finished_at, status, profile, rule_pack_version,
                rule_pack_hash, inputs, rows_read, rows_quarantined, rows_ivig, rows_passed_through,
-               rows_out_of_scope, courses, findings, timings, skipped_inputs, cost_per_gram)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               rows_out_of_scope, courses, findings, timings, skipped_inputs, cost_per_gram,
+               rows_unrecognised_ig, rows_quarantined_orders)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             run.run_id,
             _utc_naive(run.started_at),
@@ -840,6 +853,8 @@ def _write_runs(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
             json.dumps(run.timings),
             json.dumps(run.skipped_inputs),
             run.cost_per_gram,
+            run.rows_unrecognised_ig,
+            run.rows_quarantined_orders,
         ],
     )
 

@@ -59,6 +59,14 @@ def test_flow_writes_every_table(audited):
     assert statuses == [("succeeded",)]
 
 
+def test_runs_account_for_every_order_row(audited):
+    query = """SELECT rows_read, rows_ivig + rows_passed_through + rows_out_of_scope + rows_unrecognised_ig
+                      + rows_quarantined_orders FROM runs"""
+    with duckdb.connect(str(audited["db"]), read_only=True) as con:
+        rows = con.execute(query).fetchall()
+    assert rows and all(read == accounted > 0 for read, accounted in rows)
+
+
 def test_rerun_keeps_findings_and_review_state(audited):
     with duckdb.connect(str(audited["db"]), read_only=True) as con:
         after = con.execute("SELECT finding_id, rule_id, severity, excess_g FROM findings ORDER BY finding_id").fetchall()
