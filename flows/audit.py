@@ -39,6 +39,8 @@ class AuditSummary:
     rows_ivig: int = 0
     rows_passed_through: int = 0
     rows_out_of_scope: int = 0
+    rows_unrecognised_ig: int = 0
+    rows_quarantined_orders: int = 0
     courses: int = 0
     findings: int = 0
     findings_by_severity: dict[str, int] = field(default_factory=dict)
@@ -261,18 +263,12 @@ def audit_flow(
         rule_pack_version=pack.version,
         rule_pack_hash=pack.config_hash,
         inputs=[{"extract": s.extract, "path": s.path, "sha256": s.sha256} for s in sources],
-        rows_read=result.rows_read,
-        rows_quarantined=result.rows_quarantined,
-        rows_ivig=result.rows_ivig,
-        rows_passed_through=result.rows_passed_through,
-        rows_out_of_scope=result.rows_out_of_scope,
+        **result.counts(),
         courses=result.courses.height,
         findings=result.findings.height,
         timings=timings,
         skipped_inputs=skipped,
         cost_per_gram=cost_per_gram,
-        rows_unrecognised_ig=result.rows_unrecognised_ig,
-        rows_quarantined_orders=result.rows_quarantined_orders,
     )
     store(db, run, result, source_rows)
     lap("store")
@@ -282,11 +278,7 @@ def audit_flow(
         run_id=run_id,
         db=db,
         report_files=report_files,
-        rows_read=run.rows_read,
-        rows_quarantined=run.rows_quarantined,
-        rows_ivig=run.rows_ivig,
-        rows_passed_through=run.rows_passed_through,
-        rows_out_of_scope=run.rows_out_of_scope,
+        **result.counts(),
         courses=run.courses,
         findings=run.findings,
         findings_by_severity=_counts(result.findings.filter(pl.col("resolved_run").is_null()), "severity"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pandera.polars as pa
 import polars as pl
@@ -54,8 +54,29 @@ class Extracts:
 
 
 @dataclass(frozen=True)
-class PreparedOrders:
-    """Orders after the contract and normalise stages."""
+class RowCounts:
+    """Tonight's input rows by what the audit did with them.
+
+    rows_read = rows_ivig + rows_passed_through + rows_out_of_scope + rows_unrecognised_ig
+    + rows_quarantined_orders; rows_quarantined counts every extract (labs and procedures too).
+    """
+
+    rows_read: int
+    rows_ivig: int
+    rows_passed_through: int
+    rows_out_of_scope: int
+    rows_quarantined: int
+    rows_unrecognised_ig: int
+    rows_quarantined_orders: int
+
+    def counts(self) -> dict[str, int]:
+        """The counts alone, by field name."""
+        return {f.name: getattr(self, f.name) for f in fields(RowCounts)}
+
+
+@dataclass(frozen=True)
+class PreparedOrders(RowCounts):
+    """Orders after the contract and normalise stages, with tonight's row counts."""
 
     ivig: pl.DataFrame
     evidence: pl.DataFrame
@@ -64,30 +85,16 @@ class PreparedOrders:
     procedures: pl.DataFrame | None
     quarantine: pl.DataFrame
     source: Extracts  # the text rows the audit read (relevant rows only), in memory
-    rows_read: int
-    rows_out_of_scope: int
-    rows_passed_through: int
-    rows_ivig: int
-    rows_quarantined: int
-    rows_unrecognised_ig: int
-    rows_quarantined_orders: int
 
 
 @dataclass(frozen=True)
-class AuditResult:
-    """The tables one run writes, and its counts."""
+class AuditResult(RowCounts):
+    """The tables one run writes, and its row counts."""
 
     orders: pl.DataFrame
     courses: pl.DataFrame
     findings: pl.DataFrame
     quarantine: pl.DataFrame
-    rows_read: int
-    rows_ivig: int
-    rows_passed_through: int
-    rows_out_of_scope: int
-    rows_quarantined: int
-    rows_unrecognised_ig: int
-    rows_quarantined_orders: int
 
 
 def _contract_failures(df: pl.DataFrame, schema: pa.DataFrameSchema, extract: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -303,13 +310,7 @@ def output_tables(
         courses=outputs.COURSES.validate(courses_out),
         findings=outputs.FINDINGS.validate(findings),
         quarantine=outputs.QUARANTINE.validate(quarantine_out),
-        rows_read=prepared.rows_read,
-        rows_ivig=prepared.rows_ivig,
-        rows_passed_through=prepared.rows_passed_through,
-        rows_out_of_scope=prepared.rows_out_of_scope,
-        rows_quarantined=prepared.rows_quarantined,
-        rows_unrecognised_ig=prepared.rows_unrecognised_ig,
-        rows_quarantined_orders=prepared.rows_quarantined_orders,
+        **prepared.counts(),
     )
 
 
@@ -395,13 +396,7 @@ def combine(parts: list[tuple[AuditResult, pl.DataFrame]]) -> tuple[AuditResult,
             courses=pl.concat([r.courses for r in results]),
             findings=pl.concat([r.findings for r in results]),
             quarantine=pl.concat([r.quarantine for r in results]),
-            rows_read=sum(r.rows_read for r in results),
-            rows_ivig=sum(r.rows_ivig for r in results),
-            rows_passed_through=sum(r.rows_passed_through for r in results),
-            rows_out_of_scope=sum(r.rows_out_of_scope for r in results),
-            rows_quarantined=sum(r.rows_quarantined for r in results),
-            rows_unrecognised_ig=sum(r.rows_unrecognised_ig for r in results),
-            rows_quarantined_orders=sum(r.rows_quarantined_orders for r in results),
+            **{name: sum(r.counts()[name] for r in results) for name in results[0].counts()},
         ),
         pl.concat([remembered for _, remembered in parts]),
     )
