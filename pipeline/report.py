@@ -1199,13 +1199,12 @@ def _chart_levers(data: ReportData) -> ChartBlock:
         return ChartBlock("levers", heading, None, "No grams avoidable in the report window.")
     top = df.sort("grams", descending=True).row(0, named=True)
     title = f"{fmt_grams(total)} avoidable ({fmt_money(total * data.options.cost_per_gram, cur)}); most by {top['label'].lower()}"
-    df = df.with_columns(
-        pl.col("grams").round(1),
-        (pl.col("grams").map_elements(fmt_grams, return_dtype=pl.String) + "  ·  "
-         + pl.col("money").map_elements(lambda v: fmt_money(v, cur), return_dtype=pl.String)
-         + "  ·  " + pl.col("courses").map_elements(lambda n: _plural(n, "course"), return_dtype=pl.String)
-         ).alias("text"),
-    )
+    # Bar labels of the (at most five) levers, formatted like the rest of the page.
+    labels = [
+        f"{fmt_grams(g)}  ·  {fmt_money(m, cur)}  ·  {_plural(n, 'course')}"
+        for g, m, n in zip(df["grams"].to_list(), df["money"].to_list(), df["courses"].to_list())
+    ]
+    df = df.with_columns(pl.col("grams").round(1), pl.Series("text", labels, dtype=pl.String))
     max_g = float(df["grams"].max())
     base = alt.Chart(_values(df)).encode(
         y=alt.Y("label:N", sort=df["label"].to_list(), title=None),
