@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import audit as stages
 from pipeline.normalise import ProductDictionary, load_products
-from pipeline.read import ExtractError, SourceFile, discover, file_sha256, scan_extract
+from pipeline.read import ExtractError, SourceFile, content_sha256, discover, scan_extract
 from pipeline.report import ReportOptions, aggregate_table, build_report, headline_markdown
 from pipeline.rulepack import RulePack, load_rule_pack
 from pipeline.store import RunRecord, StoreError, processed_hashes, read_source_rows, read_tables, write_run
@@ -169,7 +169,7 @@ def find_new_inputs(inputs: dict[str, list[str]], db: str, force: bool) -> tuple
     skipped: list[dict] = []
     for extract, paths in inputs.items():
         for path in discover([Path(p) for p in paths]):
-            digest = file_sha256(path)
+            digest = content_sha256(path)
             if digest in done:
                 skipped.append({"extract": extract, "path": str(path), "sha256": digest})
             else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import functools
 import hashlib
 import io
 import logging
@@ -93,8 +94,25 @@ class _TextCheck:
 
 
 def _check_text(path: Path) -> _TextCheck:
+    """Hash a text file and check it is UTF-8 text, once per file version (see `_check_text_of`)."""
+    stat = path.stat()
+    return _check_text_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def content_sha256(path: Path) -> str:
+    """The content hash of an extract file; for text files the same read also checks the encoding,
+    so the scan that follows does not read the file again."""
+    if path.name.lower().endswith(PARQUET_SUFFIXES):
+        return file_sha256(path)
+    return _check_text(path).sha256
+
+
+@functools.lru_cache(maxsize=256)
+def _check_text_of(name: str, size: int, mtime_ns: int) -> _TextCheck:
     """Hash a text file and check it is UTF-8 text (gzip is looked into), in one streaming pass
-    (two for gzip: the hash is of the compressed bytes, the text check of the content)."""
+    (two for gzip: the hash is of the compressed bytes, the text check of the content). Cached by
+    path, size and modification time: deciding which files are new and scanning them read it once."""
+    path = Path(name)
     digest = hashlib.sha256()
     gzipped = path.name.lower().endswith(".gz")
     if gzipped:
