@@ -1,8 +1,8 @@
 """Shared pieces of the reliability tests (issue 8): extracts, a night without Prefect, table dumps, fault children.
 
-`nightly()` runs one night exactly like `tests/test_warehouse.py::nightly` (scan -> history -> audit ->
-write_run, replace_all) but looks every stage up through its module at call time, so a test can
-monkeypatch a stage (`pipeline.audit.prepare`, `pipeline.store._write_findings`, ...) to inject a fault.
+`nightly()` runs one night as the flow does, without Prefect (scan -> history -> audit -> write_run,
+replace_all); the warehouse, scenario and analyst-docs tests use it too. It looks every stage up
+through its module at call time, so a test can monkeypatch a stage (`pipeline.audit.prepare`, `pipeline.store._write_findings`, ...) to inject a fault.
 
 Run as a script (`python -m tests.reliability_helpers MODE ...`) it is the *child* of the fault tests:
 a separate process that runs a night and SIGKILLs itself at an injected point inside `write_run`, or
@@ -111,9 +111,7 @@ def compute_night(db: Path, extract: Path, run_id: str):
         run_id=run_id, started_at=now, finished_at=now, status="succeeded", profile=pack.profile_name,
         rule_pack_version=pack.version, rule_pack_hash=pack.config_hash,
         inputs=[{"extract": s.extract, "path": s.path, "sha256": s.sha256} for s in sources],
-        rows_read=result.rows_read, rows_quarantined=result.rows_quarantined, rows_ivig=result.rows_ivig,
-        rows_passed_through=result.rows_passed_through, rows_out_of_scope=result.rows_out_of_scope,
-        courses=result.courses.height, findings=result.findings.height, cost_per_gram=80.0,
+        **result.counts(), courses=result.courses.height, findings=result.findings.height, cost_per_gram=80.0,
     )
     return run, result, remembered
 
@@ -128,7 +126,7 @@ def write_night(db: Path, computed) -> None:
 
 
 def nightly(db: Path, extract: Path, run_id: str, report_dir: Path | None = None) -> None:
-    """One night without Prefect (as tests/test_warehouse.py), optionally followed by the report."""
+    """One night without Prefect (the flow's stages, in one process), optionally followed by the report."""
     write_night(db, compute_night(db, extract, run_id))
     if report_dir is not None:
         from pipeline import report, store

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.store import record_review, read_tables
 from tests.conftest import REPO
-from tests.test_warehouse import gbs_dose, nightly, write_extract
+from tests.reliability_helpers import nightly, write_extract
+from tests.test_warehouse import gbs_dose
 
 QUERIES = re.findall(r"```sql\n(.*?)```", (REPO / "docs" / "analysts.md").read_text(encoding="utf-8"), flags=re.S)
 

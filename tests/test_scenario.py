@@ -20,7 +20,7 @@ from flows.cli import app
 from pipeline import store
 from pipeline.scenario import diff_findings, format_diff, is_scenario_id
 from pipeline.store import read_tables, record_review
-from tests.test_warehouse import nightly, write_extract
+from tests.reliability_helpers import nightly, write_extract
 
 runner = CliRunner()
 

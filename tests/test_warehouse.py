@@ -2,69 +2,30 @@
 
 from __future__ import annotations
 
-import csv
-from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
 import polars as pl
 import pytest
 
-from checks.inputs import ORDER_COLUMNS
 from pipeline import store
-from pipeline.audit import run_audit_remembering, with_history
-from pipeline.normalise import load_products
-from pipeline.read import scan_extract
-from pipeline.rulepack import load_rule_pack
 from pipeline.store import (
-    RunRecord,
     StoreError,
     export_parquet,
     processed_hashes,
-    read_source_rows,
     read_tables,
     record_review,
     worklist,
-    write_run,
 )
+from tests.reliability_helpers import nightly, write_extract
 
-PACK = load_rule_pack()
-PRODUCTS = load_products()
 PATIENT = {"patient_id": "P1", "weight_kg": "70", "height_cm": "180", "sex": "M", "age_years": "50",
            "indication": "GBS", "medication": "Privigen 10%", "dose_unit": "g", "service": "Neurology"}
-
-
-def write_extract(path: Path, rows: list[dict]) -> Path:
-    """A canonical orders CSV."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(ORDER_COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: row.get(c, "") for c in ORDER_COLUMNS})
-    return path
 
 
 def gbs_dose(order_id: str, day: int, grams: float = 28.0) -> dict:
     """One daily GBS dose of a 70 kg man (0.4 g/kg = 28 g)."""
     return PATIENT | {"order_id": order_id, "dose": str(grams), "start": f"2026-11-{day:02d} 09:00:00"}
-
-
-def nightly(db: Path, extract: Path, run_id: str) -> None:
-    """One night without Prefect: tonight's extract merged with the stored history, written whole."""
-    orders, sources = scan_extract([extract], "orders")
-    extracts = with_history({"orders": orders}, read_source_rows(db), frozenset(s.path for s in sources))
-    result, remembered = run_audit_remembering(extracts, PRODUCTS, PACK, run_id)
-    now = datetime.now(timezone.utc)
-    run = RunRecord(
-        run_id=run_id, started_at=now, finished_at=now, status="succeeded", profile=PACK.profile_name,
-        rule_pack_version=PACK.version, rule_pack_hash=PACK.config_hash,
-        inputs=[{"extract": s.extract, "path": s.path, "sha256": s.sha256} for s in sources],
-        rows_read=result.rows_read, rows_quarantined=result.rows_quarantined, rows_ivig=result.rows_ivig,
-        rows_passed_through=result.rows_passed_through, rows_out_of_scope=result.rows_out_of_scope,
-        courses=result.courses.height, findings=result.findings.height, cost_per_gram=80.0,
-    )
-    write_run(db, run, result.orders, result.courses, result.findings, result.quarantine,
-              source_rows=remembered, replace_all=True)
 
 
 @pytest.fixture()
