@@ -12,7 +12,7 @@ from checks import outputs
 from checks.inputs import IVIG_ORDER_ROWS, LAB_ROWS, PROCEDURE_ROWS
 from pipeline.contract import QUARANTINE_COLUMNS, check_labs, check_orders, check_procedures, lab_rows_used
 from pipeline.courses import build_courses, regimen_table
-from pipeline.history import empty_source_rows, merge_history, rows_to_remember, stored_text_rows
+from pipeline.history import merge_history, rows_to_remember, stored_text_rows
 from pipeline.normalise import (
     ProductDictionary,
     classify_medications,
@@ -100,7 +100,7 @@ class AuditResult(RowCounts):
 def _contract_failures(df: pl.DataFrame, schema: pa.DataFrameSchema, extract: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Validate rows with Pandera (values too); rows that fail move to quarantine with the failed check."""
     try:
-        return schema.validate(df, lazy=True), df.head(0).pipe(lambda _: _empty_quarantine())
+        return schema.validate(df, lazy=True), _empty_quarantine()
     except pa.errors.SchemaErrors as err:
         cases = err.failure_cases.filter(pl.col("index").is_not_null())
         if cases.is_empty():
@@ -345,7 +345,7 @@ def remember(prepared: PreparedOrders) -> pl.DataFrame:
         for name, frame in (("orders", extracts.orders), ("labs", extracts.labs), ("procedures", extracts.procedures))
         if frame is not None
     ]
-    return pl.concat(pl.collect_all(parts, engine=IN_MEMORY), how="vertical") if parts else empty_source_rows()
+    return pl.concat(pl.collect_all(parts, engine=IN_MEMORY), how="vertical")
 
 
 def run_audit(extracts: Extracts, products: ProductDictionary, pack: RulePack, run_id: str) -> AuditResult:

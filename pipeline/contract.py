@@ -128,8 +128,8 @@ def _reasons(*checks: tuple[pl.Expr, pl.Expr | str]) -> pl.Expr:
     return pl.when(joined.str.len_chars() > 0).then(joined).otherwise(None)
 
 
-def _raw_json(extract: str) -> pl.Expr:
-    """The original text of a row as JSON, kept with a quarantined row."""
+def raw_json(extract: str) -> pl.Expr:
+    """The original text of a row's canonical columns as JSON (kept with a quarantined row, and as history)."""
     return pl.struct(list(EXTRACT_COLUMNS[extract])).struct.json_encode()
 
 
@@ -182,7 +182,7 @@ def _implausible_start_year() -> tuple[pl.Expr, pl.Expr]:
 def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Typed order rows that pass the structural checks, and the rejected rows with their reason."""
     parsed = text_rows.with_columns(
-        raw=_raw_json("orders"),
+        raw=raw_json("orders"),
         order_id=blank_to_null("order_id"),
         patient_id=blank_to_null("patient_id"),
         medication=blank_to_null("medication"),
@@ -304,7 +304,7 @@ def lab_rows_used() -> pl.Expr:
 def check_labs(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Typed lab results of the tests the audit uses, and rejected rows with their reason."""
     parsed = text_rows.with_columns(
-        raw=_raw_json("labs"),
+        raw=raw_json("labs"),
         patient_id=blank_to_null("patient_id"),
         collected_text=blank_to_null("collected_at"),
         collected_at=parse_datetime("collected_at"),
@@ -346,7 +346,7 @@ def check_labs(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
 def check_procedures(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Typed procedure rows, and rejected rows with their reason."""
     parsed = text_rows.with_columns(
-        raw=_raw_json("procedures"),
+        raw=raw_json("procedures"),
         patient_id=blank_to_null("patient_id"),
         performed_text=blank_to_null("performed_at"),
         performed_at=parse_datetime("performed_at"),

@@ -12,23 +12,7 @@ from __future__ import annotations
 import polars as pl
 
 from checks.inputs import EXTRACT_COLUMNS
-
-ORIGIN_EXTRACT = "extract"
-ORIGIN_HISTORY = "history"
-
-SOURCE_ROW_COLUMNS = {
-    "extract": pl.String,
-    "row_key": pl.String,
-    "patient_id": pl.String,
-    "raw": pl.String,
-    "source_file": pl.String,
-    "source_row": pl.Int64,
-}
-
-
-def empty_source_rows() -> pl.DataFrame:
-    """An empty frame in the source_rows layout."""
-    return pl.DataFrame(schema=SOURCE_ROW_COLUMNS)
+from pipeline.contract import raw_json
 
 
 def text_struct(extract: str) -> pl.Struct:
@@ -36,16 +20,11 @@ def text_struct(extract: str) -> pl.Struct:
     return pl.Struct({column: pl.String for column in EXTRACT_COLUMNS[extract]})
 
 
-def raw_text(extract: str) -> pl.Expr:
-    """The canonical text of a row as JSON (what source_rows keeps)."""
-    return pl.struct(list(EXTRACT_COLUMNS[extract])).struct.json_encode()
-
-
 def row_key(extract: str) -> pl.Expr:
     """What identifies a row across nights: order_id for orders, the whole row for labs and procedures."""
     if extract == "orders":
         return pl.col("order_id").str.strip_chars()
-    return raw_text(extract)
+    return raw_json(extract)
 
 
 def stored_text_rows(source_rows: pl.DataFrame, extract: str) -> pl.LazyFrame:
@@ -65,18 +44,16 @@ def stored_text_rows(source_rows: pl.DataFrame, extract: str) -> pl.LazyFrame:
 
 
 def merge_history(new_rows: pl.LazyFrame, stored: pl.LazyFrame | None, extract: str) -> pl.LazyFrame:
-    """Tonight's rows plus the stored rows they do not replace, each marked with its origin."""
-    tonight = new_rows.with_columns(origin=pl.lit(ORIGIN_EXTRACT))
+    """Tonight's rows plus the stored rows they do not replace (a new row wins over a stored one with its key)."""
     if stored is None:
-        return tonight
-    keys = tonight.select(row_key=row_key(extract)).filter(pl.col("row_key").is_not_null()).unique()
+        return new_rows
+    keys = new_rows.select(row_key=row_key(extract)).filter(pl.col("row_key").is_not_null()).unique()
     earlier = (
         stored.with_columns(row_key=row_key(extract))
         .join(keys, on="row_key", how="anti")
         .drop("row_key")
-        .with_columns(origin=pl.lit(ORIGIN_HISTORY))
     )
-    return pl.concat([tonight, earlier], how="vertical_relaxed")
+    return pl.concat([new_rows, earlier], how="vertical_relaxed")
 
 
 def rows_to_remember(
@@ -95,7 +72,7 @@ def rows_to_remember(
             pl.lit(extract).alias("extract"),
             row_key(extract).alias("row_key"),
             pl.col("patient_key").alias("patient_id"),
-            raw_text(extract).alias("raw"),
+            raw_json(extract).alias("raw"),
             "source_file",
             pl.col("source_row").cast(pl.Int64),
         )
