@@ -103,6 +103,8 @@ def ours(path: Path, write_db: bool = False) -> dict:
     # As the nightly flow reads: rows are parsed once, in the audit's streaming pass.
     lf, sources = scan_extract([path], "orders", validate_rows=False)
     result = run_audit(Extracts(orders=lf), products, pack, "bench")
+    # The run records each file's sha256 (hashed in a background thread during the parse): wait for it.
+    assert all(len(s.sha256) == 64 for s in sources)
     out = {
         "rows": result.rows_read, "ivig_rows": result.rows_ivig, "courses": result.courses.height,
         "findings": result.findings.height, "quarantined": result.quarantine.height,
@@ -119,7 +121,7 @@ def ours(path: Path, write_db: bool = False) -> dict:
             run = RunRecord(
                 run_id="bench", started_at=now, finished_at=now, status="succeeded", profile=pack.profile_name,
                 rule_pack_version=pack.version, rule_pack_hash=pack.config_hash,
-                inputs=[{"extract": s.extract, "path": s.path, "sha256": s.sha256} for s in sources],
+                inputs=[s.record() for s in sources],
                 rows_read=result.rows_read, rows_quarantined=result.quarantine.height, rows_ivig=result.rows_ivig,
                 rows_passed_through=result.rows_passed_through, rows_out_of_scope=result.rows_out_of_scope,
                 courses=result.courses.height, findings=result.findings.height,

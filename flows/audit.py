@@ -22,7 +22,7 @@ from pipeline.normalise import ProductDictionary, load_products
 from pipeline.read import ExtractError, SourceFile, content_sha256, discover, scan_extract
 from pipeline.report import ReportOptions, aggregate_table, build_report, headline_markdown
 from pipeline.rulepack import RulePack, load_rule_pack
-from pipeline.store import RunRecord, StoreError, processed_hashes, read_source_rows, read_tables, write_run
+from pipeline.store import RunRecord, StoreError, audited_inputs, read_source_rows, read_tables, write_run
 
 PATIENT_ROWS = dict(cache_policy=NO_CACHE, persist_result=False)
 
@@ -165,17 +165,23 @@ def _headline_markdown(summary: AuditSummary) -> str:
 
 @task(name="find new input files")
 def find_new_inputs(inputs: dict[str, list[str]], db: str, force: bool) -> tuple[dict[str, list[str]], list[dict]]:
-    """The input files per extract whose content was not audited before (all of them with force)."""
-    done = set() if force else processed_hashes(Path(db))
+    """The input files per extract whose content was not audited before (all of them with force).
+
+    A file of a size no audited input had is new without hashing it first: its hash is then
+    computed in the background while the audit parses it.
+    """
+    done, sizes = (set(), set()) if force else audited_inputs(Path(db))
     new: dict[str, list[str]] = {}
     skipped: list[dict] = []
     for extract, paths in inputs.items():
         for path in discover([Path(p) for p in paths]):
-            digest = content_sha256(path)
-            if digest in done:
-                skipped.append({"extract": extract, "path": str(path), "sha256": digest})
-            else:
-                new.setdefault(extract, []).append(str(path))
+            size = path.stat().st_size
+            if sizes is None or size in sizes:
+                digest = content_sha256(path)
+                if digest in done:
+                    skipped.append({"extract": extract, "path": str(path), "sha256": digest, "bytes": size})
+                    continue
+            new.setdefault(extract, []).append(str(path))
     get_run_logger().info("input files: %d new, %d already audited", sum(map(len, new.values())), len(skipped))
     return new, skipped
 
@@ -264,7 +270,7 @@ def audit_flow(
         profile=pack.profile_name,
         rule_pack_version=pack.version,
         rule_pack_hash=pack.config_hash,
-        inputs=[{"extract": s.extract, "path": s.path, "sha256": s.sha256} for s in sources],
+        inputs=[s.record() for s in sources],
         **result.counts(),
         courses=result.courses.height,
         findings=result.findings.height,

@@ -15,6 +15,7 @@ from pipeline.courses import build_courses, regimen_table
 from pipeline.history import merge_history, rows_to_remember, stored_text_rows
 from pipeline.normalise import (
     ProductDictionary,
+    candidate_rows,
     classify_medications,
     expand_daily_doses,
     evidence_rows,
@@ -156,16 +157,25 @@ def select_relevant(extracts: Extracts, products: ProductDictionary, pack: RuleP
     immunoglobulin is then dropped. Labs and procedures are kept for those patients only (labs for
     the tests the audit uses).
     """
-    ndc_column = "ndc" if "ndc" in extracts.orders.collect_schema().names() else None
-    wide = [c for c in extracts.orders.collect_schema().names() if c not in EVIDENCE_COLUMNS]
-    flagged = extracts.orders.with_columns(is_ig=immunoglobulin_rows(products, ndc_column))
-    read = flagged.filter(pl.col("is_ig") | evidence_rows(pack.evidence_patterns)).with_columns(
-        pl.when(pl.col("is_ig")).then(pl.col(c)).alias(c) for c in wide
+    schema = extracts.orders.collect_schema()
+    ndc_column = "ndc" if "ndc" in schema.names() else None
+    text = [c for c, dtype in schema.items() if dtype == pl.String]
+    wide = [c for c in text if c not in EVIDENCE_COLUMNS]
+    read = (
+        extracts.orders.filter(candidate_rows(products, pack.evidence_patterns, ndc_column))
+        .with_columns(is_ig=immunoglobulin_rows(products, ndc_column))
+        .filter(pl.col("is_ig") | evidence_rows(pack.evidence_patterns))
+        # A kept string would share, and keep in memory, the buffer of its whole batch (the pass
+        # peaked at 1.7 GB on 10M rows): evidence columns are copied (`+ ""`), the other columns
+        # of immunoglobulin rows kept as categories (copying those mostly-null columns held as
+        # much again; see bench/README.md).
+        .with_columns(pl.col(c) + "" for c in text if c not in wide)
+        .with_columns(pl.when(pl.col("is_ig")).then(pl.col(c)).cast(pl.Categorical) for c in wide)
     )
     rows, count = _collect_extract([read, extracts.tonight(extracts.orders).select(pl.len())], "orders")
     patients = rows.filter("is_ig").select(pl.col("patient_id").str.strip_chars()).drop_nulls().unique()
     of_patients = pl.col("patient_id").str.strip_chars().is_in(patients["patient_id"].implode())
-    orders = rows.filter(pl.col("is_ig") | of_patients).drop("is_ig")
+    orders = rows.filter(pl.col("is_ig") | of_patients).drop("is_ig").with_columns(pl.col(wide).cast(pl.String))
 
     def kept(frame: pl.LazyFrame | None, extract: str, keep: pl.Expr) -> pl.LazyFrame | None:
         return None if frame is None else _collect_extract([frame.filter(of_patients & keep)], extract)[0].lazy()

@@ -139,6 +139,34 @@ def evidence_rows(evidence_patterns: list[str]) -> pl.Expr:
     return pl.col("medication").str.contains("(?i)" + "|".join(f"(?:{p})" for p in evidence_patterns)).fill_null(False)
 
 
+def candidate_rows(products: ProductDictionary, evidence_patterns: list[str], ndc_column: str | None) -> pl.Expr:
+    """A cheap superset of `immunoglobulin_rows | evidence_rows`, for the pass over every row of an extract.
+
+    One regex call per row (every name pattern, blank names) plus, with an NDC column, one NDC-prefix
+    regex: each call costs more per row than its pattern does, so the exact tests run on the few
+    candidates only.
+    """
+    patterns = [p["pattern"] for p in products.products] + [products.looks_like_immunoglobulin] + evidence_patterns
+    medication = pl.col("medication")
+    by_name = medication.is_null() | medication.str.contains("(?i)" + "|".join(f"(?:{p})" for p in [*patterns, r"^\s*$"]))
+    prefixes = sorted({normalise_ndc_prefix(n) for p in products.products for n in p.get("ndc_prefixes", [])})
+    prefixes = [p for p in prefixes if len(p) >= 9]
+    if ndc_column is None or not prefixes:
+        return by_name
+    return by_name | pl.col(ndc_column).str.contains(_raw_ndc_prefix_pattern(prefixes)).fill_null(False)
+
+
+def _raw_ndc_prefix_pattern(prefixes: list[str]) -> str:
+    """A regex matching the raw text of NDCs (dashed 4-4-2, 5-3-2, 5-4-x or bare digits) that may
+    normalise to one of the 11-digit-form prefixes (a superset: `_known_ndc` decides)."""
+
+    def optional_zero(segment: str) -> str:
+        return f"0?{segment[1:]}" if segment.startswith("0") else segment
+
+    alternatives = sorted({f"{optional_zero(p[:5])}-?{optional_zero(p[5:9])}" for p in prefixes})
+    return r"^\s*(?:" + "|".join(alternatives) + ")"
+
+
 def _any_name(patterns: list[str]) -> pl.Expr:
     """A medication name matching any of the patterns (case-insensitive), or no name at all."""
     medication = pl.col("medication")

@@ -4,10 +4,11 @@ This is the only input IO. Whatever the files look like (a mapping profile says 
 codes, units and dates map onto the canonical ones), the result is one lazy frame per extract with
 every canonical column as text plus `source_file` and `source_row` (1 = the first data row).
 
-Text files are checked once, in the same pass that hashes them: UTF-8 (with or without BOM) is read
-as is; a file that is not UTF-8 is read as Windows-1252 (which covers Latin-1 text) through an
-in-memory UTF-8 copy; a file that is neither, or that holds NUL bytes (binary), stops the run with
-a one-line ExtractError. Characters are never silently replaced.
+Text files are checked once per file version: UTF-8 (with or without BOM) is read as is; a file
+that is not UTF-8 is read as Windows-1252 (which covers Latin-1 text) through an in-memory UTF-8
+copy; a file that is neither, or that holds NUL bytes (binary), stops the run with a one-line
+ExtractError. Characters are never silently replaced. Each file's sha256 is computed in a
+background thread while the audit parses it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import functools
 import hashlib
 import io
 import logging
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -43,11 +45,30 @@ class ExtractError(Exception):
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One input file of a run, with its content hash."""
+    """One input file of a run, with its content hash (computed in the background: see `sha256`)."""
 
     extract: str
     path: str
-    sha256: str
+    digest: "str | Future[str]" = field(repr=False, compare=False)
+    size: int = -1  # bytes
+
+    @classmethod
+    def of(cls, extract: str, path: Path, digest: "str | Future[str]") -> "SourceFile":
+        """A file of an extract, with its size now."""
+        return cls(extract=extract, path=str(path), digest=digest, size=path.stat().st_size)
+
+    @property
+    def sha256(self) -> str:
+        """The file's sha256, waiting for the background hash if it is still running."""
+        return self.digest if isinstance(self.digest, str) else self.digest.result()
+
+    def __reduce__(self):
+        # A future cannot cross a process boundary (Dask workers): send the finished hash.
+        return (SourceFile, (self.extract, self.path, self.sha256, self.size))
+
+    def record(self) -> dict:
+        """The file as a run records it among its inputs."""
+        return {"extract": self.extract, "path": self.path, "sha256": self.sha256, "bytes": self.size}
 
 
 def _is_extract_file(path: Path, suffixes: tuple[str, ...] = CSV_SUFFIXES + PARQUET_SUFFIXES) -> bool:
@@ -75,87 +96,88 @@ def discover(paths: Sequence[Path], suffixes: tuple[str, ...] | None = None) -> 
 
 
 def file_sha256(path: Path) -> str:
-    """Content hash of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Content hash of a file (of its bytes as stored: a gzip file's compressed bytes)."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        raise ExtractError(f"cannot read {path}: {_first_line(exc)}") from None
+
+
+# One background thread hashes files while Polars parses them (hashlib releases the GIL): on a
+# 2-core machine that hides most of the hash (about 1 s per GB) behind the parse.
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ivig-audit-hash")
+
+
+def _version(path: Path) -> tuple[str, int, int]:
+    """A file's identity for the caches below: path, size and modification time."""
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def hash_in_background(path: Path) -> "Future[str]":
+    """The file's sha256, computed once per file version in the background hashing thread."""
+    return _hash_of(*_version(path))
+
+
+@functools.lru_cache(maxsize=256)
+def _hash_of(name: str, size: int, mtime_ns: int) -> "Future[str]":
+    return _HASHER.submit(file_sha256, Path(name))
+
+
+def content_sha256(path: Path) -> str:
+    """The content hash of an extract file (shared with the scan of the same file version)."""
+    return hash_in_background(path).result()
 
 
 @dataclass(frozen=True)
 class _TextCheck:
-    """What one pass over a text file found: its hash and whether it is clean UTF-8."""
+    """What one pass over a text file found: whether it is clean UTF-8 (or UTF-16, by its BOM)."""
 
-    sha256: str
     utf8: bool
     utf16: bool
     first_bad_offset: int | None
 
 
 def _check_text(path: Path) -> _TextCheck:
-    """Hash a text file and check it is UTF-8 text, once per file version (see `_check_text_of`)."""
-    stat = path.stat()
-    return _check_text_of(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-def content_sha256(path: Path) -> str:
-    """The content hash of an extract file; for text files the same read also checks the encoding,
-    so the scan that follows does not read the file again."""
-    if path.name.lower().endswith(PARQUET_SUFFIXES):
-        return file_sha256(path)
-    return _check_text(path).sha256
+    """Check a text file is UTF-8 text, once per file version (see `_check_text_of`)."""
+    return _check_text_of(*_version(path))
 
 
 @functools.lru_cache(maxsize=256)
 def _check_text_of(name: str, size: int, mtime_ns: int) -> _TextCheck:
-    """Hash a text file and check it is UTF-8 text (gzip is looked into), in one streaming pass
-    (two for gzip: the hash is of the compressed bytes, the text check of the content). Cached by
-    path, size and modification time: deciding which files are new and scanning them read it once."""
+    """Check a text file is UTF-8 text (gzip is looked into) in one streaming read.
+
+    A block of pure ASCII (most of a pharmacy extract) needs no decoding: `bytearray.isascii` is
+    a word-at-a-time scan, while decoding built and dropped a string per block (the check went from
+    0.75 s to 0.05 s over the read of a 1.4 GB file). Cached by path, size and modification time.
+    """
     path = Path(name)
-    digest = hashlib.sha256()
-    gzipped = path.name.lower().endswith(".gz")
-    if gzipped:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(_BLOCK), b""):
-                digest.update(block)
-    opener = gzip.open if gzipped else open
+    opener = gzip.open if path.name.lower().endswith(".gz") else functools.partial(open, buffering=0)
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    offset, first, bad = 0, True, None
+    buffer = bytearray(_BLOCK)
+    view = memoryview(buffer)
+    offset, first = 0, True
     try:
         with opener(path, "rb") as handle:
-            for block in iter(lambda: handle.read(_BLOCK), b""):
-                if not gzipped:
-                    digest.update(block)
+            while count := handle.readinto(buffer):
+                block = buffer if count == _BLOCK else view[:count].tobytes()
                 if first:
                     first = False
                     if block[:2] in (b"\xff\xfe", b"\xfe\xff"):
-                        return _TextCheck(_finish_hash(digest, handle, gzipped), False, True, None)
+                        return _TextCheck(False, True, None)
                     if b"\x00" in block[:65536]:
                         raise ExtractError(f"cannot read {path}: it holds NUL bytes (a binary file, not CSV text)")
-                if bad is None:
-                    try:
-                        decoder.decode(block, final=False)
-                    except UnicodeDecodeError as exc:
-                        bad = offset + exc.start
-                        if gzipped:
-                            break
-                offset += len(block)
-            if bad is None:
-                decoder.decode(b"", final=True)
+                # An ASCII block cannot complete a character the previous block left open.
+                if decoder.getstate()[0] or not block.isascii():
+                    decoder.decode(block, final=False)
+                offset += count
+            decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
-        bad = offset + exc.start
+        return _TextCheck(False, False, offset + exc.start)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise ExtractError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    return _TextCheck(digest.hexdigest(), bad is None, False, bad)
-
-
-def _finish_hash(digest, handle, gzipped: bool) -> str:
-    """Complete the hash of a file whose text check stopped early."""
-    if not gzipped:
-        for block in iter(lambda: handle.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        raise ExtractError(f"cannot read {path}: {_first_line(exc)}") from None
+    return _TextCheck(True, False, None)
 
 
 def _transcoded(path: Path, encoding: str) -> io.BytesIO:
@@ -179,14 +201,16 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _scan_one(path: Path, separator: str | None = None, encoding: str = "auto") -> tuple[pl.LazyFrame, str]:
-    """Scan one file with every column as text; return it and the file's sha256. Errors are ExtractError."""
+def _scan_one(path: Path, separator: str | None = None, encoding: str = "auto") -> tuple[pl.LazyFrame, "Future[str]"]:
+    """Scan one file with every column as text; return it and its sha256 (hashed in the background,
+    alongside the encoding check and the parse). Errors are ExtractError."""
     name = path.name.lower()
+    digest = hash_in_background(path)
     try:
         if name.endswith(PARQUET_SUFFIXES):
             lf = pl.scan_parquet(path)
             schema = lf.collect_schema()
-            return lf.select(pl.col(c).cast(pl.String) for c in schema.names()), file_sha256(path)
+            return lf.select(pl.col(c).cast(pl.String) for c in schema.names()), digest
         if separator is None:
             separator = "\t" if name.endswith(".tsv") else ","
         check = _check_text(path)
@@ -208,7 +232,7 @@ def _scan_one(path: Path, separator: str | None = None, encoding: str = "auto") 
             truncate_ragged_lines=False,
         )
         lf.collect_schema()
-        return lf, check.sha256
+        return lf, digest
     except ExtractError:
         raise
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
@@ -278,7 +302,7 @@ def scan_extract(
     for path in files:
         if path.stat().st_size == 0:
             raise ExtractError(f"{extract} extract {path} is empty")
-        lf, sha = _scan_one(path, separator, encoding)
+        lf, digest = _scan_one(path, separator, encoding)
         original = lf.collect_schema().names()
         if mapping is None:
             names = _check_columns(lf, extract, path)
@@ -297,7 +321,7 @@ def scan_extract(
             from pipeline.mapping import apply_table_mapping
 
             frames.append(apply_table_mapping(renamed, extract, mapping, path))
-        sources.append(SourceFile(extract=extract, path=str(path), sha256=sha))
+        sources.append(SourceFile.of(extract, path, digest))
     combined = pl.concat(frames, how="diagonal") if len(frames) > 1 else frames[0]
     missing_optional = [c for c in known if c not in combined.collect_schema().names()]
     combined = combined.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing_optional)
@@ -316,5 +340,5 @@ def _scan_fhir(paths: Sequence[Path], mapping: "Mapping") -> tuple[pl.LazyFrame,
         check = _check_text(path)
         if not check.utf8:
             raise ExtractError(f"cannot read {path}: FHIR NDJSON must be UTF-8 text")
-        sources.append(SourceFile(extract="orders", path=str(path), sha256=check.sha256))
+        sources.append(SourceFile.of("orders", path, hash_in_background(path)))
     return fhir_orders(files, mapping), sources

@@ -343,7 +343,7 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "profile": "policy profile name used for the rules",
         "rule_pack_version": "version of the rule pack",
         "rule_pack_hash": "sha256 of the effective rule configuration",
-        "inputs": "JSON list of input extracts: extract, path, sha256, rows",
+        "inputs": "JSON list of input extracts: extract, path, sha256, bytes (file size)",
         "rows_read": "input rows read (all extracts)",
         "rows_quarantined": "input rows rejected to quarantine",
         "rows_ivig": "IVIG order rows audited",
@@ -1112,18 +1112,29 @@ def read_source_rows(db_path: Path) -> pl.DataFrame | None:
 
 def processed_hashes(db_path: Path) -> set[str]:
     """Content hashes of every input file a stored run has audited."""
+    return audited_inputs(db_path)[0]
+
+
+def audited_inputs(db_path: Path) -> tuple[set[str], set[int] | None]:
+    """Content hashes and byte sizes of every input file stored runs audited.
+
+    The sizes are None when a stored input lacks its size (runs written before sizes were
+    recorded): then no file can be called new by its size alone.
+    """
     db_path = Path(db_path)
     if not db_path.exists() or _empty_database(db_path):
-        return set()
+        return set(), set()
     con = connect_read_only(db_path)
     try:
         rows = con.execute(
-            "SELECT DISTINCT json_extract_string(i.value, '$.sha256') "
+            "SELECT DISTINCT json_extract_string(i.value, '$.sha256'), TRY_CAST(json_extract(i.value, '$.bytes') AS BIGINT) "
             "FROM runs, json_each(runs.inputs) AS i"
         ).fetchall()
-        return {r[0] for r in rows if r[0]}
     finally:
         con.close()
+    hashes = {digest for digest, _ in rows if digest}
+    sizes = {size for _, size in rows}
+    return hashes, (None if None in sizes else sizes)
 
 
 @_owner_only_files

@@ -110,7 +110,7 @@ def compute_night(db: Path, extract: Path, run_id: str):
     run = store.RunRecord(
         run_id=run_id, started_at=now, finished_at=now, status="succeeded", profile=pack.profile_name,
         rule_pack_version=pack.version, rule_pack_hash=pack.config_hash,
-        inputs=[{"extract": s.extract, "path": s.path, "sha256": s.sha256} for s in sources],
+        inputs=[s.record() for s in sources],
         **result.counts(), courses=result.courses.height, findings=result.findings.height, cost_per_gram=80.0,
     )
     return run, result, remembered

@@ -58,6 +58,35 @@ def test_text_that_is_neither_utf8_nor_cp1252_is_an_error(tmp_path: Path):
     assert "neither UTF-8 nor cp1252" in _one_line(str(err.value))
 
 
+def _with_char_at(offset: int, encoding: str) -> bytes:
+    """An extract of ASCII rows, then an order whose indication's 'é' starts at byte `offset`."""
+    head = (HEADER + "\n").encode()
+    filler = (_order("F", medication="aspirin") + "\n").encode()
+    target = (_order("O1", indication="Guillain-Barré") + "\n").encode(encoding)
+    before_char = offset - target.index("é".encode(encoding))
+    fillers = (before_char - len(head)) // len(filler) - 1
+    pad = _order("P", medication="aspirin", justification="x")
+    gap = before_char - len(head) - fillers * len(filler) - len(pad) - 1
+    padding = (_order("P", medication="aspirin", justification="x" * (1 + gap)) + "\n").encode()
+    data = head + filler * fillers + padding + target
+    assert data[offset:].startswith("é".encode(encoding))
+    return data
+
+
+@pytest.mark.parametrize(
+    ("encoding", "offset"),
+    [("utf-8", (1 << 20) - 1), ("utf-8", 1 << 20), ("cp1252", 1 << 20), ("cp1252", (1 << 20) + 5000)],
+)
+def test_a_character_after_a_megabyte_of_ascii_is_decoded_right(tmp_path: Path, encoding: str, offset: int):
+    # The encoding check skips pure-ASCII read blocks (1 MiB): a two-byte UTF-8 character split
+    # across a block boundary, or a lone cp1252 byte past one, must still be read right.
+    path = tmp_path / "orders.csv"
+    path.write_bytes(_with_char_at(offset, encoding))
+    df = scan_extract([path], "orders")[0].collect()
+    assert df.filter(pl.col("order_id") == "O1")["indication"].to_list() == ["Guillain-Barré"]
+    assert df.filter(pl.col("order_id") == "F").height > 1000
+
+
 def test_utf16_export_is_read(tmp_path: Path):
     path = tmp_path / "orders.csv"
     path.write_bytes((HEADER + "\r\n" + _order("O1") + "\r\n").encode("utf-16"))

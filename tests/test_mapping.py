@@ -198,6 +198,47 @@ def test_products_by_ndc_then_name(medication, ndc, product, scope):
     assert (row["product"], row["scope"]) == (product, scope)
 
 
+def _ndc_layouts(prefix: str) -> list[str]:
+    """The raw ways an extract may write a code starting with an 11-digit-form prefix (+ package 01)."""
+    labeler, product = prefix[:5], prefix[5:9]
+    layouts = [f"{labeler}-{product}-01", f"{labeler}{product}01", f" {labeler}-{product} "]
+    if labeler.startswith("0"):
+        layouts.append(f"{labeler[1:]}-{product}-01")  # 4-4-2
+    if product.startswith("0"):
+        layouts.append(f"{labeler}-{product[1:]}-01")  # 5-3-2
+    return layouts
+
+
+def _every_dictionary_ndc() -> list[str]:
+    digits = {normalise_ndc_prefix(n) for p in products().products for n in p.get("ndc_prefixes", [])}
+    return sorted({raw for prefix in digits if len(prefix) >= 9 for raw in _ndc_layouts(prefix)})
+
+
+def test_the_pass_over_every_row_keeps_whatever_the_exact_tests_keep():
+    """`candidate_rows` (cheap, run on every row of an extract) must never drop a row the exact
+    immunoglobulin or evidence tests would keep."""
+    from pipeline.normalise import candidate_rows, evidence_rows, immunoglobulin_rows
+    from pipeline.rulepack import load_rule_pack
+
+    pack = load_rule_pack(None, None)
+    names = [p["name"] for p in products().products] + [
+        "IVIG", "ivigg", "Immune Globulin IV 10%", "immunoglobulin g (human) 10% IV", "Gamma-globulin", "IgG",
+        "Rho(D) immune globulin", "WinRho SDF", "CMV-IGIV", "HyperHEP B", "Atgam", "thymoglobulin", "SCIG 20%",
+        "Aspirin 81 mg", "acetylsalicylic acid", "ASA", "", "   ", None, "Bag", "prednisone", "Hepatitis B Vaccine",
+    ]
+    ndcs = _every_dictionary_ndc() + [None, "0", "1234567890", "00000-0000-00"]
+    rows = pl.DataFrame(
+        {"medication": names + ["Bag"] * len(ndcs), "ndc": [None] * len(names) + ndcs}, schema={"medication": pl.String, "ndc": pl.String}
+    )
+    judged = rows.with_columns(
+        exact=immunoglobulin_rows(products(), "ndc") | evidence_rows(pack.evidence_patterns),
+        candidate=candidate_rows(products(), pack.evidence_patterns, "ndc"),
+    )
+    assert judged.filter(pl.col("exact") & ~pl.col("candidate")).is_empty()
+    assert judged.filter(pl.col("ndc").is_in(_every_dictionary_ndc()))["exact"].all()  # the layouts are real matches
+    assert judged.filter(pl.col("medication").is_in(["prednisone", "Hepatitis B Vaccine"]))["candidate"].sum() == 0
+
+
 # ------------------------------------------------------------------------------------ accounting
 def test_accounting_adds_up_or_says_by_how_much():
     quarantine = pl.DataFrame({"extract": ["orders", "orders", "labs"]})

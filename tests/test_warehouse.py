@@ -131,6 +131,33 @@ def test_processed_hashes_worklist_and_export(db: Path, tmp_path: Path):
     assert pl.read_parquet(tmp_path / "export" / "courses.parquet").height == 1
 
 
+def test_audited_inputs_skip_same_content_under_any_name_and_record_sizes(db: Path, tmp_path: Path):
+    from flows.audit import find_new_inputs
+    from pipeline.read import file_sha256
+
+    audited = write_extract(tmp_path / "n1.csv", [gbs_dose(f"O{d}", d) for d in range(1, 3)])
+    nightly(db, audited, "run1")
+    assert store.audited_inputs(db) == ({file_sha256(audited)}, {audited.stat().st_size})
+    copy = tmp_path / "n1-again.csv"
+    copy.write_bytes(audited.read_bytes())  # same content under another name: already audited
+    longer = write_extract(tmp_path / "n2.csv", [gbs_dose(f"O{d}", d) for d in range(1, 4)])
+    from prefect.logging import disable_run_logger
+
+    with disable_run_logger():
+        new, skipped = find_new_inputs.fn({"orders": [str(audited), str(copy), str(longer)]}, str(db), False)
+    assert new == {"orders": [str(longer)]}
+    assert [s["path"] for s in skipped] == [str(audited), str(copy)]
+    assert all(s["bytes"] == audited.stat().st_size for s in skipped)
+
+
+def test_runs_stored_without_sizes_make_every_file_hashed(db: Path, tmp_path: Path):
+    audited = write_extract(tmp_path / "n1.csv", [gbs_dose("O1", 1)])
+    nightly(db, audited, "run1")
+    with duckdb.connect(str(db)) as con:  # a run recorded before input sizes were
+        con.execute("UPDATE runs SET inputs = json_array(json_object('extract', 'orders', 'path', 'x', 'sha256', 'abc'))")
+    assert store.audited_inputs(db) == ({"abc"}, None)
+
+
 def test_grams_avoidable_by_lever_counts_a_course_once(db: Path, tmp_path: Path):
     # A repeat GBS course without justification that is also an over-dose: both rules claim grams.
     first = [gbs_dose(f"A{d}", d, 28.0) for d in range(1, 6)]
