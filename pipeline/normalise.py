@@ -114,15 +114,27 @@ def matched_product(products: ProductDictionary, ndc_column: str | None = None) 
         expr = pl.when(name.str.contains(product["pattern"])).then(pl.lit(product["name"])).otherwise(expr)
     if ndc_column is None:
         return expr
-    ndc = normalised_ndc(ndc_column)
-    by_ndc: pl.Expr = pl.lit(None, dtype=pl.String)
-    for product in reversed(products.products):
-        prefixes = [normalise_ndc_prefix(n) for n in product.get("ndc_prefixes", [])]
-        prefixes = [p for p in prefixes if len(p) >= 9]  # labeler + product at least: never a labeler alone
-        if prefixes:
-            hit = pl.any_horizontal([ndc.str.starts_with(p) for p in prefixes])
-            by_ndc = pl.when(hit).then(pl.lit(product["name"])).otherwise(by_ndc)
+    owner: dict[str, str] = {}  # prefix -> the first product (dictionary order) that lists it
+    for product in products.products:
+        for prefix in _product_ndc_prefixes([product]):
+            owner.setdefault(prefix, product["name"])
+    if not owner:
+        return expr
+    # One regex over the normalised code: its alternatives are in dictionary order and the regex
+    # takes the first that matches, so the first product listing a matching prefix wins.
+    matched_prefix = normalised_ndc(ndc_column).str.extract("^(" + "|".join(owner) + ")", 1)
+    by_ndc = matched_prefix.replace_strict(owner, default=None, return_dtype=pl.String)
     return pl.coalesce(by_ndc, expr)
+
+
+def _product_ndc_prefixes(products: list[dict[str, Any]]) -> list[str]:
+    """The products' NDC prefixes in the 11-digit form, labeler + product at least (never a labeler alone)."""
+    return sorted({p for product in products for n in product.get("ndc_prefixes", []) if len(p := normalise_ndc_prefix(n)) >= 9})
+
+
+def _starts_with_any(prefixes: list[str]) -> str:
+    """A regex for text starting with any of the digit prefixes (one pass, not one per prefix)."""
+    return "^(?:" + "|".join(prefixes) + ")"
 
 
 def immunoglobulin_rows(products: ProductDictionary, ndc_column: str | None) -> pl.Expr:
@@ -149,8 +161,7 @@ def candidate_rows(products: ProductDictionary, evidence_patterns: list[str], nd
     patterns = [p["pattern"] for p in products.products] + [products.looks_like_immunoglobulin] + evidence_patterns
     medication = pl.col("medication")
     by_name = medication.is_null() | medication.str.contains("(?i)" + "|".join(f"(?:{p})" for p in [*patterns, r"^\s*$"]))
-    prefixes = sorted({normalise_ndc_prefix(n) for p in products.products for n in p.get("ndc_prefixes", [])})
-    prefixes = [p for p in prefixes if len(p) >= 9]
+    prefixes = _product_ndc_prefixes(products.products)
     if ndc_column is None or not prefixes:
         return by_name
     return by_name | pl.col(ndc_column).str.contains(_raw_ndc_prefix_pattern(prefixes)).fill_null(False)
@@ -176,12 +187,10 @@ def _any_name(patterns: list[str]) -> pl.Expr:
 
 def _known_ndc(products: ProductDictionary, ndc_column: str | None) -> pl.Expr:
     """An NDC starting with a dictionary product's prefix (labeler + product at least)."""
-    prefixes = sorted({normalise_ndc_prefix(n) for p in products.products for n in p.get("ndc_prefixes", [])})
-    prefixes = [p for p in prefixes if len(p) >= 9]
+    prefixes = _product_ndc_prefixes(products.products)
     if ndc_column is None or not prefixes:
         return pl.lit(False)
-    ndc = normalised_ndc(ndc_column)
-    return pl.any_horizontal([ndc.str.starts_with(p) for p in prefixes]).fill_null(False)
+    return normalised_ndc(ndc_column).str.contains(_starts_with_any(prefixes)).fill_null(False)
 
 
 def classify_medications(orders: pl.LazyFrame, products: ProductDictionary) -> pl.LazyFrame:
