@@ -58,7 +58,7 @@ def stage_times(path: Path) -> list[tuple[str, float, float]]:
         t = now
 
     lf, _ = scan_extract([path], "orders", validate_rows=False)
-    lap("scan_extract (schema + sha256 of the file)")
+    lap("scan_extract (schema, encoding check; the sha256 runs in the background)")
     prepared = audit.prepare(audit.Extracts(orders=lf), products, pack)
     lap("prepare (contract + normalise, pl.collect_all, Pandera IVIG rows)")
     courses, order_course = audit.courses_with_regimen(prepared.ivig, pack)
