@@ -20,6 +20,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -110,9 +111,11 @@ def _lower_priority() -> None:
     """Run this thread at the lowest CPU priority: it then hashes on whatever core the parse
     leaves idle, and on the audit's mostly single-threaded stages after the parse, instead of
     taking cores from it (Linux schedules threads, so the niceness is the thread's alone)."""
+    if not sys.platform.startswith("linux"):  # elsewhere a thread id is not a target of setpriority
+        return
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # not Linux, or not allowed: hash at normal priority
+    except OSError:  # not allowed: hash at normal priority
         pass
 
 

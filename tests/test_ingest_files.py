@@ -173,3 +173,23 @@ def test_a_profile_separator_reads_semicolons(tmp_path: Path):
 
 def test_fixture_folder_has_realistic_files():
     assert (FIXTURES / "epic_clarity_orders.csv").read_bytes().count(b"\r\n") >= 14  # CRLF export
+
+
+def test_the_background_hash_is_the_files_sha256_and_survives_pickling(tmp_path: Path):
+    import hashlib
+    import pickle
+
+    path = tmp_path / "orders.csv"
+    path.write_text(HEADER + "\n" + _order("O1") + "\n")
+    _, sources = scan_extract([path], "orders")
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    copy = pickle.loads(pickle.dumps(sources[0]))  # as a Dask worker returns it
+    assert sources[0].sha256 == copy.sha256 == expected
+    assert copy.record() == {"extract": "orders", "path": str(path), "sha256": expected, "bytes": path.stat().st_size}
+
+
+def test_a_file_gone_before_its_hash_is_read_is_an_extract_error(tmp_path: Path):
+    from pipeline.read import file_sha256
+
+    with pytest.raises(ExtractError, match="cannot read"):
+        file_sha256(tmp_path / "gone.csv")
