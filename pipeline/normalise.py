@@ -122,7 +122,7 @@ def matched_product(products: ProductDictionary, ndc_column: str | None = None) 
         return expr
     # One regex over the normalised code: its alternatives are in dictionary order and the regex
     # takes the first that matches, so the first product listing a matching prefix wins.
-    matched_prefix = normalised_ndc(ndc_column).str.extract("^(" + "|".join(owner) + ")", 1)
+    matched_prefix = normalised_ndc(ndc_column).str.extract(_starts_with_any(list(owner)), 1)
     by_ndc = matched_prefix.replace_strict(owner, default=None, return_dtype=pl.String)
     return pl.coalesce(by_ndc, expr)
 
@@ -133,8 +133,8 @@ def _product_ndc_prefixes(products: list[dict[str, Any]]) -> list[str]:
 
 
 def _starts_with_any(prefixes: list[str]) -> str:
-    """A regex for text starting with any of the digit prefixes (one pass, not one per prefix)."""
-    return "^(?:" + "|".join(prefixes) + ")"
+    """A regex for text starting with any of the prefixes, tried in order (group 1: the prefix matched)."""
+    return "^(" + "|".join(prefixes) + ")"
 
 
 def immunoglobulin_rows(products: ProductDictionary, ndc_column: str | None) -> pl.Expr:

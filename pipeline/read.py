@@ -53,7 +53,7 @@ class SourceFile:
     extract: str
     path: str
     digest: "str | Future[str]" = field(repr=False, compare=False)
-    size: int = -1  # bytes
+    size: int  # bytes
 
     @classmethod
     def of(cls, extract: str, path: Path, digest: "str | Future[str]") -> "SourceFile":
