@@ -34,6 +34,9 @@ ORDER_COLUMNS: dict[str, bool] = {
     # National Drug Code of the product dispensed (any of 4-4-2, 5-3-2, 5-4-1 with dashes, or 11 digits):
     # matched by prefix against `ndc_prefixes` of the product dictionary before the name.
     "ndc": False,
+    # When this version of the order was recorded (the source system's last-modified time): when
+    # given, the latest version of an order_id is in force whatever order the files arrive in.
+    "updated_at": False,
 }
 
 LAB_COLUMNS: dict[str, bool] = {
@@ -91,7 +94,9 @@ def required_columns(extract: str) -> list[str]:
 # Grain: one parsed order row (any medication) that passed the structural row checks.
 ORDER_ROWS = pa.DataFrameSchema(
     {
-        "order_id": pa.Column(pl.String, nullable=False, unique=True),
+        # Not unique: an order_id has one row per version (pipeline.history); the version in
+        # force is unique (checks.outputs.ORDERS).
+        "order_id": pa.Column(pl.String, nullable=False),
         "patient_id": pa.Column(pl.String, nullable=False),
         "medication": pa.Column(pl.String, nullable=False),
         "start": pa.Column(DT, nullable=False),

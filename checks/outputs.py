@@ -100,6 +100,7 @@ COURSES = pa.DataFrameSchema(
         "g_per_kg": _col(pl.Float64),
         "interval_days": _col(pl.Float64),
         "justification": _col(pl.String),
+        "rejected_corrections": _col(pl.String),
         "appropriate": _col(pl.Boolean, nullable=False),
         "excess_g": _col(pl.Float64, nullable=False, checks=pa.Check.ge(0)),
     },

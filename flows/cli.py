@@ -63,13 +63,12 @@ def configuration(rules: Path | None, profile: str | None, products: Path | None
 
 
 def preflight(
-    orders: list[Path], labs: Path | None, procedures: Path | None, rules: Path | None, profile: str | None,
+    inputs: dict[str, list[Path]], rules: Path | None, profile: str | None,
     mapping: str | None = None, products: Path | None = None,
 ) -> None:
     """Check inputs and configuration before Prefect starts, so user mistakes fail fast with one line."""
     configuration(rules, profile, products)
     profile_map = load_mapping(mapping) if mapping else None
-    inputs = {"orders": list(orders)} | ({"labs": [labs]} if labs else {}) | ({"procedures": [procedures]} if procedures else {})
     # Small nightly extracts are parsed whole here, so a broken row is reported before Prefect starts;
     # large ones (backfills) are parsed once, during the audit, with the same one-line message.
     size = sum(p.stat().st_size for paths in inputs.values() for p in discover(paths))
@@ -80,8 +79,8 @@ def preflight(
 @app.command()
 def run(
     orders: Annotated[Optional[list[Path]], typer.Option("--orders", help="Orders extract: a CSV or Parquet file or a folder of them. Repeat for several.")] = None,
-    labs: Annotated[Optional[Path], typer.Option(help="Optional labs extract (creatinine, eGFR, CBC, IgA).")] = None,
-    procedures: Annotated[Optional[Path], typer.Option(help="Optional procedures extract (plasma exchange).")] = None,
+    labs: Annotated[Optional[list[Path]], typer.Option("--labs", help="Labs extract (creatinine, eGFR, CBC, IgA): a file or folder. Repeat for several.")] = None,
+    procedures: Annotated[Optional[list[Path]], typer.Option("--procedures", help="Procedures extract (plasma exchange): a file or folder. Repeat for several.")] = None,
     db: Annotated[Path, typer.Option(help="DuckDB database to write.")] = Path("ivig_audit.duckdb"),
     rules: Annotated[Optional[Path], typer.Option(help="Site rule-pack TOML overriding the shipped defaults.")] = None,
     profile: Annotated[Optional[str], typer.Option(help="Dosing-weight policy profile: default, ontario, ibw, discretionary.")] = None,
@@ -94,19 +93,24 @@ def run(
     task_runner: Annotated[str, typer.Option(help="Where tasks run: 'threads' (this machine) or 'dask' (a Dask cluster).")] = "threads",
     dask_address: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster).")] = None,
     shards: Annotated[int, typer.Option(min=1, help="Audit patients in this many independent shards (tasks); use with --task-runner dask.")] = 1,
+    lock_timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for another run on the same database to finish.")] = 600.0,
 ) -> None:
     """Audit the extracts into the database and write the summary (no options: the shipped sample data).
+
+    Orders, labs and procedures may each arrive on their own night (labs alone are evidence for
+    the patients' courses). Without any input option the shipped sample data is audited.
 
     Exit status: 0 audited; 1 audited with critical findings (only with --fail-on-critical);
     2 bad input (missing file, unreadable extract, missing column, bad rule pack); 3 failure.
     """
-    if not orders:
+    inputs = {name: list(paths) for name, paths in (("orders", orders), ("labs", labs), ("procedures", procedures)) if paths}
+    if not inputs:
         sample = default_sample_dir()
-        orders = [sample / "orders"]
-        labs = labs or (sample / "labs.csv" if (sample / "labs.csv").exists() else None)
-        procedures = procedures or (sample / "procedures.csv" if (sample / "procedures.csv").exists() else None)
+        inputs = {"orders": [sample / "orders"]} | {
+            name: [sample / f"{name}.csv"] for name in ("labs", "procedures") if (sample / f"{name}.csv").exists()
+        }
     try:
-        preflight(orders, labs, procedures, rules, profile, mapping, products)
+        preflight(inputs, rules, profile, mapping, products)
     except ExtractError as exc:
         _fail(str(exc))
     from flows.audit import audit_flow
@@ -121,9 +125,9 @@ def run(
         shards = max(shards, 2)
     try:
         summary = audit_flow(
-            orders=[str(p) for p in orders],
-            labs=str(labs) if labs else None,
-            procedures=str(procedures) if procedures else None,
+            orders=[str(p) for p in inputs.get("orders", [])],
+            labs=[str(p) for p in inputs.get("labs", [])],
+            procedures=[str(p) for p in inputs.get("procedures", [])],
             db=str(db),
             rules=str(rules) if rules else None,
             profile=profile,
@@ -133,6 +137,7 @@ def run(
             force=force,
             shards=shards,
             mapping=mapping,
+            lock_timeout_seconds=lock_timeout,
         )
     except (ExtractError, RulePackError) as exc:
         _fail(str(exc))
@@ -141,18 +146,20 @@ def run(
     except OSError as exc:  # disk full or no permission writing the report (or an input vanished mid-run)
         where = f" ({exc.filename})" if exc.filename else ""
         _fail(f"the run failed on a file operation: {exc.strerror or exc}{where}", EXIT_FAILURE)
+    report = {"written": ", ".join(summary.report_files), "up_to_date": "up to date"}.get(summary.report_status, "not written")
     if summary.nothing_new:
         typer.echo(
             f"nothing new to audit: all {summary.skipped_files} input file(s) were audited before "
-            f"(database {summary.db}); use --force to audit them again"
+            f"(database {summary.db}; run {summary.run_id} recorded); report {report}; use --force to audit them again"
         )
         return
     severities = summary.findings_by_severity
+    scope = f"every patient again ({summary.reaudit_reason})" if summary.audit_scope == "full" else "the patients tonight's rows touch"
     typer.echo(
-        f"audited {summary.rows_ivig} IVIG order rows into {summary.courses} courses: "
-        f"{summary.findings} findings (critical {severities.get('critical', 0)}, warning {severities.get('warning', 0)}, "
-        f"info {severities.get('info', 0)}); {summary.rows_quarantined} rows quarantined; "
-        f"database {summary.db}; report {', '.join(summary.report_files) or 'not written'}"
+        f"audited {summary.rows.get('rows_ivig', 0)} IVIG order rows; judged {summary.patients_audited} patients "
+        f"({scope}): {summary.courses} courses, {summary.findings} findings (critical {severities.get('critical', 0)}, "
+        f"warning {severities.get('warning', 0)}, info {severities.get('info', 0)}); "
+        f"{summary.rows.get('rows_quarantined', 0)} rows quarantined; database {summary.db}; report {report}"
     )
     if fail_on_critical and severities.get("critical", 0) > 0:
         raise typer.Exit(EXIT_CRITICAL)

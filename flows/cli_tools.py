@@ -174,38 +174,30 @@ def _require_db(db: Path) -> None:
 
 @app.command()
 def replay(
-    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The past run whose recorded inputs to re-audit (runs.run_id).")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The past run whose history to re-audit (runs.run_id).")],
     rules: Annotated[Optional[Path], typer.Option(help="Site rule-pack TOML to try (merged over the shipped defaults).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="Policy profile to try: default, ontario, ibw, discretionary.")] = None,
     db: Annotated[Path, typer.Option(help=_DB_HELP)] = Path("ivig_audit.duckdb"),
     name: Annotated[Optional[str], typer.Option(help="A name for the scenario (default: describes the replay).")] = None,
-    products: Annotated[Optional[Path], typer.Option(help="Site product dictionary TOML (the run's own is not recorded; default: the shipped one).")] = None,
-    history_only: Annotated[bool, typer.Option("--history-only", help="Do not re-read the input files: audit only the stored history (source_rows) the run could see.")] = False,
+    products: Annotated[Optional[Path], typer.Option(help="Site product dictionary TOML (default: the shipped one).")] = None,
 ) -> None:
-    """Re-audit the inputs recorded for a past run under another rule pack or profile, into a scenario.
+    """Re-audit everything the history held at a past run under another rule pack or profile, into a scenario.
 
-    The run's input files (runs.inputs) are read again after checking their sha256, together with
-    the stored history of IVIG patients first stored at or before that run. The result is stored as
-    a scenario (tables scenarios, scenario_findings, scenario_courses); the live findings, courses
-    and review states are not touched. Compare with `ivig-audit diff RUN_ID SCENARIO_ID`.
+    The history ledger keeps every row a rule may read (docs/history.md): the replay audits the
+    rows that had arrived by that run, without reading the input files again. The result is
+    stored as a scenario (tables scenarios, scenario_findings, scenario_courses); the live
+    findings, courses and review states are not touched. Compare with `ivig-audit diff RUN_ID SCENARIO_ID`.
 
     Example: ivig-audit replay 20261128T021500Z-3f2a1c --profile ibw --name "NHS IBW policy"
 
-    Exit status: 0 stored; 2 bad input (unknown run, missing or changed input file, bad rule pack
-    or profile); 3 database failure (locked, unreadable).
+    Exit status: 0 stored; 2 bad input (unknown run, a run that audited nothing, bad rule pack or
+    profile); 3 database failure (locked, unreadable).
     """
     import duckdb
 
-    from pipeline.read import ExtractError, file_sha256, scan_extract
-    from pipeline.scenario import (
-        default_scenario_name,
-        input_problem,
-        is_scenario_id,
-        new_scenario_id,
-        recorded_files,
-        replay_audit,
-    )
-    from pipeline.store import ScenarioRecord, read_run, read_source_rows_as_of, write_scenario
+    from pipeline.read import ExtractError
+    from pipeline.scenario import default_scenario_name, is_scenario_id, new_scenario_id, replay_audit
+    from pipeline.store import ScenarioRecord, read_ledger_as_of, read_run, write_scenario
 
     _require_db(db)
     if is_scenario_id(run_id):
@@ -213,47 +205,25 @@ def replay(
     pack, dictionary = configuration(rules, profile, products)
     try:
         run = read_run(db, run_id)
+        if run is None:
+            _fail(f"no run with id '{run_id}' in {db}", EXIT_BAD_INPUT)
+        ledger, courses = read_ledger_as_of(db, run_id)
     except (StoreError, duckdb.Error) as exc:
         _fail(_db_message(exc), EXIT_FAILURE)
-    if run is None:
-        _fail(f"no run with id '{run_id}' in {db}", EXIT_BAD_INPUT)
-    try:
-        files = recorded_files(run["inputs"])
-    except ValueError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
-
-    frames = {}
-    tonight: set[str] = set()
-    if not history_only:
-        for extract, entries in files.items():
-            for path, recorded in entries:
-                current = file_sha256(Path(path)) if Path(path).is_file() else None
-                problem = input_problem(extract, path, recorded, current, run_id)
-                if problem:
-                    _fail(problem, EXIT_BAD_INPUT)
-            try:
-                frames[extract], sources = scan_extract([Path(p) for p, _ in entries], extract)
-            except ExtractError as exc:
-                _fail(str(exc), EXIT_BAD_INPUT)
-            tonight |= {s.path for s in sources}
-    try:
-        history = read_source_rows_as_of(db, run_id)
-    except (StoreError, duckdb.Error) as exc:
-        _fail(_db_message(exc), EXIT_FAILURE)
-    if not frames and (history is None or history.filter(history["extract"] == "orders").is_empty()):
-        _fail(f"run {run_id} left no stored orders history to replay; replay without --history-only", EXIT_BAD_INPUT)
+    if ledger.filter(ledger["extract"] == "orders").is_empty():
+        _fail(f"the history held no orders at run {run_id}: nothing to replay", EXIT_BAD_INPUT)
 
     created = datetime.now(timezone.utc)
     scenario_id = new_scenario_id(created)
     try:
-        result = replay_audit(frames, history, frozenset(tonight), dictionary, pack, scenario_id)
+        result = replay_audit(ledger, courses, dictionary, pack, scenario_id)
     except ExtractError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     except Exception as exc:  # noqa: BLE001 - one line, no row content (it may hold patient data)
         _fail(f"the replay of run {run_id} failed ({type(exc).__name__}); the live tables were not touched", EXIT_FAILURE)
     record = ScenarioRecord(
         scenario_id=scenario_id,
-        name=name or default_scenario_name(run_id, pack.profile_name, str(rules) if rules else None, history_only),
+        name=name or default_scenario_name(run_id, pack.profile_name, str(rules) if rules else None),
         base_run_id=run_id,
         created_at=created,
         profile=pack.profile_name,
@@ -262,7 +232,7 @@ def replay(
         rules_file=str(rules) if rules else None,
         courses=result.courses.height,
         findings=result.findings.height,
-        history_only=history_only,
+        history_only=True,
     )
     try:
         write_scenario(db, record, result.findings, result.courses)

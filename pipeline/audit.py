@@ -10,10 +10,20 @@ import polars as pl
 
 from checks import outputs
 from checks.inputs import IVIG_ORDER_ROWS, LAB_ROWS, PROCEDURE_ROWS
-from pipeline.contract import QUARANTINE_COLUMNS, check_labs, check_orders, check_procedures, lab_rows_used
+from pipeline.contract import (
+    QUARANTINE_COLUMNS,
+    check_labs,
+    check_orders,
+    check_procedures,
+    lab_rows_used,
+    quarantine_rows,
+    with_identity,
+)
 from pipeline.courses import build_courses, regimen_table
-from pipeline.history import merge_history, rows_to_remember, stored_text_rows
+from pipeline.history import PRECEDENCE, ledger_rows
+from pipeline.identity import COURSE_PREFIX, lasting_course_ids, with_digest, with_finding_ids
 from pipeline.normalise import (
+    VERSION_COLUMNS,
     ProductDictionary,
     candidate_rows,
     classify_medications,
@@ -36,22 +46,25 @@ IN_MEMORY = "in-memory"
 
 @dataclass(frozen=True)
 class Extracts:
-    """The text rows of one run's extracts (labs and procedures optional).
+    """The text rows one audit reads (labs and procedures optional).
 
-    The rows may include stored history (see pipeline.history); `tonight_files` names the files
-    read in this run, so the run's counts cover only them (None: every row is tonight's).
+    Each row carries its arrival (pipeline.history.ARRIVAL): stored history rows and tonight's
+    rows audit together, and only tonight's rows are counted, quarantined and remembered. Rows
+    without an arrival are one batch (`contract.with_identity`).
     """
 
-    orders: pl.LazyFrame
+    orders: pl.LazyFrame | None
     labs: pl.LazyFrame | None = None
     procedures: pl.LazyFrame | None = None
-    tonight_files: frozenset[str] | None = None
 
-    def tonight(self, frame: pl.LazyFrame) -> pl.LazyFrame:
-        """Only the rows of a frame that came from this run's files."""
-        if self.tonight_files is None:
-            return frame
-        return frame.filter(pl.col("source_file").is_in(sorted(self.tonight_files)))
+    def frames(self) -> dict[str, pl.LazyFrame | None]:
+        """The extracts by name."""
+        return {"orders": self.orders, "labs": self.labs, "procedures": self.procedures}
+
+
+def tonight(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Only the rows of a frame that arrived in this run."""
+    return frame.filter(pl.col("tonight"))
 
 
 @dataclass(frozen=True)
@@ -77,7 +90,12 @@ class RowCounts:
 
 @dataclass(frozen=True)
 class PreparedOrders(RowCounts):
-    """Orders after the contract and normalise stages, with tonight's row counts."""
+    """Orders after the contract and normalise stages (the versions in force), with tonight's row counts.
+
+    `quarantine` holds tonight's rejected rows only (a stored row was quarantined by the run that
+    brought it); `ledger` tonight's rows to remember (pipeline.history.ledger_rows); `versions`
+    the state of every order version the audit saw (in_force, superseded or rejected).
+    """
 
     ivig: pl.DataFrame
     evidence: pl.DataFrame
@@ -85,17 +103,26 @@ class PreparedOrders(RowCounts):
     labs: pl.DataFrame | None
     procedures: pl.DataFrame | None
     quarantine: pl.DataFrame
-    source: Extracts  # the text rows the audit read (relevant rows only), in memory
+    ledger: pl.DataFrame
+    versions: pl.DataFrame
 
 
 @dataclass(frozen=True)
 class AuditResult(RowCounts):
-    """The tables one run writes, and its row counts."""
+    """The tables one run writes, and its row counts.
+
+    `patients` are the patients whose orders, courses and findings these tables replace (every
+    patient the audit judged, including those left with no course); `ledger` and `versions` are
+    what the history ledger learns (pipeline.history).
+    """
 
     orders: pl.DataFrame
     courses: pl.DataFrame
     findings: pl.DataFrame
     quarantine: pl.DataFrame
+    patients: pl.DataFrame
+    ledger: pl.DataFrame
+    versions: pl.DataFrame
 
 
 def _contract_failures(df: pl.DataFrame, schema: pa.DataFrameSchema, extract: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -112,15 +139,9 @@ def _contract_failures(df: pl.DataFrame, schema: pa.DataFrameSchema, extract: st
         indexed = df.with_row_index("index").with_columns(pl.col("index").cast(cases.schema["index"]))
         failed = indexed.join(reasons, on="index", how="inner")
         kept = indexed.join(reasons, on="index", how="anti").drop("index")
-        quarantined = failed.select(
-            pl.lit(extract).alias("extract"),
-            "source_file",
-            "source_row",
-            *[(pl.col(c) if c in df.columns else pl.lit(None, dtype=pl.String)).alias(c) for c in ("order_id", "patient_id")],
-            "reason",
-            (pl.col("raw") if "raw" in df.columns else pl.lit("{}")).alias("raw"),
-        )
-        return kept, quarantined
+        if "raw" not in failed.columns:
+            failed = failed.with_columns(raw=pl.lit("{}"))
+        return kept, quarantine_rows(failed.lazy(), extract).collect(engine=IN_MEMORY)
 
 
 def _empty_quarantine() -> pl.DataFrame:
@@ -128,7 +149,7 @@ def _empty_quarantine() -> pl.DataFrame:
     return pl.DataFrame(
         schema={
             "extract": pl.String, "source_file": pl.String, "source_row": pl.Int64, "order_id": pl.String,
-            "patient_id": pl.String, "reason": pl.String, "raw": pl.String,
+            "patient_id": pl.String, "reason": pl.String, "raw": pl.String, "tonight": pl.Boolean,
         }
     )
 
@@ -152,17 +173,32 @@ def select_relevant(extracts: Extracts, products: ProductDictionary, pack: RuleP
     """The rows the audit reads, in memory, and the number of order rows read tonight.
 
     A pharmacy extract is mostly other medications: they are counted, not parsed. One streaming
-    pass keeps the immunoglobulin rows (and rows with no medication, to quarantine) and, narrowed to
-    the columns rules read, the medications rules use as evidence; evidence of patients without
-    immunoglobulin is then dropped. Labs and procedures are kept for those patients only (labs for
-    the tests the audit uses).
+    pass keeps the immunoglobulin rows (and rows with no medication, to quarantine them) and,
+    narrowed to the columns rules read, the medications rules use as evidence, of every patient:
+    evidence often comes before a patient's first IVIG order. Labs are kept for the tests the
+    audit uses, procedures whole.
     """
-    schema = extracts.orders.collect_schema()
+    orders, count = (None, 0) if extracts.orders is None else _relevant_orders(extracts.orders, products, pack)
+
+    def kept(frame: pl.LazyFrame | None, extract: str, keep: pl.Expr) -> pl.LazyFrame | None:
+        return None if frame is None else _collect_extract([frame.filter(keep)], extract)[0].lazy()
+
+    selected = Extracts(
+        orders=None if orders is None else orders.lazy(),
+        labs=kept(extracts.labs, "labs", lab_rows_used()),
+        procedures=kept(extracts.procedures, "procedures", pl.lit(True)),
+    )
+    return selected, count
+
+
+def _relevant_orders(text_rows: pl.LazyFrame, products: ProductDictionary, pack: RulePack) -> tuple[pl.DataFrame, int]:
+    """The order rows the audit reads (one streaming pass), and the number of tonight's order rows."""
+    schema = text_rows.collect_schema()
     ndc_column = "ndc" if "ndc" in schema.names() else None
     text = [c for c, dtype in schema.items() if dtype == pl.String]
     wide = [c for c in text if c not in EVIDENCE_COLUMNS]
     read = (
-        extracts.orders.filter(candidate_rows(products, pack.evidence_patterns, ndc_column))
+        text_rows.filter(candidate_rows(products, pack.evidence_patterns, ndc_column))
         .with_columns(is_ig=immunoglobulin_rows(products, ndc_column))
         .filter(pl.col("is_ig") | evidence_rows(pack.evidence_patterns))
         # A kept string would share, and keep in memory, the buffer of its whole batch (the pass
@@ -172,106 +208,207 @@ def select_relevant(extracts: Extracts, products: ProductDictionary, pack: RuleP
         .with_columns(pl.col(c) + "" for c in text if c not in wide)
         .with_columns(pl.when(pl.col("is_ig")).then(pl.col(c)).cast(pl.Categorical) for c in wide)
     )
-    rows, count = _collect_extract([read, extracts.tonight(extracts.orders).select(pl.len())], "orders")
-    patients = rows.filter("is_ig").select(pl.col("patient_id").str.strip_chars()).drop_nulls().unique()
-    of_patients = pl.col("patient_id").str.strip_chars().is_in(patients["patient_id"].implode())
-    orders = rows.filter(pl.col("is_ig") | of_patients).drop("is_ig").with_columns(pl.col(wide).cast(pl.String))
+    read_tonight = tonight(text_rows) if "tonight" in schema.names() else text_rows
+    rows, count = _collect_extract([read, read_tonight.select(pl.len())], "orders")
+    orders = rows.drop("is_ig").with_columns(pl.col(wide).cast(pl.String))
 
-    def kept(frame: pl.LazyFrame | None, extract: str, keep: pl.Expr) -> pl.LazyFrame | None:
-        return None if frame is None else _collect_extract([frame.filter(of_patients & keep)], extract)[0].lazy()
+    return orders, int(count.item())
 
-    selected = Extracts(
-        orders=orders.lazy(),
-        labs=kept(extracts.labs, "labs", lab_rows_used()),
-        procedures=kept(extracts.procedures, "procedures", pl.lit(True)),
-        tonight_files=extracts.tonight_files,
+
+# ------------------------------------------------------------------------------------ versions
+def _first_arrival_of_each_version(rows: pl.DataFrame) -> pl.DataFrame:
+    """One row per (order_id, version): its first arrival (a version re-sent later is the same version)."""
+    return rows.sort("run_seq", "file_pos", "source_row").unique(["order_id", "version"], keep="first", maintain_order=True)
+
+
+def versions_in_force(valid: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFrame:
+    """The state of every version of every order_id the audit saw, and the version in force.
+
+    valid     order_id, version and precedence (history.PRECEDENCE) of rows that passed every check
+    rejected  the same of quarantined rows (with `reason`)
+    Returns order_id, version, state (in_force | superseded | rejected), reason (rejected only) and
+    the precedence columns. The version in force is the latest valid one; a version that failed a
+    check and is later than it is `rejected` (a correction that did not take); every other
+    version is `superseded`.
+    """
+    keys = ["order_id", "version", *PRECEDENCE]
+    good = _first_arrival_of_each_version(valid.select(keys))
+    bad = _first_arrival_of_each_version(
+        rejected.filter(pl.col("order_id").is_not_null()).select(*keys, "reason")
+    ).join(good.select("order_id", "version"), on=["order_id", "version"], how="anti")
+    every = pl.concat(
+        [good.with_columns(valid=pl.lit(True), reason=pl.lit(None, dtype=pl.String)), bad.with_columns(valid=pl.lit(False))],
+        how="diagonal_relaxed",
+    ).sort("order_id", *PRECEDENCE, nulls_last=False)
+    position = pl.int_range(pl.len()).over("order_id")
+    in_force_at = pl.when(pl.col("valid")).then(position).max().over("order_id")
+    return every.with_columns(
+        state=pl.when(pl.col("valid") & (position == in_force_at))
+        .then(pl.lit("in_force"))
+        .when(~pl.col("valid") & (in_force_at.is_null() | (position > in_force_at)))
+        .then(pl.lit("rejected"))
+        .otherwise(pl.lit("superseded")),
+    ).select("order_id", "version", "state", pl.when(~pl.col("valid")).then(pl.col("reason")).alias("reason"), *PRECEDENCE)
+
+
+def _in_force(frame: pl.DataFrame, versions: pl.DataFrame) -> pl.DataFrame:
+    """The rows of a frame that are the version in force of their order (first arrival of it)."""
+    current = versions.filter(pl.col("state") == "in_force").select("order_id", "version")
+    return _first_arrival_of_each_version(frame.join(current, on=["order_id", "version"], how="semi"))
+
+
+def rejected_corrections(versions: pl.DataFrame) -> pl.DataFrame:
+    """Per order in force: what its later, rejected versions were and why (one line of text)."""
+    in_force = versions.filter(pl.col("state") == "in_force").select("order_id")
+    return (
+        versions.filter(pl.col("state") == "rejected")
+        .join(in_force, on="order_id", how="semi")
+        .sort("order_id", *PRECEDENCE)
+        .group_by("order_id", maintain_order=True)
+        .agg(
+            rejected_correction=pl.format("a later version was quarantined ({})", pl.col("reason")).str.join("; "),
+        )
     )
-    return selected, int(count.item())
 
 
-def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> PreparedOrders:
-    """Contract and normalise: typed IVIG orders with grams and indications, evidence, labs, procedures, rejects."""
-    source, rows_read = select_relevant(extracts, products, pack)
-    valid_orders, rejected_orders = check_orders(source.orders)
+def prepare(
+    extracts: Extracts, products: ProductDictionary, pack: RulePack, rows_read: int | None = None
+) -> PreparedOrders:
+    """Contract and normalise: typed IVIG orders (the versions in force) with grams and indications,
+    evidence, labs, procedures, tonight's rejects, and what the history ledger learns.
+
+    Without `rows_read` the extracts are whole and `select_relevant` narrows them first; with it
+    they are already narrowed (tonight's selected rows merged with stored history, pipeline.night)
+    and `rows_read` is the count of tonight's order rows.
+    """
+    source, rows_read = select_relevant(extracts, products, pack) if rows_read is None else (extracts, rows_read)
+    orders_text = with_identity(source.orders, "orders")
+    valid_orders, rejected_orders = check_orders(orders_text)
     # Materialise once: every query below starts from these two frames.
     valid_df, rejected_df = pl.collect_all([classify_medications(valid_orders, products), rejected_orders], engine=IN_MEMORY)
     rejected_orders = rejected_df.lazy()
     split = split_orders(valid_df.lazy())
     ivig_lazy = map_indications(split.ivig, pack)
+    labs_text = with_identity(source.labs, "labs") if source.labs is not None else None
+    procedures_text = with_identity(source.procedures, "procedures") if source.procedures is not None else None
     labs_lazy = rejected_labs = procedures_lazy = rejected_procedures = None
-    if source.labs is not None:
-        labs_lazy, rejected_labs = check_labs(source.labs)
-    if source.procedures is not None:
-        procedures_lazy, rejected_procedures = check_procedures(source.procedures)
+    if labs_text is not None:
+        labs_lazy, rejected_labs = check_labs(labs_text)
+    if procedures_text is not None:
+        procedures_lazy, rejected_procedures = check_procedures(procedures_text)
+    version_keys = ["order_id", "version", *PRECEDENCE, "tonight"]
     queries = {
         "ivig": ivig_lazy,
         "evidence": split.evidence,
-        "unrecognised_ig": split.unrecognised_ig.select("order_id", "patient_id", "medication", "start", "source_file"),
-        "out_of_scope": source.tonight(split.out_of_scope).select(pl.len()),
+        "unrecognised_ig": split.unrecognised_ig.select(
+            "order_id", "patient_id", "medication", "start", "source_file", *VERSION_COLUMNS, "source_row"
+        ),
+        "out_of_scope": split.out_of_scope.select(version_keys),
         "rejected_orders": rejected_orders,
         "rejected_ivig": split.quarantine,
+        "ledger_orders": ledger_rows(tonight(orders_text), "orders"),
     }
     if labs_lazy is not None:
         queries |= {"labs": labs_lazy, "rejected_labs": rejected_labs}
     if procedures_lazy is not None:
         queries |= {"procedures": procedures_lazy, "rejected_procedures": rejected_procedures}
     collected = dict(zip(queries, pl.collect_all(list(queries.values()), engine=IN_MEMORY)))
-    ivig, ivig_contract_rejects = _contract_failures(collected["ivig"], IVIG_ORDER_ROWS, "orders")
-    quarantine_parts = [collected["rejected_orders"], collected["rejected_ivig"], ivig_contract_rejects]
+    ivig_versions, ivig_contract_rejects = _contract_failures(collected["ivig"], IVIG_ORDER_ROWS, "orders")
+    order_rejects = [collected["rejected_orders"], collected["rejected_ivig"], ivig_contract_rejects]
+    quarantine_parts = list(order_rejects)
     labs = procedures = None
+    ledger_parts = [collected["ledger_orders"]]
     if labs_lazy is not None:
-        labs, lab_rejects = _contract_failures(collected["labs"], LAB_ROWS, "labs")
+        labs_checked, lab_rejects = _contract_failures(collected["labs"], LAB_ROWS, "labs")
         quarantine_parts += [collected["rejected_labs"], lab_rejects]
+        labs = labs_checked.unique("version", keep="first", maintain_order=True)
+        ledger_parts.append(_remembered(labs_text, "labs", [collected["rejected_labs"], lab_rejects]))
     if procedures_lazy is not None:
-        procedures, procedure_rejects = _contract_failures(collected["procedures"], PROCEDURE_ROWS, "procedures")
+        procedures_checked, procedure_rejects = _contract_failures(collected["procedures"], PROCEDURE_ROWS, "procedures")
         quarantine_parts += [collected["rejected_procedures"], procedure_rejects]
-    quarantine = pl.concat([q.select(QUARANTINE_COLUMNS) for q in quarantine_parts], how="vertical")
+        procedures = procedures_checked.unique("version", keep="first", maintain_order=True)
+        ledger_parts.append(_remembered(procedures_text, "procedures", [collected["rejected_procedures"], procedure_rejects]))
+
+    valid_versions = pl.concat(
+        [frame.select(version_keys) for frame in (ivig_versions, collected["evidence"], collected["unrecognised_ig"], collected["out_of_scope"])],
+        how="vertical_relaxed",
+    )
+    rejected_versions = pl.concat([q.select(*version_keys, "reason") for q in order_rejects if q.height], how="vertical_relaxed") \
+        if any(q.height for q in order_rejects) else valid_versions.head(0).with_columns(reason=pl.lit(None, dtype=pl.String))
+    versions = versions_in_force(valid_versions, rejected_versions)
+    ivig = _in_force(ivig_versions, versions).join(rejected_corrections(versions), on="order_id", how="left")
+    quarantine = pl.concat([q.select(*QUARANTINE_COLUMNS, "tonight") for q in quarantine_parts], how="vertical_relaxed")
+    quarantine = quarantine.filter(pl.col("tonight")).drop("tonight")
 
     def tonight_rows(frame: pl.DataFrame) -> int:
-        return source.tonight(frame.lazy()).select(pl.len()).collect(engine=IN_MEMORY).item()
+        return frame.filter(pl.col("tonight")).height
 
-    rows_ivig = tonight_rows(ivig)
-    rows_out_of_scope = int(collected["out_of_scope"].item())
+    rows_ivig = tonight_rows(ivig_versions)
+    rows_out_of_scope = tonight_rows(collected["out_of_scope"])
     rows_unrecognised_ig = tonight_rows(collected["unrecognised_ig"])
-    rows_quarantined_orders = tonight_rows(quarantine.filter(pl.col("extract") == "orders"))
-    log.info("prepared orders: %d IVIG, %d quarantined", ivig.height, quarantine.height)
+    rows_quarantined_orders = quarantine.filter(pl.col("extract") == "orders").height
+    log.info("prepared orders: %d IVIG in force, %d quarantined tonight", ivig.height, quarantine.height)
     return PreparedOrders(
         ivig=ivig,
-        evidence=collected["evidence"],
-        unrecognised_ig=collected["unrecognised_ig"],
+        evidence=_in_force(collected["evidence"], versions),
+        unrecognised_ig=_in_force(collected["unrecognised_ig"], versions),
         labs=labs,
         procedures=procedures,
         quarantine=quarantine,
-        source=source,
+        ledger=pl.concat(ledger_parts, how="vertical_relaxed"),
+        versions=versions,
         rows_read=rows_read,
         rows_out_of_scope=rows_out_of_scope,
         # Every other row of tonight's orders passed through (other medications: not audited).
         rows_passed_through=rows_read - rows_ivig - rows_out_of_scope - rows_unrecognised_ig - rows_quarantined_orders,
         rows_ivig=rows_ivig,
-        rows_quarantined=tonight_rows(quarantine),
+        rows_quarantined=quarantine.height,
         rows_unrecognised_ig=rows_unrecognised_ig,
         rows_quarantined_orders=rows_quarantined_orders,
     )
 
 
-def courses_with_regimen(ivig: pl.DataFrame, pack: RulePack) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Courses (with their regimen's targets) and the order -> course map."""
+def _remembered(text_rows: pl.LazyFrame, extract: str, rejects: list[pl.DataFrame]) -> pl.DataFrame:
+    """Tonight's lab or procedure rows to keep in the ledger: those not quarantined."""
+    arrival = ["run_seq", "file_pos", "source_row"]
+    bad = pl.concat([r.select(*arrival, "tonight") for r in rejects if r.height], how="vertical_relaxed") \
+        if any(r.height for r in rejects) else None
+    good = tonight(text_rows)
+    if bad is not None:
+        good = good.join(bad.lazy().filter(pl.col("tonight")).select(arrival), on=arrival, how="anti")
+    return ledger_rows(good, extract).collect(engine=IN_MEMORY)
+
+
+def courses_with_regimen(
+    ivig: pl.DataFrame, pack: RulePack, stored_courses: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Courses (with their regimen's targets and lasting ids) and the order -> course map.
+
+    `stored_courses` (course_id, patient_id, order_ids) are the courses the database holds for
+    the same patients: a course that continues one of them keeps its id (pipeline.identity).
+    """
     dose_days = expand_daily_doses(ivig.lazy())
     courses, order_course = build_courses(dose_days, pack)
     codes = (
         dose_days.group_by("patient_id", "indication_group", "order_id")
         .agg(pl.col("indication_code").first())
         .join(order_course, on="order_id")
-        .group_by("course_id")
+        .group_by("course_key")
         .agg(indication_codes=pl.col("indication_code").drop_nulls().unique().sort().str.join(", "))
     )
     regimens = regimen_table(pack).lazy().drop("indication_group", "phase")
     enriched = (
         courses.join(regimens, on="indication", how="left")
-        .join(codes, on="course_id", how="left")
+        .join(codes, on="course_key", how="left")
         .with_columns(indication_codes=pl.when(pl.col("indication_codes").str.len_chars() > 0).then(pl.col("indication_codes")))
     )
     courses_df, map_df = pl.collect_all([enriched, order_course], engine=IN_MEMORY)
+    fresh = with_digest(courses_df.select("course_key"), pl.col("course_key"), COURSE_PREFIX, "fresh_id")
+    courses_df = courses_df.join(fresh, on="course_key").drop("course_key").rename({"fresh_id": "course_key"})
+    map_df = map_df.join(fresh, on="course_key").drop("course_key").rename({"fresh_id": "course_key"})
+    ids = lasting_course_ids(courses_df.select("course_key", "patient_id", "start", "order_ids"), stored_courses)
+    courses_df = courses_df.join(ids, on="course_key", how="left").drop("course_key")
+    map_df = map_df.join(ids, on="course_key", how="left").drop("course_key")
     return courses_df, map_df
 
 
@@ -291,13 +428,29 @@ def judge(
         procedures=prepared.procedures.lazy() if prepared.procedures is not None else None,
         pack=pack,
     )
-    return evaluate_rules(ctx, run_id).collect(engine=IN_MEMORY).sort("patient_id", "course_id", "rule_id", nulls_last=True)
+    findings = with_finding_ids(evaluate_rules(ctx, run_id).collect(engine=IN_MEMORY))
+    return findings.select(list(outputs.FINDINGS.columns)).sort("patient_id", "course_id", "rule_id", nulls_last=True)
+
+
+def audited_patients(prepared: PreparedOrders) -> pl.DataFrame:
+    """The patients this audit judged: every patient with a row among its orders (in force or not).
+
+    Their stored orders, courses and findings are replaced by this audit's: a patient whose IVIG
+    order was superseded by a non-IVIG version is judged to have no course any more.
+    """
+    parts = [prepared.ivig.select("patient_id"), prepared.unrecognised_ig.select("patient_id"),
+             prepared.evidence.select("patient_id"), prepared.ledger.filter(pl.col("extract") == "orders").select("patient_id")]
+    return pl.concat(parts, how="vertical_relaxed").drop_nulls().unique().sort("patient_id")
 
 
 def output_tables(
-    prepared: PreparedOrders, courses: pl.DataFrame, order_course: pl.DataFrame, findings: pl.DataFrame, run_id: str
+    prepared: PreparedOrders, courses: pl.DataFrame, order_course: pl.DataFrame, findings: pl.DataFrame, run_id: str,
+    patients: pl.DataFrame | None = None,
 ) -> AuditResult:
-    """The run's tables in the stored layout, each checked against its Pandera contract."""
+    """The run's tables in the stored layout, each checked against its Pandera contract.
+
+    `patients` are the patients judged (default: every patient of the audit's orders).
+    """
     serious = findings.filter(pl.col("severity") != "info", pl.col("course_id").is_not_null())
     per_course = serious.group_by("course_id").agg(excess_from_findings=pl.col("excess_g").max())
     courses_out = (
@@ -320,57 +473,22 @@ def output_tables(
         courses=outputs.COURSES.validate(courses_out),
         findings=outputs.FINDINGS.validate(findings),
         quarantine=outputs.QUARANTINE.validate(quarantine_out),
+        patients=audited_patients(prepared) if patients is None else patients,
+        ledger=prepared.ledger,
+        versions=prepared.versions,
         **prepared.counts(),
     )
 
 
-def with_history(
-    new: dict[str, pl.LazyFrame], history: pl.DataFrame | None, tonight_files: frozenset[str]
-) -> Extracts:
-    """Tonight's extracts merged with the stored history (a new row replaces a stored one with the same key)."""
-    merged: dict[str, pl.LazyFrame | None] = {}
-    for name in ("orders", "labs", "procedures"):
-        # A labs or procedures extract never given (tonight or before) stays absent: the rules
-        # that need it are then not judged, rather than judged against an empty extract.
-        has_stored = history is not None and not history.filter(pl.col("extract") == name).is_empty()
-        stored = stored_text_rows(history, name) if has_stored else None
-        tonight = new.get(name)
-        merged[name] = stored if tonight is None else merge_history(tonight, stored, name)
-    if merged["orders"] is None:
-        raise ValueError("no orders extract to audit")
-    return Extracts(
-        orders=merged["orders"], labs=merged["labs"], procedures=merged["procedures"], tonight_files=tonight_files
-    )
-
-
-def remember(prepared: PreparedOrders) -> pl.DataFrame:
-    """The source rows of IVIG patients to keep as history for the next runs (the rows the audit read)."""
-    extracts = prepared.source
-    patients = pl.concat(
-        [prepared.ivig.select("patient_id"), prepared.unrecognised_ig.select("patient_id")]
-    ).lazy().unique()
-    quarantined = prepared.quarantine.lazy()
-    parts = [
-        rows_to_remember(frame, name, patients, quarantined)
-        for name, frame in (("orders", extracts.orders), ("labs", extracts.labs), ("procedures", extracts.procedures))
-        if frame is not None
-    ]
-    return pl.concat(pl.collect_all(parts, engine=IN_MEMORY), how="vertical")
-
-
-def run_audit(extracts: Extracts, products: ProductDictionary, pack: RulePack, run_id: str) -> AuditResult:
+def run_audit(
+    extracts: Extracts, products: ProductDictionary, pack: RulePack, run_id: str,
+    stored_courses: pl.DataFrame | None = None,
+) -> AuditResult:
     """The whole audit over frames, without Prefect or IO."""
-    return run_audit_remembering(extracts, products, pack, run_id)[0]
-
-
-def run_audit_remembering(
-    extracts: Extracts, products: ProductDictionary, pack: RulePack, run_id: str
-) -> tuple[AuditResult, pl.DataFrame]:
-    """The whole audit over frames, and the source rows to keep as history."""
     prepared = prepare(extracts, products, pack)
-    courses, order_course = courses_with_regimen(prepared.ivig, pack)
+    courses, order_course = courses_with_regimen(prepared.ivig, pack, stored_courses)
     findings = judge(courses, prepared, pack, run_id)
-    return output_tables(prepared, courses, order_course, findings, run_id), remember(prepared)
+    return output_tables(prepared, courses, order_course, findings, run_id)
 
 
 def shard_of_patient(shards: int) -> pl.Expr:
@@ -386,27 +504,34 @@ def shard(extracts: Extracts, index: int, shards: int) -> Extracts:
         orders=extracts.orders.filter(keep),
         labs=extracts.labs.filter(keep) if extracts.labs is not None else None,
         procedures=extracts.procedures.filter(keep) if extracts.procedures is not None else None,
-        tonight_files=extracts.tonight_files,
     )
 
 
-def combine(parts: list[tuple[AuditResult, pl.DataFrame]]) -> tuple[AuditResult, pl.DataFrame]:
-    """The shards' results as one run: tables stacked, counts added."""
-    results = [result for result, _ in parts]
+def combine(results: list[AuditResult], rows_read: int) -> AuditResult:
+    """The shards' results as one run: tables stacked, counts added (`rows_read`: tonight's order rows of all shards)."""
     orders = pl.concat([r.orders for r in results])
-    shared = orders.filter(pl.col("order_id").is_duplicated())["order_id"].unique().sort().to_list()
-    if shared:
+    if orders["order_id"].is_duplicated().any():
         raise ValueError(
-            f"{len(shared)} order_id(s) appear for more than one patient (first: {shared[0]}); "
-            "audit without shards so they are quarantined as duplicates"
+            "an order_id is in force for patients of different shards; "
+            "audit without shards so its versions are resolved together"
         )
-    return (
-        AuditResult(
-            orders=orders,
-            courses=pl.concat([r.courses for r in results]),
-            findings=pl.concat([r.findings for r in results]),
-            quarantine=pl.concat([r.quarantine for r in results]),
-            **{name: sum(r.counts()[name] for r in results) for name in results[0].counts()},
-        ),
-        pl.concat([remembered for _, remembered in parts]),
+    return AuditResult(
+        orders=orders,
+        courses=pl.concat([r.courses for r in results]),
+        findings=pl.concat([r.findings for r in results]),
+        quarantine=pl.concat([r.quarantine for r in results]),
+        patients=pl.concat([r.patients for r in results]).unique().sort("patient_id"),
+        ledger=pl.concat([r.ledger for r in results], how="vertical_relaxed"),
+        versions=pl.concat([r.versions for r in results], how="vertical_relaxed"),
+        **_combined_counts(results, rows_read),
     )
+
+
+def _combined_counts(results: list[AuditResult], rows_read: int) -> dict[str, int]:
+    """The shards' row counts added; every order row not accounted for by a shard passed through."""
+    counts = {name: sum(r.counts()[name] for r in results) for name in results[0].counts()}
+    counts["rows_read"] = rows_read
+    counts["rows_passed_through"] = rows_read - sum(
+        counts[name] for name in ("rows_ivig", "rows_out_of_scope", "rows_unrecognised_ig", "rows_quarantined_orders")
+    )
+    return counts

@@ -46,6 +46,10 @@ DOSE_RANGE = r"^\d+(\.\d+)?\s*(-|–|to)\s*\d+(\.\d+)?$"
 
 QUARANTINE_COLUMNS = ["extract", "source_file", "source_row", "order_id", "patient_id", "reason", "raw"]
 
+#: Columns a row carries besides its canonical text when they are present: its arrival
+#: (pipeline.history), its version text and version time. Checked and quarantined rows keep them.
+ROW_IDENTITY = ("tonight", "run_seq", "file_pos", "version", "updated_at_order")
+
 
 def blank_to_null(column: str) -> pl.Expr:
     """A text column trimmed, with empty strings as null."""
@@ -129,8 +133,35 @@ def _reasons(*checks: tuple[pl.Expr, pl.Expr | str]) -> pl.Expr:
 
 
 def raw_json(extract: str) -> pl.Expr:
-    """The original text of a row's canonical columns as JSON (kept with a quarantined row, and as history)."""
+    """The original text of a row's canonical columns as JSON (kept with a quarantined row)."""
     return pl.struct(list(EXTRACT_COLUMNS[extract])).struct.json_encode()
+
+
+def version_text(extract: str) -> pl.Expr:
+    """The canonical columns of a row, trimmed (blank as null), as JSON: what the row says, whatever file it came in."""
+    return pl.struct([blank_to_null(c).alias(c) for c in EXTRACT_COLUMNS[extract]]).struct.json_encode()
+
+
+#: The columns naming the file a row came in: its arrival (run, position in the run), not its
+#: path. Two files of one name on two nights are two files; rows of one file are compared with
+#: each other (an order_id twice in one file), rows of different files are versions.
+FILE_OF_ROW = ("run_seq", "file_pos")
+
+
+def with_identity(text_rows: pl.LazyFrame, extract: str) -> pl.LazyFrame:
+    """Rows with their version text (stored rows keep theirs) and an arrival (one run, files by name) when they have none."""
+    names = text_rows.collect_schema().names()
+    added = [
+        pl.coalesce(pl.col("version"), version_text(extract)).alias("version") if "version" in names
+        else version_text(extract).alias("version")
+    ]
+    if "run_seq" not in names:
+        added += [
+            pl.lit(1, dtype=pl.Int64).alias("run_seq"),
+            pl.col("source_file").rank("dense").cast(pl.Int64).alias("file_pos"),
+            pl.lit(True).alias("tonight"),
+        ]
+    return text_rows.with_columns(added)
 
 
 def quarantine_rows(rows: pl.LazyFrame, extract: str, reason: pl.Expr | str = "reason") -> pl.LazyFrame:
@@ -140,6 +171,7 @@ def quarantine_rows(rows: pl.LazyFrame, extract: str, reason: pl.Expr | str = "r
         (pl.col(c) if c in EXTRACT_COLUMNS[extract] else pl.lit(None, dtype=pl.String)).alias(c)
         for c in ("order_id", "patient_id")
     ]
+    names = rows.collect_schema().names()
     return rows.select(
         pl.lit(extract).alias("extract"),
         "source_file",
@@ -147,6 +179,7 @@ def quarantine_rows(rows: pl.LazyFrame, extract: str, reason: pl.Expr | str = "r
         *id_cols,
         reason_expr.alias("reason"),
         pl.col("raw"),
+        *[c for c in ROW_IDENTITY if c in names],
     )
 
 
@@ -181,7 +214,7 @@ def _implausible_start_year() -> tuple[pl.Expr, pl.Expr]:
 
 def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Typed order rows that pass the structural checks, and the rejected rows with their reason."""
-    parsed = text_rows.with_columns(
+    parsed = with_identity(text_rows, "orders").with_columns(
         raw=raw_json("orders"),
         order_id=blank_to_null("order_id"),
         patient_id=blank_to_null("patient_id"),
@@ -203,6 +236,8 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         pre_pregnancy_weight_kg=parse_number("pre_pregnancy_weight_kg"),
         sex=parse_sex("sex"),
         pregnant=parse_bool("pregnant"),
+        updated_at_text=blank_to_null("updated_at"),
+        updated_at_order=parse_datetime("updated_at"),
         **{c: blank_to_null(c) for c in (
             "encounter_id", "facility", "route", "indication", "indication_code",
             "justification", "prescriber_id", "service",
@@ -214,11 +249,13 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
             ((pl.col("start").dt.date() - pl.col("birth_date")).dt.total_days() / 365.25),
         ),
     )
-    content = [c for c in EXTRACT_COLUMNS["orders"]]
+    # Within one file an order_id twice is a duplicate (same content) or a conflict (different
+    # content: which is right cannot be told, both are quarantined); across files it is a new version.
+    in_file = ["order_id", *FILE_OF_ROW]
     with_dupes = parsed.with_columns(
-        copies=pl.len().over("order_id"),
-        versions=pl.struct(content).hash().n_unique().over("order_id"),
-        copy_rank=pl.int_range(pl.len()).over("order_id", order_by=["source_file", "source_row"]),
+        copies=pl.len().over(in_file),
+        versions=pl.col("version").n_unique().over(in_file),
+        copy_rank=pl.int_range(pl.len()).over(in_file, order_by="source_row"),
     )
     reason = _reasons(
         (pl.col("order_id").is_null(), "order_id missing"),
@@ -230,12 +267,16 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
             pl.format("start is not a date: '{}'", pl.col("start_text").str.slice(0, 40)),
         ),
         (
+            pl.col("updated_at_text").is_not_null() & pl.col("updated_at_order").is_null(),
+            pl.format("updated_at is not a date: '{}'", pl.col("updated_at_text").str.slice(0, 40)),
+        ),
+        (
             pl.col("order_id").is_not_null() & (pl.col("versions") > 1),
-            pl.format("order_id appears {} times with different content", pl.col("copies")),
+            pl.format("order_id appears {} times in one file with different content", pl.col("copies")),
         ),
         (
             pl.col("order_id").is_not_null() & (pl.col("versions") == 1) & (pl.col("copy_rank") > 0),
-            "exact duplicate of an earlier row with the same order_id",
+            "exact duplicate of an earlier row of the file with the same order_id",
         ),
         (
             pl.col("doses_number").is_not_null()
@@ -276,7 +317,7 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     )
     valid = checked.filter(pl.col("reason").is_null()).drop(
         "reason", "copies", "versions", "copy_rank", "doses_number", "doses_text", "start_text", "birth_date",
-        "weight_kg_text", "height_cm_text",
+        "weight_kg_text", "height_cm_text", "updated_at_text",
     )
     rejected = quarantine_rows(checked.filter(pl.col("reason").is_not_null()), "orders")
     return valid, rejected
@@ -303,7 +344,7 @@ def lab_rows_used() -> pl.Expr:
 
 def check_labs(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Typed lab results of the tests the audit uses, and rejected rows with their reason."""
-    parsed = text_rows.with_columns(
+    parsed = with_identity(text_rows, "labs").with_columns(
         raw=raw_json("labs"),
         patient_id=blank_to_null("patient_id"),
         collected_text=blank_to_null("collected_at"),
@@ -337,7 +378,8 @@ def check_labs(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     )
     # Results of tests the audit does not use are not judged (a lab extract may hold every test).
     valid = checked.filter(pl.col("reason").is_null(), pl.col("test").is_not_null()).select(
-        "patient_id", "collected_at", "test", "value", "unit", "ref_low", "ref_high", "source_file", "source_row"
+        "patient_id", "collected_at", "test", "value", "unit", "ref_low", "ref_high", "source_file", "source_row",
+        "version", "tonight", "run_seq", "file_pos",
     )
     rejected = quarantine_rows(checked.filter(pl.col("reason").is_not_null()), "labs")
     return valid, rejected
@@ -345,7 +387,7 @@ def check_labs(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
 
 def check_procedures(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Typed procedure rows, and rejected rows with their reason."""
-    parsed = text_rows.with_columns(
+    parsed = with_identity(text_rows, "procedures").with_columns(
         raw=raw_json("procedures"),
         patient_id=blank_to_null("patient_id"),
         performed_text=blank_to_null("performed_at"),
@@ -364,7 +406,7 @@ def check_procedures(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFram
         )
     )
     valid = checked.filter(pl.col("reason").is_null()).select(
-        "patient_id", "performed_at", "procedure", "source_file", "source_row"
+        "patient_id", "performed_at", "procedure", "source_file", "source_row", "version", "tonight", "run_seq", "file_pos",
     )
     rejected = quarantine_rows(checked.filter(pl.col("reason").is_not_null()), "procedures")
     return valid, rejected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from pipeline.identity import fresh_course_key
 from pipeline.rulepack import RulePack
 from pipeline.weights import with_dosing_weight
 
@@ -76,7 +77,7 @@ def regimen_key(pack: RulePack) -> pl.Expr:
 
 
 def build_courses(dose_days: pl.LazyFrame, pack: RulePack) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Courses with totals, dosing weight and g/kg, and the order -> course_id map."""
+    """Courses with totals, dosing weight and g/kg, and the order -> course_key map (course_key: see pipeline.identity)."""
     numbered = assign_course_numbers(dose_days, int(pack.settings["course_gap_days"]))
     by_first_dose = pl.col("dose_at")
     courses = (
@@ -102,6 +103,10 @@ def build_courses(dose_days: pl.LazyFrame, pack: RulePack) -> tuple[pl.LazyFrame
             phase_hint=pl.col("phase_hint").sort_by(by_first_dose).drop_nulls().first(),
             indication_text=_joined_unique("indication"),
             justification=pl.col("justification").drop_nulls().unique(maintain_order=True).str.join(" | "),
+            # What a later version of one of its orders failed (pipeline.audit.rejected_corrections).
+            rejected_corrections=pl.format("order {}: {}", pl.col("order_id"), pl.col("rejected_correction"))
+            .drop_nulls().unique().sort().str.join("; "),
+            anchor_order_id=pl.col("order_id").sort_by(["dose_at", "order_id"]).first(),
             facility=pl.col("facility").sort_by(by_first_dose).drop_nulls().first(),
             service=pl.col("service").sort_by(by_first_dose).drop_nulls().first(),
             prescriber_id=pl.col("prescriber_id").sort_by(by_first_dose).drop_nulls().first(),
@@ -111,6 +116,7 @@ def build_courses(dose_days: pl.LazyFrame, pack: RulePack) -> tuple[pl.LazyFrame
         )
         .with_columns(
             justification=pl.when(pl.col("justification").str.len_chars() > 0).then(pl.col("justification")),
+            rejected_corrections=pl.when(pl.col("rejected_corrections").str.len_chars() > 0).then(pl.col("rejected_corrections")),
             indication_text=pl.when(pl.col("indication_text").str.len_chars() > 0).then(pl.col("indication_text")),
             # Pregnancy: dose on the pre-pregnancy weight where given.
             actual_weight_kg=pl.when(pl.col("pregnant").fill_null(False) & pl.col("pre_pregnancy_weight_kg").is_not_null())
@@ -121,10 +127,8 @@ def build_courses(dose_days: pl.LazyFrame, pack: RulePack) -> tuple[pl.LazyFrame
                 (pl.col("start") - pl.col("start").shift(1).over(COURSE_KEY, order_by="course_number")).dt.total_seconds()
                 / 86400.0
             ).round(1),
-            course_id=pl.concat_str(
-                [pl.col("patient_id"), pl.col("indication_group"), pl.col("start").dt.strftime("%Y%m%d")],
-                separator=":",
-            ),
+            # What first defines the course; pipeline.identity turns it into a lasting course_id.
+            course_key=fresh_course_key(),
         )
         .with_columns(indication=regimen_key(pack))
     )
@@ -132,8 +136,8 @@ def build_courses(dose_days: pl.LazyFrame, pack: RulePack) -> tuple[pl.LazyFrame
         g_per_kg=(pl.col("total_g") / pl.col("dosing_weight_kg")).round(3),
     )
     order_course = (
-        numbered.join(courses.select([*COURSE_KEY, "course_number", "course_id"]), on=[*COURSE_KEY, "course_number"])
+        numbered.join(courses.select([*COURSE_KEY, "course_number", "course_key"]), on=[*COURSE_KEY, "course_number"])
         .group_by("order_id")
-        .agg(pl.col("course_id").first())
+        .agg(pl.col("course_key").first())
     )
     return courses.sort(["patient_id", "start"]), order_course

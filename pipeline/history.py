@@ -1,10 +1,22 @@
-"""The audit's memory across nights: stored source rows merged with tonight's extract.
+"""The history ledger: every input row a rule may need again, keyed on what the row is.
 
-A nightly extract holds one day while a course spans several. The rows that matter for IVIG
-patients (their IVIG orders, other medications as evidence, labs, procedures) are kept as
-canonical text in the `source_rows` table; each run re-audits that history together with the new
-rows, so a course that started yesterday is judged whole today. A new row with the same key as a
-stored one (a corrected order) replaces it: nothing is counted twice.
+A nightly feed delivers a little of every patient each night; the audit must end where one run
+over all the files would. The ledger is what makes that so:
+
+- An **order** is keyed by its `order_id`. Each distinct content of an order is a *version*,
+  first seen at an *arrival* (run sequence number, the file's position in that run, its row).
+  The version in force is the latest *valid* one by (`updated_at` when the extract gives it,
+  then arrival); a later version that fails the contract is a *rejected correction*: the
+  earlier good version stays in force and the course says so. Re-sending a version already
+  known changes nothing (its arrival is when it was first seen).
+- **Labs and procedures** have no identifier in the contract: they are keyed by their content
+  (the same result sent twice is one result).
+- Rows are kept for **every patient**, not only patients who already had IVIG: baseline labs,
+  a plasma exchange or aspirin usually come before the first IVIG order. Evidence that no rule
+  can reach any more is pruned (see `retention_days`).
+
+The functions here are pure (frames in, frames out); the `ledger` table is read and written by
+`pipeline.store`.
 """
 
 from __future__ import annotations
@@ -12,7 +24,27 @@ from __future__ import annotations
 import polars as pl
 
 from checks.inputs import EXTRACT_COLUMNS
-from pipeline.contract import raw_json
+from pipeline.contract import LAB_TEST_SPELLINGS, blank_to_null, parse_datetime, parse_number, version_text
+from pipeline.rulepack import RulePack
+
+LEDGER_EXTRACTS = ("orders", "labs", "procedures")
+
+#: Columns that say where and when a row arrived (added to every canonical text row).
+ARRIVAL = ("source_file", "source_row", "run_seq", "file_pos", "tonight")
+
+#: What makes one version precede another (ascending: the last is the latest).
+PRECEDENCE = ("updated_at_order", "run_seq", "file_pos", "source_row")
+
+#: The canonical column holding each extract's clinical time.
+EVENT_COLUMN = {"orders": "start", "labs": "collected_at", "procedures": "performed_at"}
+
+#: The days an order's doses can cover, for retention only (a longer `doses` is quarantined by the contract).
+MAX_DAYS_COVERED = 366
+
+
+def row_key(extract: str) -> pl.Expr:
+    """What identifies a row across nights: the order_id of an order, the whole content of a lab or procedure."""
+    return blank_to_null("order_id") if extract == "orders" else version_text(extract)
 
 
 def text_struct(extract: str) -> pl.Struct:
@@ -20,61 +52,115 @@ def text_struct(extract: str) -> pl.Struct:
     return pl.Struct({column: pl.String for column in EXTRACT_COLUMNS[extract]})
 
 
-def row_key(extract: str) -> pl.Expr:
-    """What identifies a row across nights: order_id for orders, the whole row for labs and procedures."""
-    if extract == "orders":
-        return pl.col("order_id").str.strip_chars()
-    return raw_json(extract)
+def arrived(frame: pl.LazyFrame, run_seq: int, file_positions: dict[str, int]) -> pl.LazyFrame:
+    """Tonight's text rows with their arrival: this run's sequence number and each file's position in it."""
+    return frame.with_columns(
+        run_seq=pl.lit(run_seq, dtype=pl.Int64),
+        file_pos=pl.col("source_file").replace_strict(file_positions, default=None, return_dtype=pl.Int64),
+        tonight=pl.lit(True),
+    )
 
 
-def stored_text_rows(source_rows: pl.DataFrame, extract: str) -> pl.LazyFrame:
-    """Stored rows of one extract back in the canonical text layout, with their provenance."""
+def batch_arrival(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Rows of a single audit without history: one arrival, files in the order of their names."""
+    names = pl.col("source_file")
+    return frame.with_columns(
+        run_seq=pl.lit(1, dtype=pl.Int64),
+        file_pos=names.rank("dense").cast(pl.Int64),
+        tonight=pl.lit(True),
+    )
+
+
+def stored_text_rows(ledger: pl.DataFrame, extract: str) -> pl.LazyFrame:
+    """Ledger rows of one extract back in the canonical text layout, with their version text and arrival (not tonight's)."""
     columns = list(EXTRACT_COLUMNS[extract])
     return (
-        source_rows.lazy()
+        ledger.lazy()
         .filter(pl.col("extract") == extract)
         .select(
-            pl.col("raw").str.json_decode(text_struct(extract)).alias("row"),
-            "source_file",
-            "source_row",
-        )
-        .unnest("row")
-        .select([*columns, "source_file", "source_row"])
-    )
-
-
-def merge_history(new_rows: pl.LazyFrame, stored: pl.LazyFrame | None, extract: str) -> pl.LazyFrame:
-    """Tonight's rows plus the stored rows they do not replace (a new row wins over a stored one with its key)."""
-    if stored is None:
-        return new_rows
-    keys = new_rows.select(row_key=row_key(extract)).filter(pl.col("row_key").is_not_null()).unique()
-    earlier = (
-        stored.with_columns(row_key=row_key(extract))
-        .join(keys, on="row_key", how="anti")
-        .drop("row_key")
-    )
-    return pl.concat([new_rows, earlier], how="vertical_relaxed")
-
-
-def rows_to_remember(
-    text_rows: pl.LazyFrame,
-    extract: str,
-    ivig_patients: pl.LazyFrame,
-    quarantined: pl.LazyFrame,
-) -> pl.LazyFrame:
-    """The rows of IVIG patients to keep as history (quarantined rows stay in quarantine only)."""
-    rejected = quarantined.filter(pl.col("extract") == extract).select("source_file", "source_row")
-    return (
-        text_rows.with_columns(patient_key=pl.col("patient_id").str.strip_chars())
-        .join(ivig_patients.select(pl.col("patient_id").alias("patient_key")), on="patient_key", how="semi")
-        .join(rejected, on=["source_file", "source_row"], how="anti")
-        .select(
-            pl.lit(extract).alias("extract"),
-            row_key(extract).alias("row_key"),
-            pl.col("patient_key").alias("patient_id"),
-            raw_json(extract).alias("raw"),
+            pl.col("version").str.json_decode(text_struct(extract)).alias("row"),
+            "version",
             "source_file",
             pl.col("source_row").cast(pl.Int64),
+            pl.col("run_seq").cast(pl.Int64),
+            pl.col("file_pos").cast(pl.Int64),
+            tonight=pl.lit(False),
         )
-        .unique(subset=["extract", "row_key"], keep="first", maintain_order=True)
+        .unnest("row")
+        .select([*columns, "version", *ARRIVAL])
     )
+
+
+def empty_text_rows(extract: str) -> pl.LazyFrame:
+    """No rows of an extract, in the canonical text layout with arrival."""
+    schema = {c: pl.String for c in EXTRACT_COLUMNS[extract]} | {
+        "source_file": pl.String, "source_row": pl.Int64, "run_seq": pl.Int64, "file_pos": pl.Int64, "tonight": pl.Boolean,
+    }
+    return pl.LazyFrame(schema=schema)
+
+
+def merged(tonight: pl.LazyFrame | None, stored: pl.LazyFrame | None) -> pl.LazyFrame | None:
+    """Tonight's rows and the stored rows of the same extract as one frame (both keep their arrival)."""
+    frames = [f for f in (tonight, stored) if f is not None]
+    if not frames:
+        return None
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+
+
+def ledger_rows(text_rows: pl.LazyFrame, extract: str) -> pl.LazyFrame:
+    """Rows of one extract in the ledger layout: one row per key and version, at its first arrival.
+
+    `kind` says what retention applies: the canonical lab test of a lab ('iga', 'creatinine', ...;
+    null for a test the audit does not read), 'procedure', or 'order'. `event_at` is the row's
+    clinical time and `event_until` the last day it covers (an order of n daily doses covers n days).
+    """
+    if extract == "labs":
+        kind = blank_to_null("test").str.to_lowercase().replace_strict(LAB_TEST_SPELLINGS, default=None, return_dtype=pl.String)
+    else:
+        kind = pl.lit("procedure" if extract == "procedures" else "order", dtype=pl.String)
+    event = parse_datetime(EVENT_COLUMN[extract])
+    until = event
+    if extract == "orders":
+        days = parse_number("doses").fill_null(1).clip(1, MAX_DAYS_COVERED) - 1
+        until = event + pl.duration(days=days.cast(pl.Int64))
+    return (
+        text_rows.select(
+            pl.lit(extract).alias("extract"),
+            row_key(extract).alias("row_key"),
+            version_text(extract).alias("version"),
+            blank_to_null("patient_id").alias("patient_id"),
+            kind.alias("kind"),
+            event.alias("event_at"),
+            until.alias("event_until"),
+            "source_file",
+            pl.col("source_row").cast(pl.Int64),
+            pl.col("run_seq").cast(pl.Int64),
+            pl.col("file_pos").cast(pl.Int64),
+        )
+        .filter(pl.col("row_key").is_not_null())
+        .sort("run_seq", "file_pos", "source_row")
+        .unique(subset=["extract", "row_key", "version"], keep="first", maintain_order=True)
+    )
+
+
+# ------------------------------------------------------------------------------------ retention
+def retention_days(pack: RulePack) -> dict[str, int | None]:
+    """How long each kind of evidence must be kept, in days after its own date, for every rule to reach it.
+
+    The longest window any enabled rule reads evidence over (declared by each rule's `reach`,
+    from its parameters in the pack), plus `settings.late_arrival_days`: an IVIG order may reach
+    the audit that long after its start and still find its evidence. None: a rule may read that
+    evidence at any distance (an IgA deficiency is for life), so it is never pruned.
+    """
+    from pipeline.rules import evidence_reach
+
+    grace = int(pack.settings["late_arrival_days"])
+    return {kind: (None if days is None else days + grace) for kind, days in evidence_reach(pack).items()}
+
+
+def touched_patients(frames: dict[str, pl.DataFrame]) -> pl.Series:
+    """The distinct patients of tonight's rows (any extract)."""
+    parts = [f.select(blank_to_null("patient_id").alias("patient_id")) for f in frames.values() if f is not None]
+    if not parts:
+        return pl.Series("patient_id", [], dtype=pl.String)
+    return pl.concat(parts).drop_nulls().unique()["patient_id"].sort()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -16,6 +18,9 @@ from pipeline.rulepack import RulePack
 
 SCOPES = ("ivig", "subcutaneous", "other_ig", "unrecognised_ig", "other")
 
+#: What identifies a version of an order and its place among the others (pipeline.history).
+VERSION_COLUMNS = ("version", "tonight", "run_seq", "file_pos", "updated_at_order")
+
 
 @dataclass(frozen=True)
 class ProductDictionary:
@@ -24,6 +29,12 @@ class ProductDictionary:
     version: str
     looks_like_immunoglobulin: str
     products: list[dict[str, Any]]
+
+    @property
+    def config_hash(self) -> str:
+        """sha256 of the dictionary's content (a run records it; a change makes the next run judge every patient again)."""
+        payload = {"version": self.version, "looks_like": self.looks_like_immunoglobulin, "products": self.products}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
     def table(self) -> pl.DataFrame:
         """The products as a frame (one row per product)."""
@@ -287,7 +298,8 @@ def split_orders(classified: pl.LazyFrame) -> SplitOrders:
     return SplitOrders(
         ivig=ivig,
         evidence=classified.filter(pl.col("scope") == "other").select(
-            "order_id", "patient_id", "medication", "start", "doses", "source_file", "source_row"
+            "order_id", "patient_id", "medication", "start", "doses", "source_file", "source_row",
+            *VERSION_COLUMNS,
         ),
         out_of_scope=classified.filter(pl.col("scope").is_in(["subcutaneous", "other_ig"])),
         unrecognised_ig=classified.filter(pl.col("scope") == "unrecognised_ig"),

@@ -39,17 +39,46 @@ class AuditContext:
 RuleQuery = Callable[[AuditContext, RuleSpec], pl.LazyFrame]
 RULES: dict[str, RuleQuery] = {}
 
+#: How far from a course each rule reads evidence, in days, per kind of evidence (a lab test, 'procedure',
+#: 'order' for other medications): None means at any distance. Read from the rule's parameters.
+Reach = Callable[[RuleSpec], dict[str, int | None]]
+REACH: dict[str, Reach] = {}
+
+RENAL_TESTS = ("creatinine", "egfr", "crcl")
+CBC_TESTS = ("hemoglobin", "platelets")
+
 FINDING_COLUMNS = ["course_id", "patient_id", "order_ids", "indication", "expected", "observed", "message", "excess_g", "severity"]
 
 
-def rule(rule_id: str) -> Callable[[RuleQuery], RuleQuery]:
-    """Register a rule query under its rule-pack id."""
+def rule(rule_id: str, reach: Reach | None = None) -> Callable[[RuleQuery], RuleQuery]:
+    """Register a rule query under its rule-pack id, with how far it reads evidence (if it reads any)."""
 
     def register(query: RuleQuery) -> RuleQuery:
         RULES[rule_id] = query
+        if reach is not None:
+            REACH[rule_id] = reach
         return query
 
     return register
+
+
+def evidence_reach(pack: RulePack) -> dict[str, int | None]:
+    """The farthest any enabled rule of the pack reads each kind of evidence from a course, in days (None: any)."""
+    farthest: dict[str, int | None] = {}
+    for rule_id, spec in pack.rules.items():
+        if rule_id not in REACH or not spec.params.get("enabled", True):
+            continue
+        for kind, days in REACH[rule_id](spec).items():
+            if kind in farthest and (farthest[kind] is None or days is None):
+                farthest[kind] = None
+            else:
+                farthest[kind] = days if kind not in farthest else max(farthest[kind], days)
+    return farthest
+
+
+def _days(spec: RuleSpec, *params: str) -> int:
+    """The sum of some of a rule's day parameters."""
+    return sum(int(spec.params[p]) for p in params)
 
 
 def num(expr: pl.Expr | str, decimals: int = 1) -> pl.Expr:
@@ -430,7 +459,7 @@ def unrecognised_immunoglobulin(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFra
 
 
 # ------------------------------------------------------------------------------------- combination
-@rule("combination.ivig_with_plasma_exchange")
+@rule("combination.ivig_with_plasma_exchange", reach=lambda spec: {"procedure": _days(spec, "window_days")})
 def ivig_with_plasma_exchange(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Courses with a plasma exchange within the episode window."""
     if ctx.procedures is None:
@@ -459,7 +488,7 @@ def ivig_with_plasma_exchange(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame
     )
 
 
-@rule("combination.kawasaki_without_aspirin")
+@rule("combination.kawasaki_without_aspirin", reach=lambda spec: {"order": _days(spec, "days_before", "days_after")})
 def kawasaki_without_aspirin(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Kawasaki courses with no aspirin order from days_before the course to days_after it."""
     before = pl.duration(days=int(spec.params["days_before"]))
@@ -534,7 +563,7 @@ def _risk_courses(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     )
 
 
-@rule("product_safety.sucrose_risk")
+@rule("product_safety.sucrose_risk", reach=lambda spec: dict.fromkeys(RENAL_TESTS, _days(spec, "lookback_days")))
 def sucrose_risk(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Sucrose-containing product in a patient of the age limit or with renal impairment."""
     offending = _risk_courses(ctx, spec).filter(pl.col("any_sucrose").fill_null(False))
@@ -546,7 +575,7 @@ def sucrose_risk(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     )
 
 
-@rule("product_safety.iga_deficiency")
+@rule("product_safety.iga_deficiency", reach=lambda spec: {"iga": None})
 def iga_deficiency(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """IgA deficiency (result below range or below the limit) with a product that is not IgA-depleted."""
     if ctx.labs is None:
@@ -575,7 +604,7 @@ def iga_deficiency(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     )
 
 
-@rule("product_safety.slow_rate_reminder")
+@rule("product_safety.slow_rate_reminder", reach=lambda spec: dict.fromkeys(RENAL_TESTS, _days(spec, "lookback_days")))
 def slow_rate_reminder(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Elderly patients or renal impairment: a reminder to infuse slowly and hydrate."""
     offending = _risk_courses(ctx, spec)
@@ -588,7 +617,7 @@ def slow_rate_reminder(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
 
 
 # ------------------------------------------------------------------------------------- monitoring
-@rule("monitoring.no_baseline_labs")
+@rule("monitoring.no_baseline_labs", reach=lambda spec: dict.fromkeys(RENAL_TESTS + CBC_TESTS, _days(spec, "window_days")))
 def no_baseline_labs(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Courses with no creatinine (or eGFR) or no CBC (haemoglobin or platelets) in the window before start."""
     if ctx.labs is None:
@@ -600,8 +629,8 @@ def no_baseline_labs(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
         .filter((pl.col("collected_at") >= pl.col("start") - window) & (pl.col("collected_at") <= pl.col("start")))
         .group_by("course_id")
         .agg(
-            has_renal=pl.col("test").is_in(["creatinine", "egfr", "crcl"]).any(),
-            has_cbc=pl.col("test").is_in(["hemoglobin", "platelets"]).any(),
+            has_renal=pl.col("test").is_in(RENAL_TESTS).any(),
+            has_cbc=pl.col("test").is_in(CBC_TESTS).any(),
         )
     )
     checked = ctx.courses.join(baseline, on="course_id", how="left").with_columns(
@@ -635,7 +664,7 @@ EVIDENCE_COLUMNS = [
 
 
 def evaluate_rules(ctx: AuditContext, run_id: str) -> pl.LazyFrame:
-    """Run every rule of the pack; findings with metadata, evidence (JSON) and a stable finding_id."""
+    """Run every rule of the pack; findings with metadata and evidence (JSON); pipeline.identity gives their ids."""
     missing = sorted(set(ctx.pack.rules) - set(RULES))
     if missing:
         raise KeyError(f"rule pack names rules with no query: {', '.join(missing)}")
@@ -669,14 +698,13 @@ def evaluate_rules(ctx: AuditContext, run_id: str) -> pl.LazyFrame:
     return (
         findings.join(evidence, on="course_id", how="left")
         .with_columns(
-            finding_id=pl.concat_str([pl.col("rule_id"), pl.coalesce(pl.col("course_id"), pl.col("order_ids"))], separator="|"),
             status=pl.lit("open"),
             first_seen_run=pl.lit(run_id),
             last_seen_run=pl.lit(run_id),
             resolved_run=pl.lit(None, dtype=pl.String),
         )
         .select(
-            "finding_id", "rule_id", "rule_version", "category", "severity", "status", "patient_id", "course_id",
+            "rule_id", "rule_version", "category", "severity", "status", "patient_id", "course_id",
             "order_ids", "indication", "message", "expected", "observed", "action", "evidence", "excess_g",
             "first_seen_run", "last_seen_run", "resolved_run",
         )

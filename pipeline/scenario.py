@@ -1,9 +1,9 @@
 """Replay and diff: what a rule-pack update or a new policy would change, before it goes live.
 
-`ivig-audit replay RUN_ID` re-audits the inputs recorded for a past run (its files, checked
-against their sha256, plus the stored history of IVIG patients that run could see) under another
-rule pack or profile, into a separate **scenario** (tables `scenarios`, `scenario_findings`,
-`scenario_courses`); the live tables and their review states are never touched.
+`ivig-audit replay RUN_ID` re-audits everything the history ledger held at a past run (every row
+that had arrived by then: pipeline.history) under another rule pack or profile, into a separate
+**scenario** (tables `scenarios`, `scenario_findings`, `scenario_courses`); the input files are
+not read again, and the live tables and their review states are never touched.
 `ivig-audit diff A B` compares the findings of two runs or scenarios.
 
 This module is pure (frames in, frames out): the file and database IO live in
@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.audit import AuditResult, run_audit_remembering, with_history
+from pipeline.audit import AuditResult, Extracts
 from pipeline.normalise import ProductDictionary
 from pipeline.rulepack import RulePack
 
@@ -53,13 +53,11 @@ def new_scenario_id(now: datetime) -> str:
     return f"{SCENARIO_PREFIX}{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
-def default_scenario_name(run_id: str, profile: str, rules_file: str | None, history_only: bool = False) -> str:
+def default_scenario_name(run_id: str, profile: str, rules_file: str | None) -> str:
     """A name describing the replay when --name is not given."""
     parts = [f"replay of {run_id}", f"profile {profile}"]
     if rules_file:
         parts.append(f"rules {rules_file}")
-    if history_only:
-        parts.append("history only")
     return ", ".join(parts)
 
 
@@ -68,49 +66,25 @@ def default_scenario_name(run_id: str, profile: str, rules_file: str | None, his
 # --------------------------------------------------------------------------------------------
 
 
-def recorded_files(inputs: list[dict[str, Any]]) -> dict[str, list[tuple[str, str]]]:
-    """The input files a run recorded (runs.inputs), as extract -> [(path, sha256)] in recorded order."""
-    files: dict[str, list[tuple[str, str]]] = {}
-    for entry in inputs:
-        try:
-            extract, path, digest = str(entry["extract"]), str(entry["path"]), str(entry["sha256"])
-        except (KeyError, TypeError):
-            raise ValueError("the run's recorded inputs lack extract, path or sha256") from None
-        files.setdefault(extract, []).append((path, digest))
-    return files
-
-
-def input_problem(extract: str, path: str, recorded_sha256: str, current_sha256: str | None, run_id: str) -> str | None:
-    """One line saying why a recorded input file cannot be replayed, or None when it is unchanged.
-
-    `current_sha256` is None when the file no longer exists.
-    """
-    if current_sha256 is None:
-        return f"{extract} input {path} of run {run_id} is missing; restore it or replay with --history-only"
-    if current_sha256 != recorded_sha256:
-        return (
-            f"{extract} input {path} has changed since run {run_id} (sha256 {current_sha256[:12]}, "
-            f"recorded {recorded_sha256[:12]}); restore it or replay with --history-only"
-        )
-    return None
-
-
 def replay_audit(
-    frames: dict[str, pl.LazyFrame],
-    history: pl.DataFrame | None,
-    tonight_files: frozenset[str],
+    ledger: pl.DataFrame,
+    courses: pl.DataFrame,
     products: ProductDictionary,
     pack: RulePack,
     scenario_id: str,
 ) -> AuditResult:
-    """The audit of a run's recorded extracts plus the history it could see, under another pack.
+    """The audit of everything the history held at a past run (its ledger rows), under another pack.
 
-    `frames` are the run's re-read extracts by name (empty with --history-only); `history` the
-    source rows first stored at or before that run. The scenario id stands in for the run id in the
-    findings (first_seen_run, last_seen_run).
+    `courses` are the stored courses: a replayed course that continues one keeps its id, so the
+    diff against the live findings compares like with like. The scenario id stands in for the run
+    id in the findings (first_seen_run, last_seen_run).
     """
-    result, _ = run_audit_remembering(with_history(frames, history, tonight_files), products, pack, scenario_id)
-    return result
+    from pipeline.night import audit_tonight
+    from pipeline.store import History
+
+    patients = ledger.select("patient_id").drop_nulls().unique().sort("patient_id")
+    nothing_tonight = Extracts(orders=None)
+    return audit_tonight(nothing_tonight, 0, History(ledger, courses, patients), products, pack, scenario_id)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import functools
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,9 +45,17 @@ class StoreError(Exception):
     """One-line, user-facing problem with the database file (locked, unreadable, wrong version)."""
 
 
+#: What a run did: `succeeded` (audited), `nothing_new` (every input already audited and the
+#: configuration unchanged: nothing to judge again), `failed` (stopped before its commit).
+RUN_STATUSES = ("succeeded", "nothing_new", "failed")
+
+#: What happened to a run's report: written, failed, not asked for, or already up to date.
+REPORT_STATUSES = ("written", "failed", "not_requested", "up_to_date")
+
+
 @dataclass(frozen=True)
 class RunRecord:
-    """Metadata of one audit run, stored as one row of table `runs`."""
+    """Metadata of one audit run, stored as one row of table `runs` (lists and dicts as JSON)."""
 
     run_id: str
     started_at: datetime
@@ -65,6 +77,14 @@ class RunRecord:
     cost_per_gram: float | None = None
     rows_unrecognised_ig: int = 0
     rows_quarantined_orders: int = 0
+    seq: int | None = None
+    audit_scope: str = "incremental"
+    patients_audited: int = 0
+    reaudit_reason: str | None = None
+    products_hash: str | None = None
+    report_status: str | None = None
+    error: str | None = None
+    data_through: dict[str, str | None] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,7 +95,22 @@ _SCHEMA_VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL)"
 )
 
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+#: What makes a finding's facts differ (a reviewed finding whose facts change is marked changed since review).
+_FACTS_HASH = (
+    "sha256(concat_ws(chr(31), {t}.severity, COALESCE({t}.expected, ''), COALESCE({t}.observed, ''), "
+    "CAST(round({t}.excess_g, 3) AS VARCHAR), COALESCE({t}.order_ids, '')))"
+)
+
+#: Ledger columns an incoming frame (pipeline.history.ledger_rows) fills, and how.
+_LEDGER_INSERT = ("extract", "row_key", "version_hash", "version", "patient_id", "kind", "event_at", "event_until",
+                  "source_file", "source_row", "run_seq", "file_pos")
+_LEDGER_SELECT = (
+    "extract", "CASE WHEN extract = 'orders' THEN row_key ELSE sha256(version) END", "sha256(version)", "version",
+    "patient_id", "kind", "event_at", "event_until", "source_file", "source_row", "run_seq", "file_pos",
+)
+_LEDGER_STATE = "CASE WHEN extract = 'orders' THEN 'in_force' ELSE 'kept' END"
+
+MIGRATIONS: list[tuple[int, str, list]] = [
     (
         1,
         "initial tables: runs, orders, courses, findings, quarantine",
@@ -295,10 +330,145 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ),
 ]
 
+
+def _ledger_from_source_rows(con: duckdb.DuckDBPyConnection) -> None:
+    """v5: the IVIG patients' rows of `source_rows` become ledger rows, first seen by the run that stored them."""
+    from pipeline.history import ledger_rows, stored_text_rows
+
+    if not _has_table(con, "source_rows"):
+        return
+    stored = con.sql(
+        "SELECT s.extract, s.raw AS version, s.source_file, s.source_row, COALESCE(r.seq, 0) AS run_seq, "
+        "0 AS file_pos, s.first_run AS run_id FROM source_rows AS s LEFT JOIN runs AS r ON r.run_id = s.first_run"
+    ).pl()
+    runs = stored.select("run_seq", "run_id").unique("run_seq")
+    for extract in ("orders", "labs", "procedures"):
+        part = stored.filter(pl.col("extract") == extract)
+        if part.is_empty():
+            continue
+        rows = ledger_rows(stored_text_rows(part, extract), extract).collect().join(runs, on="run_seq", how="left")
+        con.register("migrated_ledger", rows)
+        con.execute(
+            f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
+                SELECT {', '.join(_LEDGER_SELECT)}, run_id, {_LEDGER_STATE}, run_id FROM migrated_ledger
+                ON CONFLICT DO NOTHING"""
+        )
+        con.unregister("migrated_ledger")
+    con.execute("DROP TABLE source_rows")
+
+
+MIGRATIONS.append(
+    (
+        5,
+        "history ledger (rows keyed on what they are, versions of orders, every patient's evidence), "
+        "lasting course and finding ids, run sequence and status, finding history and pack versions",
+        [
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS seq BIGINT",
+            """UPDATE runs SET seq = n.seq FROM (
+                   SELECT run_id, row_number() OVER (ORDER BY started_at, run_id) AS seq FROM runs) AS n
+               WHERE runs.run_id = n.run_id""",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS audit_scope VARCHAR DEFAULT 'full'",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS patients_audited BIGINT DEFAULT 0",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS reaudit_reason VARCHAR",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS products_hash VARCHAR",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS report_status VARCHAR",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS error VARCHAR",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS data_through VARCHAR DEFAULT '{}'",
+            """CREATE TABLE IF NOT EXISTS ledger (
+                extract VARCHAR NOT NULL,
+                row_key VARCHAR NOT NULL,
+                version_hash VARCHAR NOT NULL,
+                version VARCHAR NOT NULL,
+                patient_id VARCHAR,
+                kind VARCHAR,
+                event_at TIMESTAMP,
+                event_until TIMESTAMP,
+                source_file VARCHAR NOT NULL,
+                source_row BIGINT NOT NULL,
+                run_id VARCHAR NOT NULL,
+                run_seq BIGINT NOT NULL,
+                file_pos BIGINT NOT NULL,
+                state VARCHAR NOT NULL,
+                state_run VARCHAR NOT NULL,
+                reason VARCHAR,
+                PRIMARY KEY (extract, row_key, version_hash)
+            )""",
+            _ledger_from_source_rows,
+            "ALTER TABLE courses ADD COLUMN IF NOT EXISTS rejected_corrections VARCHAR",
+            # Lasting ids (pipeline.identity): a course is named by a digest of its patient, indication
+            # group and the order of its first dose; a finding by its course (or order) and rule.
+            """CREATE TEMP TABLE course_id_map AS
+               SELECT c.course_id AS old_id,
+                      'crs-' || substr(sha256(c.patient_id || chr(31) || c.indication_group || chr(31)
+                          || COALESCE(first(o.order_id ORDER BY o.start, o.order_id), c.course_id)), 1, 12) AS new_id
+               FROM courses AS c LEFT JOIN orders AS o ON o.course_id = c.course_id
+               GROUP BY c.course_id, c.patient_id, c.indication_group""",
+            """CREATE TEMP TABLE finding_id_map AS
+               SELECT f.finding_id AS old_id, m.new_id AS course_id,
+                      CASE WHEN f.course_id IS NULL
+                           THEN 'ord-' || substr(sha256(f.patient_id || chr(31) || COALESCE(f.order_ids, '')), 1, 12)
+                           ELSE COALESCE(m.new_id, f.course_id) END || '.' || f.rule_id AS new_id
+               FROM findings AS f LEFT JOIN course_id_map AS m ON m.old_id = f.course_id""",
+            "UPDATE orders SET course_id = m.new_id FROM course_id_map AS m WHERE orders.course_id = m.old_id",
+            "UPDATE courses SET course_id = m.new_id FROM course_id_map AS m WHERE courses.course_id = m.old_id",
+            "UPDATE review_events SET finding_id = m.new_id FROM finding_id_map AS m WHERE review_events.finding_id = m.old_id",
+            """UPDATE findings SET finding_id = m.new_id, course_id = m.course_id
+               FROM finding_id_map AS m WHERE findings.finding_id = m.old_id""",
+            "DROP TABLE course_id_map",
+            "DROP TABLE finding_id_map",
+            "ALTER TABLE findings ADD COLUMN IF NOT EXISTS raised_pack_version VARCHAR",
+            "ALTER TABLE findings ADD COLUMN IF NOT EXISTS confirmed_pack_version VARCHAR",
+            "ALTER TABLE findings ADD COLUMN IF NOT EXISTS facts_hash VARCHAR",
+            "ALTER TABLE findings ADD COLUMN IF NOT EXISTS reviewed_facts_hash VARCHAR",
+            "ALTER TABLE findings ADD COLUMN IF NOT EXISTS changed_since_review BOOLEAN DEFAULT false",
+            """UPDATE findings SET
+                   raised_pack_version = (SELECT r.rule_pack_version FROM runs AS r WHERE r.run_id = findings.first_seen_run),
+                   confirmed_pack_version = (SELECT r.rule_pack_version FROM runs AS r WHERE r.run_id = findings.last_seen_run)""",
+            f"UPDATE findings SET facts_hash = {_FACTS_HASH.format(t='findings')}",
+            "UPDATE findings SET reviewed_facts_hash = facts_hash WHERE status <> 'open'",
+            """CREATE TABLE IF NOT EXISTS finding_history (
+                run_id VARCHAR NOT NULL,
+                finding_id VARCHAR NOT NULL,
+                change VARCHAR NOT NULL,
+                rule_version VARCHAR,
+                pack_version VARCHAR,
+                severity VARCHAR,
+                expected VARCHAR,
+                observed VARCHAR,
+                excess_g DOUBLE,
+                message VARCHAR,
+                PRIMARY KEY (run_id, finding_id)
+            )""",
+            """INSERT INTO finding_history
+               SELECT first_seen_run, finding_id, 'raised', rule_version, raised_pack_version, severity, expected,
+                      observed, excess_g, message FROM findings""",
+            """INSERT INTO finding_history
+               SELECT resolved_run, finding_id, 'resolved', rule_version, confirmed_pack_version, severity, expected,
+                      observed, excess_g, message FROM findings WHERE resolved_run IS NOT NULL
+               ON CONFLICT DO NOTHING""",
+            # Quarantine rows belong to the run that saw them: keyed by run, never replaced by a later run.
+            """CREATE TABLE quarantine_v5 (
+                run_id VARCHAR NOT NULL,
+                extract VARCHAR NOT NULL,
+                source_file VARCHAR NOT NULL,
+                source_row BIGINT NOT NULL,
+                order_id VARCHAR,
+                patient_id VARCHAR,
+                reason VARCHAR NOT NULL,
+                raw VARCHAR NOT NULL,
+                PRIMARY KEY (run_id, extract, source_file, source_row, reason)
+            )""",
+            "INSERT INTO quarantine_v5 SELECT run_id, extract, source_file, source_row, order_id, patient_id, reason, raw FROM quarantine",
+            "DROP TABLE quarantine",
+            "ALTER TABLE quarantine_v5 RENAME TO quarantine",
+        ],
+    )
+)
+
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
 
 TABLES: tuple[str, ...] = (
-    "runs", "orders", "courses", "findings", "quarantine", "source_rows", "review_events",
+    "runs", "orders", "courses", "findings", "quarantine", "ledger", "finding_history", "review_events",
     "scenarios", "scenario_findings", "scenario_courses",
 )
 
@@ -321,7 +491,8 @@ TABLE_COMMENTS: dict[str, str] = {
     "courses": "IVIG courses (patient x indication group, doses without long gaps) with weights and g/kg; rebuilt per patient each run",
     "findings": "Problems found by the audit rules, one row per stable finding_id; review status kept across runs",
     "quarantine": "Rejected input rows with the file they came from and the reason",
-    "source_rows": "History: canonical text of every input row of IVIG patients, re-audited each run (one row per extract x row_key)",
+    "ledger": "History ledger (docs/history.md): one row per extract x row_key x version; orders keyed by order_id (each distinct content a version), labs and procedures by content; every patient's evidence, pruned when no rule can reach it",
+    "finding_history": "Append-only: what each run did to each finding (raised, changed, resolved, reopened) with the facts and the rule-pack version at that run",
     "review_events": "Append-only log of review decisions on findings; findings.status follows the latest event",
     "scenarios": "What-if replays of a past run's inputs under another rule pack or profile (ivig-audit replay); live tables untouched",
     "scenario_findings": "Findings a scenario raised, one row per scenario x finding_id (same columns as findings)",
@@ -339,7 +510,7 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "run_id": "run identifier, e.g. 20261128T021500Z-3f2a1c",
         "started_at": "run start (UTC)",
         "finished_at": "run end (UTC)",
-        "status": "run outcome (succeeded)",
+        "status": "run outcome: succeeded (audited), nothing_new (every input already audited, configuration unchanged), failed",
         "profile": "policy profile name used for the rules",
         "rule_pack_version": "version of the rule pack",
         "rule_pack_hash": "sha256 of the effective rule configuration",
@@ -356,6 +527,14 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "cost_per_gram": "cost of one gram of IVIG used for money avoidable in this run's report",
         "rows_unrecognised_ig": "order rows whose name looks like an immunoglobulin but matches no product (data-quality findings)",
         "rows_quarantined_orders": "order rows quarantined (rows_quarantined counts every extract); rows_read = rows_ivig + rows_passed_through + rows_out_of_scope + rows_unrecognised_ig + rows_quarantined_orders",
+        "seq": "sequence number of the run among the database's runs (commit order)",
+        "audit_scope": "incremental (the patients tonight's rows touch), full (every patient: the rule pack or product dictionary changed) or none (nothing new)",
+        "patients_audited": "patients whose orders, courses and findings the run judged",
+        "reaudit_reason": "why the run judged every patient again (e.g. the rule pack changed)",
+        "products_hash": "sha256 of the product dictionary used",
+        "report_status": "written, failed, not_requested or up_to_date (the next run rewrites a missing or stale report)",
+        "error": "one-line reason a run failed (no patient data)",
+        "data_through": "JSON: the newest clinical time per extract in the history after the run (what the data runs to)",
     },
     "orders": {
         "order_id": "order identifier from the extract (unique)",
@@ -423,6 +602,7 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "g_per_kg": "course total grams / dosing weight",
         "interval_days": "days since the previous course of the same indication",
         "justification": "documented justification for a repeat or maintenance course",
+        "rejected_corrections": "orders of the course whose later version failed the contract (the earlier version is in force), and why",
         "appropriate": "course passed every dose and indication rule",
         "excess_g": "grams above the policy maximum for this course",
         "run_id": _RUN_COL,
@@ -447,9 +627,14 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "first_seen_run": "run that first raised the finding",
         "last_seen_run": "latest run that raised the finding",
         "resolved_run": "run in which the finding was no longer raised (null while present)",
+        "raised_pack_version": "rule-pack version under which the finding was first raised",
+        "confirmed_pack_version": "rule-pack version under which it was last raised",
+        "facts_hash": "sha256 of the facts (severity, expected, observed, excess_g, order_ids)",
+        "reviewed_facts_hash": "facts_hash when it was last reviewed",
+        "changed_since_review": "reviewed, and its facts have changed since: look again (the status is kept)",
     },
     "quarantine": {
-        "run_id": "run that last rejected this row",
+        "run_id": "run that read and rejected this row (a later run never replaces it)",
         "extract": "extract kind: orders, labs or procedures",
         "source_file": "file the row came from",
         "source_row": "row number in the source file",
@@ -458,15 +643,35 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "reason": "why the row was rejected",
         "raw": "the row as read",
     },
-    "source_rows": {
+    "ledger": {
         "extract": "extract kind: orders, labs or procedures",
-        "row_key": "what identifies the row across nights: order_id for orders, the whole row otherwise",
+        "row_key": "what the row is: the order_id of an order; the version_hash of a lab or procedure (its content)",
+        "version_hash": "sha256 of version: one row per distinct content of a row_key",
+        "version": "the row's canonical columns as JSON text (trimmed, blank as null): what it says, whatever file it came in",
         "patient_id": "patient identifier",
-        "raw": "canonical text columns of the row as JSON",
-        "source_file": "file the row came from",
+        "kind": "what retention applies: the canonical lab test, 'procedure' or 'order'",
+        "event_at": "the row's clinical time (order start, collected_at, performed_at); null when it is not a date",
+        "event_until": "the last moment the row covers (an order of n daily doses covers n days)",
+        "source_file": "file this version first arrived in",
         "source_row": "row number in that file",
-        "first_run": "run that first stored the row",
-        "last_run": "latest run that read or kept the row",
+        "run_id": "run this version first arrived in (runs.run_id)",
+        "run_seq": "that run's sequence number (runs.seq): versions of an order are ordered by updated_at, then (run_seq, file_pos, source_row)",
+        "file_pos": "position of the file among that run's inputs",
+        "state": "orders: in_force (the version audited), superseded (an older version), rejected (a later version that failed the contract: the earlier one stays in force); labs and procedures: kept",
+        "state_run": "run that last set the state",
+        "reason": "why a rejected version failed the contract",
+    },
+    "finding_history": {
+        "run_id": "run that made the change (runs.run_id)",
+        "finding_id": "finding changed (findings.finding_id)",
+        "change": "raised (first time), changed (its facts differ), resolved (no longer raised), reopened (raised again after resolved)",
+        "rule_version": "version of the rule at that run",
+        "pack_version": "rule-pack version of that run",
+        "severity": "severity at that run",
+        "expected": "what the policy expected at that run",
+        "observed": "what was found at that run",
+        "excess_g": "grams above target at that run",
+        "message": "the finding's message at that run",
     },
     "review_events": {
         "event_id": "event number (increasing)",
@@ -488,7 +693,7 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "rules_file": "site rule-pack TOML given with --rules (null: the shipped pack)",
         "courses": "courses the scenario built",
         "findings": "findings the scenario raised",
-        "history_only": "true when replayed from stored source_rows only (--history-only), without re-reading the input files",
+        "history_only": "true when replayed from the stored history without re-reading the input files (every scenario since schema v5)",
     },
     "scenario_findings": {
         "scenario_id": "scenario that raised the finding (scenarios.scenario_id)",
@@ -671,12 +876,13 @@ VIEW_COMMENTS: dict[str, str] = {
 
 _ORDER_BY: dict[str, str] = {
     "schema_version": "version",
-    "runs": "started_at, run_id",
+    "runs": "seq, started_at, run_id",
     "orders": "order_id",
     "courses": "patient_id, start, course_id",
     "findings": "finding_id",
-    "quarantine": "source_file, source_row, reason",
-    "source_rows": "extract, row_key",
+    "quarantine": "run_id, source_file, source_row, reason",
+    "ledger": "extract, row_key, run_seq, file_pos, source_row",
+    "finding_history": "run_id, finding_id",
     "review_events": "event_id",
     "scenarios": "created_at, scenario_id",
     "scenario_findings": "scenario_id, finding_id",
@@ -744,12 +950,25 @@ def _owner_only_files(function):
     return private
 
 
+#: How long an open waits for another process's short transaction (a review, a night's commit).
+LOCK_RETRY_SECONDS = float(os.environ.get("IVIG_AUDIT_LOCK_RETRY_SECONDS", "5"))
+
+
+def _connect(db_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting up to LOCK_RETRY_SECONDS while another process holds it; else a one-line StoreError."""
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    while True:
+        try:
+            return duckdb.connect(str(db_path), read_only=read_only)
+        except duckdb.Error as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise _store_error(db_path, exc) from exc
+            time.sleep(0.1)
+
+
 def _empty_database(db_path: Path) -> bool:
     """Whether a DuckDB file holds no table at all: what a first run killed before its COMMIT leaves behind."""
-    try:
-        con = duckdb.connect(str(db_path), read_only=True)
-    except duckdb.Error as exc:
-        raise _store_error(db_path, exc) from exc
+    con = _connect(db_path, read_only=True)
     try:
         return not con.execute("SELECT COUNT(*) FROM duckdb_tables()").fetchall()[0][0]
     finally:
@@ -804,7 +1023,10 @@ def _migrate(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
         if version > stored:
             log.info("applying schema migration %d: %s", version, description)
             for statement in statements:
-                con.execute(statement)
+                if callable(statement):  # a step that needs the pipeline's own code (e.g. parsing stored text)
+                    statement(con)
+                else:
+                    con.execute(statement)
     con.execute("DELETE FROM schema_version")
     con.execute(
         "INSERT INTO schema_version VALUES (?, ?)",
@@ -824,38 +1046,26 @@ def _apply_views_and_comments(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"COMMENT ON VIEW {_q(view)} IS {_literal(VIEW_COMMENTS[view])}")
 
 
+_JSON_FIELDS = ("inputs", "timings", "skipped_inputs", "data_through")
+
+
 def _write_runs(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
-    """Insert the run row; a run_id already stored is an error."""
+    """Insert the run row (every RunRecord field, lists and dicts as JSON); a run_id already stored is an error."""
     if con.execute("SELECT COUNT(*) FROM runs WHERE run_id = ?", [run.run_id]).fetchall()[0][0]:
         raise ValueError(f"run {run.run_id} is already stored; every run needs a new run_id")
+    if run.status not in RUN_STATUSES:
+        raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, not '{run.status}'")
+    names = [f.name for f in fields(RunRecord)]
+    values = []
+    for name in names:
+        value = getattr(run, name)
+        if name in _JSON_FIELDS:
+            value = json.dumps(value)
+        elif isinstance(value, datetime):
+            value = _utc_naive(value)
+        values.append(value)
     con.execute(
-        """INSERT INTO runs (run_id, started_at, finished_at, status, profile, rule_pack_version,
-               rule_pack_hash, inputs, rows_read, rows_quarantined, rows_ivig, rows_passed_through,
-               rows_out_of_scope, courses, findings, timings, skipped_inputs, cost_per_gram,
-               rows_unrecognised_ig, rows_quarantined_orders)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        [
-            run.run_id,
-            _utc_naive(run.started_at),
-            _utc_naive(run.finished_at),
-            run.status,
-            run.profile,
-            run.rule_pack_version,
-            run.rule_pack_hash,
-            json.dumps(run.inputs),
-            run.rows_read,
-            run.rows_quarantined,
-            run.rows_ivig,
-            run.rows_passed_through,
-            run.rows_out_of_scope,
-            run.courses,
-            run.findings,
-            json.dumps(run.timings),
-            json.dumps(run.skipped_inputs),
-            run.cost_per_gram,
-            run.rows_unrecognised_ig,
-            run.rows_quarantined_orders,
-        ],
+        f"INSERT INTO runs ({', '.join(_q(n) for n in names)}) VALUES ({', '.join('?' for _ in names)})", values
     )
 
 
@@ -864,83 +1074,137 @@ def _columns(table: str) -> list[str]:
     return list(_FRAME_SCHEMAS[table].columns)
 
 
-def _write_orders(con: duckdb.DuckDBPyConnection, run_id: str, replace_all: bool = False) -> None:
-    """Upsert orders by order_id (or replace them all after a full re-audit), stamping this run_id."""
+_AUDITED = "patient_id IN (SELECT patient_id FROM incoming_patients)"
+
+
+def _write_orders(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Replace the orders of every audited patient (and any order_id coming in), stamping this run_id."""
     cols = ", ".join(_q(c) for c in _columns("orders"))
-    if replace_all:
-        con.execute("DELETE FROM orders")
-    con.execute("DELETE FROM orders WHERE order_id IN (SELECT order_id FROM incoming_orders)")
+    con.execute(f"DELETE FROM orders WHERE {_AUDITED} OR order_id IN (SELECT order_id FROM incoming_orders)")
     con.execute(f"INSERT INTO orders ({cols}, run_id) SELECT {cols}, ? FROM incoming_orders", [run_id])
 
 
-def _write_courses(con: duckdb.DuckDBPyConnection, run_id: str, replace_all: bool = False) -> None:
-    """Replace the stored courses of every patient present in the incoming courses (or all of them)."""
+def _write_courses(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Replace the courses of every audited patient (and any course_id coming in)."""
     cols = ", ".join(_q(c) for c in _columns("courses"))
-    if replace_all:
-        con.execute("DELETE FROM courses")
-    con.execute(
-        "DELETE FROM courses WHERE patient_id IN (SELECT patient_id FROM incoming_courses) "
-        "OR course_id IN (SELECT course_id FROM incoming_courses)"
-    )
+    con.execute(f"DELETE FROM courses WHERE {_AUDITED} OR course_id IN (SELECT course_id FROM incoming_courses)")
     con.execute(f"INSERT INTO courses ({cols}, run_id) SELECT {cols}, ? FROM incoming_courses", [run_id])
 
 
-def _write_findings(con: duckdb.DuckDBPyConnection, run_id: str, replace_all: bool = False) -> None:
-    """Merge findings: keep review status and first sighting, resolve the ones no longer raised."""
-    # 1. Cleared: stored, unresolved, patient re-audited in this run (every patient after a full
-    #    re-audit), not raised again.
-    audited = "TRUE" if replace_all else "patient_id IN (SELECT patient_id FROM incoming_courses)"
-    con.execute(
-        f"""UPDATE findings SET resolved_run = ?
-           WHERE resolved_run IS NULL
-             AND {audited}
-             AND NOT EXISTS (SELECT 1 FROM incoming_findings AS i WHERE i.finding_id = findings.finding_id)""",
-        [run_id],
-    )
-    # 2. Raised again: refresh content, keep status and first_seen_run, reopen if resolved.
+def _write_findings(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+    """Merge the audited patients' findings: keep review status and first sighting, resolve what is no
+    longer raised, mark a reviewed finding whose facts changed, and append every change to finding_history."""
+    run_id, pack = run.run_id, run.rule_pack_version
+    facts = _FACTS_HASH.format(t="i")
+    # 1. Cleared: stored, unresolved, of an audited patient, not raised again.
+    cleared = f"findings.resolved_run IS NULL AND findings.{_AUDITED} AND NOT EXISTS " \
+              "(SELECT 1 FROM incoming_findings AS i WHERE i.finding_id = findings.finding_id)"
+    con.execute(_history_sql("findings", "resolved", "findings", cleared), [run_id, pack])
+    con.execute(f"UPDATE findings SET resolved_run = ? WHERE {cleared}", [run_id])
+    # 2. Raised again: history first (it compares with what is stored), then the refresh.
+    stored = "findings AS f JOIN incoming_findings AS i USING (finding_id)"
+    con.execute(_history_sql("i", "reopened", stored, "f.resolved_run IS NOT NULL"), [run_id, pack])
+    con.execute(_history_sql("i", "changed", stored, f"f.resolved_run IS NULL AND f.facts_hash IS DISTINCT FROM {facts}"), [run_id, pack])
     kept = {"finding_id", "status", "first_seen_run", "last_seen_run", "resolved_run"}
     refreshed = [c for c in _columns("findings") if c not in kept]
     assignments = ", ".join(f"{_q(c)} = i.{_q(c)}" for c in refreshed)
     con.execute(
-        f"""UPDATE findings SET {assignments}, last_seen_run = ?, resolved_run = NULL
+        f"""UPDATE findings SET {assignments}, last_seen_run = ?, resolved_run = NULL, confirmed_pack_version = ?,
+                facts_hash = {facts},
+                changed_since_review = findings.status <> 'open' AND findings.reviewed_facts_hash IS DISTINCT FROM {facts}
             FROM incoming_findings AS i WHERE findings.finding_id = i.finding_id""",
-        [run_id],
+        [run_id, pack],
     )
-    # 3. New: inserted as given, last_seen_run = this run.
+    # 3. New: inserted as given, raised under this pack.
+    new = "NOT EXISTS (SELECT 1 FROM findings AS f WHERE f.finding_id = i.finding_id)"
+    con.execute(_history_sql("i", "raised", "incoming_findings AS i", new), [run_id, pack])
     cols = _columns("findings")
     select = ", ".join("?" if c == "last_seen_run" else f"i.{_q(c)}" for c in cols)
     con.execute(
-        f"""INSERT INTO findings ({', '.join(_q(c) for c in cols)})
-            SELECT {select} FROM incoming_findings AS i
-            WHERE NOT EXISTS (SELECT 1 FROM findings AS f WHERE f.finding_id = i.finding_id)""",
-        [run_id],
+        f"""INSERT INTO findings ({', '.join(_q(c) for c in cols)}, raised_pack_version, confirmed_pack_version,
+                facts_hash, changed_since_review)
+            SELECT {select}, ?, ?, {facts}, false FROM incoming_findings AS i WHERE {new}""",
+        [run_id, pack, pack],
+    )
+
+
+def _history_sql(alias: str, change: str, source: str, where: str) -> str:
+    """SQL appending a finding_history row (parameters: run id, pack version) for each finding of
+    `alias` in `source` that satisfies `where` (all constant SQL of _write_findings)."""
+    return (
+        f"INSERT INTO finding_history SELECT ?, {alias}.finding_id, '{change}', {alias}.rule_version, ?, "
+        f"{alias}.severity, {alias}.expected, {alias}.observed, {alias}.excess_g, {alias}.message "
+        f"FROM {source} WHERE {where}"
     )
 
 
 def _write_quarantine(con: duckdb.DuckDBPyConnection) -> None:
-    """Replace quarantine rows with the same (source_file, source_row, reason)."""
+    """Add tonight's rejected rows (a row of one run is never replaced or removed by another run)."""
     cols = ", ".join(_q(c) for c in _columns("quarantine"))
     con.execute(
-        """DELETE FROM quarantine AS q WHERE EXISTS (
-               SELECT 1 FROM incoming_quarantine AS i
-               WHERE i.source_file = q.source_file AND i.source_row = q.source_row AND i.reason = q.reason)"""
-    )
-    con.execute(
         f"INSERT INTO quarantine ({cols}) "
-        f"SELECT DISTINCT ON (source_file, source_row, reason) {cols} FROM incoming_quarantine"
+        f"SELECT DISTINCT ON (run_id, extract, source_file, source_row, reason) {cols} FROM incoming_quarantine"
     )
 
 
-def _write_source_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    """Upsert the history of source rows: a row with a stored key replaces it (a corrected order)."""
+def _write_ledger(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+    """Remember tonight's rows (a version already known keeps its first arrival) and the state of every
+    order version the audit saw (in_force, superseded, rejected)."""
     con.execute(
-        """INSERT INTO source_rows (extract, row_key, patient_id, raw, source_file, source_row, first_run, last_run)
-           SELECT extract, row_key, patient_id, raw, source_file, source_row, ?, ? FROM incoming_source_rows
-           ON CONFLICT (extract, row_key) DO UPDATE SET
-               patient_id = excluded.patient_id, raw = excluded.raw, source_file = excluded.source_file,
-               source_row = excluded.source_row, last_run = excluded.last_run""",
-        [run_id, run_id],
+        f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
+            SELECT {', '.join(_LEDGER_SELECT)}, ?, {_LEDGER_STATE}, ? FROM incoming_ledger
+            ON CONFLICT DO NOTHING""",
+        [run.run_id, run.run_id],
     )
+    con.execute(
+        """UPDATE ledger SET state = v.state, reason = v.reason, state_run = ?
+           FROM incoming_versions AS v
+           WHERE ledger.extract = 'orders' AND ledger.row_key = v.order_id AND ledger.version_hash = sha256(v.version)
+             AND (ledger.state IS DISTINCT FROM v.state OR ledger.reason IS DISTINCT FROM v.reason)""",
+        [run.run_id],
+    )
+
+
+def _prune_ledger(con: duckdb.DuckDBPyConnection, retention: dict[str, int | None], grace_days: int) -> None:
+    """Forget evidence no rule can reach any more (pipeline.history.retention_days).
+
+    A row is kept while it is within its kind's retention of the newest result of the history
+    (data time, not the clock: a lab or procedure, which is never dated ahead as a scheduled order
+    may be), or, for a patient with IVIG, of that patient's first course. Versions of
+    IVIG orders, and evidence a rule reads at any distance (retention None), are never pruned.
+    """
+    kinds = pl.DataFrame(
+        {"kind": list(retention), "days": [d for d in retention.values()], "forever": [d is None for d in retention.values()]},
+        schema={"kind": pl.String, "days": pl.Int64, "forever": pl.Boolean},
+    )
+    con.register("incoming_retention", kinds)
+    con.execute(
+        """DELETE FROM ledger AS l USING (
+               SELECT l2.extract, l2.row_key, l2.version_hash
+               FROM ledger AS l2
+               LEFT JOIN incoming_retention AS r ON r.kind = l2.kind
+               LEFT JOIN (SELECT patient_id, MIN(start) AS first_start FROM courses GROUP BY patient_id) AS c
+                      ON c.patient_id = l2.patient_id
+               CROSS JOIN (
+                   -- Results (labs, procedures) are never dated ahead, unlike a scheduled order.
+                   SELECT COALESCE(MAX(event_at) FILTER (WHERE extract <> 'orders'), MAX(event_at)) AS newest FROM ledger
+               ) AS h
+               WHERE NOT COALESCE(r.forever, false)
+                 AND NOT (l2.extract = 'orders' AND l2.row_key IN (SELECT order_id FROM orders))
+                 AND (COALESCE(l2.event_until, l2.event_at) IS NULL
+                      OR COALESCE(l2.event_until, l2.event_at)
+                         < COALESCE(c.first_start, h.newest) - to_days(CAST(COALESCE(r.days, ?) AS INTEGER)))
+           ) AS gone
+           WHERE l.extract = gone.extract AND l.row_key = gone.row_key AND l.version_hash = gone.version_hash""",
+        [grace_days],
+    )
+    con.unregister("incoming_retention")
+
+
+def _data_through(con: duckdb.DuckDBPyConnection) -> dict[str, str | None]:
+    """The newest clinical time of each extract the history holds (what the data runs to)."""
+    rows = dict(con.execute("SELECT extract, CAST(MAX(event_at) AS VARCHAR) FROM ledger GROUP BY extract").fetchall())
+    return {extract: rows.get(extract) for extract in ("orders", "labs", "procedures")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -956,41 +1220,150 @@ def write_run(
     courses: pl.DataFrame,
     findings: pl.DataFrame,
     quarantine: pl.DataFrame,
-    source_rows: pl.DataFrame | None = None,
-    replace_all: bool = False,
+    *,
+    patients: pl.DataFrame | None = None,
+    ledger: pl.DataFrame | None = None,
+    versions: pl.DataFrame | None = None,
+    retention: dict[str, int | None] | None = None,
+    grace_days: int = 0,
 ) -> None:
     """Write one audit run in a single transaction (all or nothing).
 
-    With `replace_all` the run re-audited the whole history: orders and courses are replaced and
-    every stored finding it did not raise again is resolved.
+    The orders, courses and findings of `patients` (default: the patients of the incoming courses)
+    are replaced by the incoming ones: a stored finding of such a patient that is not raised again
+    is resolved. `ledger` and `versions` are what the history learns (pipeline.history); with
+    `retention` the evidence no rule can reach any more is pruned after the write.
     """
     db_path = Path(db_path)
     frames = {"orders": orders, "courses": courses, "findings": findings, "quarantine": quarantine}
     for table, df in frames.items():
         _check_frame(table, df)
+    if patients is None:
+        patients = courses.select("patient_id").unique()
+    with _transaction(db_path) as con:
+        run = _sequenced(con, run)
+        for table, df in frames.items():
+            con.register(f"incoming_{table}", df)
+        con.register("incoming_patients", patients.select("patient_id"))
+        if ledger is not None:
+            con.register("incoming_ledger", ledger)
+            con.register("incoming_versions", versions if versions is not None else _NO_VERSIONS)
+            _write_ledger(con, run)
+        _write_orders(con, run.run_id)
+        _write_courses(con, run.run_id)
+        _write_findings(con, run)
+        _write_quarantine(con)
+        if retention is not None:
+            _prune_ledger(con, retention, grace_days)
+        _write_runs(con, dataclasses.replace(run, data_through=_data_through(con)))
+    log.info(
+        "stored run %s in %s: %d orders, %d courses, %d findings, %d quarantined",
+        run.run_id, db_path, orders.height, courses.height, findings.height, quarantine.height,
+    )
 
-    creating = not db_path.exists()
+
+_NO_VERSIONS = pl.DataFrame(schema={"order_id": pl.String, "version": pl.String, "state": pl.String, "reason": pl.String})
+
+
+@_owner_only_files
+def write_run_record(db_path: Path, run: RunRecord) -> None:
+    """Record a run that changed no audit table (nothing new) in its own transaction."""
+    with _transaction(db_path) as con:
+        run = _sequenced(con, run)
+        _write_runs(con, dataclasses.replace(run, data_through=_data_through(con)))
+
+
+def _sequenced(con: duckdb.DuckDBPyConnection, run: RunRecord) -> RunRecord:
+    """The run with its sequence number: the next one. A run planned with another number lost a race
+    (another run committed after it read the history) and must not overwrite that run's work."""
+    if con.execute("SELECT COUNT(*) FROM runs WHERE run_id = ?", [run.run_id]).fetchall()[0][0]:
+        raise ValueError(f"run {run.run_id} is already stored; every run needs a new run_id")
+    following = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchall()[0][0]
+    if run.seq is None:
+        return dataclasses.replace(run, seq=following)
+    if run.seq != following:
+        raise StoreError(
+            f"another run committed to the database while run {run.run_id} was auditing; "
+            "nothing was written: run it again"
+        )
+    return run
+
+
+@_owner_only_files
+def set_report_status(db_path: Path, run_id: str, status: str) -> None:
+    """Record what happened to a run's report (after the run's own commit)."""
+    if status not in REPORT_STATUSES:
+        raise ValueError(f"report status must be one of {', '.join(REPORT_STATUSES)}, not '{status}'")
+    with _transaction(db_path) as con:
+        con.execute("UPDATE runs SET report_status = ? WHERE run_id = ?", [status, run_id])
+
+
+@_owner_only_files
+def upgrade_database(db_path: Path) -> None:
+    """Bring an existing database to this schema version before a night reads it.
+
+    A new database is created by the first write (`_create_atomically`: built under a temporary
+    name and renamed into place, so a kill at any moment leaves either no database or a valid one).
+    """
+    db_path = Path(db_path)
+    if not db_path.exists() or db_path.stat().st_size == 0:
+        return  # created by the night's first write (nothing is created for a night that stops before)
+    if _empty_database(db_path):  # a file DuckDB made but no migration ever committed to
+        with _transaction(db_path):
+            pass
+        return
+    con = connect_read_only(db_path)  # refuses a schema newer than this ivig-audit
     try:
-        con = duckdb.connect(str(db_path))
+        current = _stored_version(con) == SCHEMA_VERSION
+    finally:
+        con.close()
+    if not current:
+        with _transaction(db_path):
+            pass
+
+
+def _create_atomically(db_path: Path) -> None:
+    """A new database with the current schema, built beside its final name and renamed into place."""
+    partial = db_path.with_name(f".{db_path.name}.creating-{os.getpid()}")
+    for leftover in (partial, partial.with_name(partial.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    try:
+        con = duckdb.connect(str(partial))
     except duckdb.Error as exc:
         raise _store_error(db_path, exc) from exc
     try:
-        if creating:
-            os.chmod(db_path, 0o600)  # before any patient row reaches the file
+        os.chmod(partial, 0o600)
+        con.execute("BEGIN TRANSACTION")
+        _migrate(con, db_path)
+        _apply_views_and_comments(con)
+        con.execute("COMMIT")
+        con.execute("CHECKPOINT")
+    except duckdb.IOException as exc:
+        raise StoreError(f"cannot create database {db_path}: {_one_line(exc)}") from exc
+    finally:
+        con.close()
+    try:
+        os.replace(partial, db_path)
+    except OSError as exc:
+        raise StoreError(f"cannot create database {db_path}: {exc.strerror or exc}") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+        partial.with_name(partial.name + ".wal").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _transaction(db_path: Path):
+    """A read-write connection inside one transaction, schema migrated and views applied: commit on
+    success, roll back on any exception (a full disk is a one-line StoreError)."""
+    if not db_path.exists() or db_path.stat().st_size == 0:
+        _create_atomically(db_path)
+    con = _connect(db_path)
+    try:
         con.execute("BEGIN TRANSACTION")
         try:
             _migrate(con, db_path)
             _apply_views_and_comments(con)
-            for table, df in frames.items():
-                con.register(f"incoming_{table}", df)
-            _write_runs(con, run)
-            _write_orders(con, run.run_id, replace_all)
-            _write_courses(con, run.run_id, replace_all)
-            _write_findings(con, run.run_id, replace_all)
-            _write_quarantine(con)
-            if source_rows is not None:
-                con.register("incoming_source_rows", source_rows)
-                _write_source_rows(con, run.run_id)
+            yield con
             con.execute("COMMIT")
         except BaseException as exc:
             try:
@@ -1002,10 +1375,6 @@ def write_run(
             raise
     finally:
         con.close()
-    log.info(
-        "stored run %s in %s: %d orders, %d courses, %d findings, %d quarantined",
-        run.run_id, db_path, orders.height, courses.height, findings.height, quarantine.height,
-    )
 
 
 def connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
@@ -1013,10 +1382,7 @@ def connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
     db_path = Path(db_path)
     if not db_path.is_file():
         raise StoreError(f"database {db_path} does not exist; run the audit first")
-    try:
-        con = duckdb.connect(str(db_path), read_only=True)
-    except duckdb.Error as exc:
-        raise _store_error(db_path, exc) from exc
+    con = _connect(db_path, read_only=True)
     try:
         stored = _stored_version(con)
     except duckdb.Error as exc:
@@ -1092,22 +1458,190 @@ class ReviewEvent:
     reviewed_at: datetime
 
 
-def read_source_rows(db_path: Path) -> pl.DataFrame | None:
-    """The stored history of source rows, or None when there is no database yet."""
+#: The ledger columns a night reads back (pipeline.history.stored_text_rows).
+_LEDGER_READ = "extract, version, patient_id, source_file, source_row, run_seq, file_pos"
+
+
+@dataclass(frozen=True)
+class NightState:
+    """What the database says before a night reads its inputs."""
+
+    last_seq: int
+    rule_pack_hash: str | None  # of the latest run that audited (None: no run has)
+    products_hash: str | None
+    has_history: bool
+    extracts_given: frozenset[str] = frozenset()  # extracts any run has read (a labs extract once given is always judged)
+
+
+@dataclass(frozen=True)
+class History:
+    """What a night audits together with tonight's rows.
+
+    ledger    stored rows (pipeline.history layout) of the patients judged tonight, and every stored
+              version of tonight's order_ids
+    courses   course_id, patient_id, start, order_ids of the stored courses of those patients
+    patients  the patients whose orders, courses and findings tonight's audit replaces
+    extracts_given  the extracts any run (tonight's included) has read: a rule that needs labs is
+              judged for every patient once a labs extract was given, even one with no lab
+    """
+
+    ledger: pl.DataFrame
+    courses: pl.DataFrame
+    patients: pl.DataFrame
+    extracts_given: frozenset[str] = frozenset({"orders"})
+
+
+def _open_existing(db_path: Path) -> duckdb.DuckDBPyConnection | None:
+    """A read-only connection to an audit database, or None when there is none yet (or an empty file)."""
     db_path = Path(db_path)
     if not db_path.exists() or _empty_database(db_path):
         return None
-    con = connect_read_only(db_path)
+    return connect_read_only(db_path)
+
+
+def latest_audit_seq(db_path: Path) -> int | None:
+    """The sequence number of the latest run that audited (None: no run has)."""
+    con = _open_existing(db_path)
+    if con is None:
+        return None
     try:
-        if not con.execute(
-            "SELECT COUNT(*) FROM duckdb_tables() WHERE table_name = 'source_rows'"
-        ).fetchall()[0][0]:
-            return None
-        return con.sql(
-            "SELECT extract, row_key, patient_id, raw, source_file, source_row FROM source_rows ORDER BY extract, row_key"
-        ).pl()
+        return con.execute("SELECT MAX(seq) FROM runs WHERE status = 'succeeded'").fetchall()[0][0]
     finally:
         con.close()
+
+
+@contextlib.contextmanager
+def writer_lock(db_path: Path, timeout_seconds: float):
+    """Hold the database's writer lock (`<db>.lock`, owner-only) for a whole night: from reading the
+    history to the commit, so a second run waits and then reads what the first wrote (no lost update).
+
+    Waits up to `timeout_seconds`, then a one-line StoreError naming the process that holds it.
+    """
+    db_path = Path(db_path)
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot create the lock file {lock_path}: {exc.strerror or exc}") from exc
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
+                    raise StoreError(
+                        f"database {db_path} is being audited by another run ({holder}); "
+                        f"waited {timeout_seconds:g} s: try again when it finishes"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def read_night_state(db_path: Path) -> NightState:
+    """The last run's sequence number and configuration, before a night starts."""
+    con = _open_existing(db_path)
+    if con is None:
+        return NightState(0, None, None, False)
+    try:
+        last_seq = con.execute("SELECT COALESCE(MAX(seq), 0) FROM runs").fetchall()[0][0]
+        latest = con.execute(
+            "SELECT rule_pack_hash, products_hash FROM runs WHERE status = 'succeeded' ORDER BY seq DESC LIMIT 1"
+        ).fetchall()
+        has_history = con.execute("SELECT COUNT(*) > 0 FROM ledger").fetchall()[0][0]
+        given = con.execute(
+            "SELECT DISTINCT json_extract_string(i.value, '$.extract') FROM runs, json_each(runs.inputs) AS i"
+        ).fetchall()
+    finally:
+        con.close()
+    pack_hash, products_hash = latest[0] if latest else (None, None)
+    extracts = frozenset(row[0] for row in given if row[0])
+    return NightState(int(last_seq), pack_hash, products_hash, bool(has_history), extracts)
+
+
+def read_history(
+    db_path: Path,
+    tonight_patients: pl.Series,
+    tonight_orders: pl.Series,
+    tonight_immunoglobulin: pl.Series,
+    everyone: bool = False,
+) -> History:
+    """The stored rows and courses a night needs: those of every patient it judges.
+
+    A patient is judged tonight when a row of theirs arrived (or a row reusing one of their
+    order_ids) and they have IVIG orders or open findings stored, or when tonight brought an
+    immunoglobulin row of theirs; `everyone` judges every patient with stored IVIG again (the
+    rule pack or product dictionary changed). Every stored version of tonight's order_ids is read
+    too, whoever its patient, so the version in force is decided among all of them.
+    """
+    empty = History(
+        ledger=pl.DataFrame(schema={c.strip(): pl.String for c in _LEDGER_READ.split(",")}),
+        courses=pl.DataFrame(schema={"course_id": pl.String, "patient_id": pl.String, "start": pl.Datetime("us"), "order_ids": pl.String}),
+        patients=pl.DataFrame({"patient_id": pl.concat([tonight_patients, tonight_immunoglobulin]).unique().sort()}),
+    )
+    con = _open_existing(db_path)
+    if con is None:
+        return empty
+    try:
+        con.register("tonight_patients", pl.DataFrame({"patient_id": tonight_patients.cast(pl.String)}))
+        con.register("tonight_orders", pl.DataFrame({"order_id": tonight_orders.cast(pl.String)}))
+        con.register("tonight_ig", pl.DataFrame({"patient_id": tonight_immunoglobulin.cast(pl.String)}))
+        audited = "SELECT patient_id FROM judged" if everyone else \
+            "SELECT patient_id FROM candidates WHERE patient_id IN (SELECT patient_id FROM judged)"
+        con.execute(
+            f"""CREATE TEMP TABLE night_patients AS
+                WITH linked AS (
+                    SELECT DISTINCT patient_id FROM ledger
+                    WHERE extract = 'orders' AND row_key IN (SELECT order_id FROM tonight_orders) AND patient_id IS NOT NULL
+                ),
+                candidates AS (SELECT patient_id FROM tonight_patients UNION SELECT patient_id FROM linked),
+                judged AS (SELECT patient_id FROM orders UNION SELECT patient_id FROM findings WHERE resolved_run IS NULL),
+                audited AS ({audited} UNION SELECT patient_id FROM tonight_ig)
+                SELECT patient_id, true AS audited FROM audited
+                UNION ALL
+                SELECT patient_id, false FROM candidates WHERE patient_id NOT IN (SELECT patient_id FROM audited)"""
+        )
+        ledger = con.sql(
+            f"""SELECT {_LEDGER_READ} FROM ledger
+                WHERE patient_id IN (SELECT patient_id FROM night_patients WHERE audited)
+                   OR (extract = 'orders' AND row_key IN (SELECT order_id FROM tonight_orders))
+                ORDER BY extract, run_seq, file_pos, source_row"""
+        ).pl()
+        courses = con.sql(
+            """SELECT course_id, patient_id, start, order_ids FROM courses
+               WHERE patient_id IN (SELECT patient_id FROM night_patients WHERE audited)"""
+        ).pl()
+        patients = con.sql("SELECT DISTINCT patient_id FROM night_patients ORDER BY patient_id").pl()
+    finally:
+        con.close()
+    return History(ledger=ledger, courses=courses, patients=patients)
+
+
+def read_ledger_as_of(db_path: Path, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The history a past run could see (every row that arrived by then) and today's courses (for their ids).
+
+    Rows pruned since are not there: only evidence no rule could reach from any course is pruned.
+    ValueError when there is no such run.
+    """
+    con = connect_read_only(Path(db_path))
+    try:
+        found = con.execute("SELECT seq FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        if not found:
+            raise ValueError(f"no run with id '{run_id}'")
+        ledger = con.sql(
+            f"SELECT {_LEDGER_READ} FROM ledger WHERE run_seq <= ? ORDER BY extract, run_seq, file_pos, source_row",
+            params=[found[0][0]],
+        ).pl()
+        courses = con.sql("SELECT course_id, patient_id, start, order_ids FROM courses").pl()
+    finally:
+        con.close()
+    return ledger, courses
 
 
 def processed_hashes(db_path: Path) -> set[str]:
@@ -1167,31 +1701,20 @@ def record_review(
     db_path = Path(db_path)
     if not db_path.is_file():
         raise StoreError(f"database {db_path} does not exist; run the audit first")
-    try:
-        con = duckdb.connect(str(db_path))
-    except duckdb.Error as exc:
-        raise _store_error(db_path, exc) from exc
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _migrate(con, db_path)
-            if not con.execute("SELECT COUNT(*) FROM findings WHERE finding_id = ?", [finding_id]).fetchall()[0][0]:
-                raise ValueError(f"no finding with id '{finding_id}'")
-            con.execute(
-                "INSERT INTO review_events (finding_id, status, reason_code, note, reviewed_by, reviewed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [event.finding_id, event.status, event.reason_code, event.note, event.reviewed_by, event.reviewed_at],
-            )
-            con.execute("UPDATE findings SET status = ? WHERE finding_id = ?", [status, finding_id])
-            con.execute("COMMIT")
-        except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
-            raise
-    finally:
-        con.close()
+    with _transaction(db_path) as con:
+        if not con.execute("SELECT COUNT(*) FROM findings WHERE finding_id = ?", [finding_id]).fetchall()[0][0]:
+            raise ValueError(f"no finding with id '{finding_id}'")
+        con.execute(
+            "INSERT INTO review_events (finding_id, status, reason_code, note, reviewed_by, reviewed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [event.finding_id, event.status, event.reason_code, event.note, event.reviewed_by, event.reviewed_at],
+        )
+        # The facts the reviewer saw: if they change later, the finding is marked changed since review.
+        con.execute(
+            "UPDATE findings SET status = ?, reviewed_facts_hash = facts_hash, changed_since_review = false "
+            "WHERE finding_id = ?",
+            [status, finding_id],
+        )
     return event
 
 
@@ -1305,25 +1828,6 @@ def read_run(db_path: Path, run_id: str) -> dict | None:
     }
 
 
-def read_source_rows_as_of(db_path: Path, run_id: str) -> pl.DataFrame | None:
-    """The stored source rows first stored by that run or an earlier one (run ids sort by time).
-
-    Approximation: source_rows keeps only the latest version of a row key, so an order corrected
-    after the run comes back in its corrected form.
-    """
-    con = connect_read_only(Path(db_path))
-    try:
-        if not _has_table(con, "source_rows"):
-            return None
-        return con.sql(
-            "SELECT extract, row_key, patient_id, raw, source_file, source_row FROM source_rows "
-            "WHERE first_run <= ? ORDER BY extract, row_key",
-            params=[run_id],
-        ).pl()
-    finally:
-        con.close()
-
-
 @_owner_only_files
 def write_scenario(db_path: Path, scenario: ScenarioRecord, findings: pl.DataFrame, courses: pl.DataFrame) -> None:
     """Store a scenario's metadata, findings and courses in one transaction (live tables untouched).
@@ -1337,49 +1841,32 @@ def write_scenario(db_path: Path, scenario: ScenarioRecord, findings: pl.DataFra
     db_path = Path(db_path)
     if not db_path.is_file():
         raise StoreError(f"database {db_path} does not exist; run the audit first")
-    try:
-        con = duckdb.connect(str(db_path))
-    except duckdb.Error as exc:
-        raise _store_error(db_path, exc) from exc
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _migrate(con, db_path)
-            _apply_views_and_comments(con)
-            if con.execute("SELECT COUNT(*) FROM scenarios WHERE scenario_id = ?", [scenario.scenario_id]).fetchall()[0][0]:
-                raise ValueError(f"scenario {scenario.scenario_id} is already stored")
-            con.execute(
-                """INSERT INTO scenarios (scenario_id, name, base_run_id, created_at, profile, rule_pack_version,
-                       rule_pack_hash, rules_file, courses, findings, history_only)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [
-                    scenario.scenario_id, scenario.name, scenario.base_run_id, _utc_naive(scenario.created_at),
-                    scenario.profile, scenario.rule_pack_version, scenario.rule_pack_hash, scenario.rules_file,
-                    scenario.courses, scenario.findings, scenario.history_only,
-                ],
-            )
-            con.register("incoming_scenario_findings", findings)
-            cols = ", ".join(_q(c) for c in _columns("findings"))
-            con.execute(
-                f"INSERT INTO scenario_findings (scenario_id, {cols}) SELECT ?, {cols} FROM incoming_scenario_findings",
-                [scenario.scenario_id],
-            )
-            con.register("incoming_scenario_courses", courses.select(SCENARIO_COURSE_COLUMNS))
-            course_cols = ", ".join(_q(c) for c in SCENARIO_COURSE_COLUMNS)
-            con.execute(
-                f"INSERT INTO scenario_courses (scenario_id, {course_cols}) "
-                f"SELECT ?, {course_cols} FROM incoming_scenario_courses",
-                [scenario.scenario_id],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
-            raise
-    finally:
-        con.close()
+    with _transaction(db_path) as con:
+        if con.execute("SELECT COUNT(*) FROM scenarios WHERE scenario_id = ?", [scenario.scenario_id]).fetchall()[0][0]:
+            raise ValueError(f"scenario {scenario.scenario_id} is already stored")
+        con.execute(
+            """INSERT INTO scenarios (scenario_id, name, base_run_id, created_at, profile, rule_pack_version,
+                   rule_pack_hash, rules_file, courses, findings, history_only)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [
+                scenario.scenario_id, scenario.name, scenario.base_run_id, _utc_naive(scenario.created_at),
+                scenario.profile, scenario.rule_pack_version, scenario.rule_pack_hash, scenario.rules_file,
+                scenario.courses, scenario.findings, scenario.history_only,
+            ],
+        )
+        con.register("incoming_scenario_findings", findings)
+        cols = ", ".join(_q(c) for c in _columns("findings"))
+        con.execute(
+            f"INSERT INTO scenario_findings (scenario_id, {cols}) SELECT ?, {cols} FROM incoming_scenario_findings",
+            [scenario.scenario_id],
+        )
+        con.register("incoming_scenario_courses", courses.select(SCENARIO_COURSE_COLUMNS))
+        course_cols = ", ".join(_q(c) for c in SCENARIO_COURSE_COLUMNS)
+        con.execute(
+            f"INSERT INTO scenario_courses (scenario_id, {course_cols}) "
+            f"SELECT ?, {course_cols} FROM incoming_scenario_courses",
+            [scenario.scenario_id],
+        )
     log.info("stored scenario %s of run %s: %d courses, %d findings",
              scenario.scenario_id, scenario.base_run_id, courses.height, findings.height)
 

@@ -1,8 +1,9 @@
 """Shared pieces of the reliability tests (issue 8): extracts, a night without Prefect, table dumps, fault children.
 
-`nightly()` runs one night as the flow does, without Prefect (scan -> history -> audit -> write_run,
-replace_all); the warehouse, scenario and analyst-docs tests use it too. It looks every stage up
-through its module at call time, so a test can monkeypatch a stage (`pipeline.audit.prepare`, `pipeline.store._write_findings`, ...) to inject a fault.
+`nightly()` runs one night as the flow does, without Prefect (`pipeline.night.run_night` in this
+process); the warehouse, scenario and analyst-docs tests use it too. Every stage is looked up
+through its module at call time, so a test can monkeypatch a stage (`pipeline.audit.prepare`,
+`pipeline.store._write_findings`, ...) to inject a fault.
 
 Run as a script (`python -m tests.reliability_helpers MODE ...`) it is the *child* of the fault tests:
 a separate process that runs a night and SIGKILLs itself at an injected point inside `write_run`, or
@@ -79,6 +80,16 @@ def night_rows(night: int) -> list[dict[str, str]]:
     raise ValueError(night)
 
 
+def night3_rows() -> list[dict[str, str]]:
+    """A third night: patient 1's repeat course goes on, and a new patient starts a course."""
+    p1 = PATIENTS[0]
+    gbs, _, _, why = FREE_TEXT
+    return [
+        _dose("OZQ-112", p1, "2026-12-21", indication=gbs, justification=why),
+        _dose("OZQ-501", "PTZQ-8815", "2026-12-01", "35", indication=gbs),
+    ]
+
+
 def write_extract(path: Path, rows: list[dict[str, str]]) -> Path:
     """A canonical orders CSV."""
     path = Path(path)
@@ -96,49 +107,70 @@ def write_extract(path: Path, rows: list[dict[str, str]]) -> Path:
 FIXED_REVIEW_TIME = datetime(2026, 11, 2, 12, 0, 0)
 
 
-def compute_night(db: Path, extract: Path, run_id: str):
-    """Everything a night does before the database write: (RunRecord, AuditResult, remembered rows)."""
-    from pipeline import audit, read, store
-    from pipeline.normalise import load_products
-    from pipeline.rulepack import load_rule_pack
+class _Interrupted(Exception):
+    """A night stopped before one of its steps; `args` are that step's arguments."""
 
-    pack, products = load_rule_pack(), load_products()
-    orders, sources = read.scan_extract([Path(extract)], "orders")
-    extracts = audit.with_history({"orders": orders}, store.read_source_rows(Path(db)), frozenset(s.path for s in sources))
-    result, remembered = audit.run_audit_remembering(extracts, products, pack, run_id)
-    now = datetime.now(timezone.utc)
-    run = store.RunRecord(
-        run_id=run_id, started_at=now, finished_at=now, status="succeeded", profile=pack.profile_name,
-        rule_pack_version=pack.version, rule_pack_hash=pack.config_hash,
-        inputs=[s.record() for s in sources],
-        **result.counts(), courses=result.courses.height, findings=result.findings.height, cost_per_gram=80.0,
-    )
-    return run, result, remembered
+
+class StopBefore:
+    """A Steps runner (pipeline.night) that runs every step in this process until the named one."""
+
+    def __init__(self, step: str):
+        from pipeline.night import DirectSteps
+
+        self.step, self._direct = step, DirectSteps()
+
+    def __call__(self, name, fn, *args):
+        if name == self.step:
+            raise _Interrupted(*args)
+        return self._direct(name, fn, *args)
+
+    def map(self, name, fn, calls):
+        return [self(name, fn, *args) for args in calls]
+
+
+def night_request(db: Path, extract: Path | list[Path], report_dir: Path | None = None, **inputs: list[Path]):
+    """A night over one orders extract (or several), audited whatever was audited before (as a rerun does)."""
+    from pipeline.night import NightRequest
+
+    orders = [Path(p) for p in (extract if isinstance(extract, list) else [extract])]
+    return NightRequest(db=Path(db), inputs={"orders": orders, **inputs}, report_dir=report_dir, force=True)
+
+
+def compute_night(db: Path, extract: Path, run_id: str):
+    """Everything a night does before its database write: (RunRecord, AuditResult, RulePack).
+
+    The night itself (pipeline.night.run_night) stopped just before its "write database" step.
+    """
+    from pipeline.night import run_night
+
+    try:
+        run_night(night_request(db, extract), StopBefore("write database"), run_id=run_id)
+    except _Interrupted as stopped:
+        _, run, result, pack = stopped.args
+        return run, result, pack
+    raise AssertionError("the night reached no database write")
 
 
 def write_night(db: Path, computed) -> None:
     """The database write of a computed night (one transaction)."""
-    from pipeline import store
+    from pipeline.night import commit
 
-    run, result, remembered = computed
-    store.write_run(Path(db), run, result.orders, result.courses, result.findings, result.quarantine,
-                    source_rows=remembered, replace_all=True)
+    run, result, pack = computed
+    commit(Path(db), run, result, pack)
 
 
-def nightly(db: Path, extract: Path, run_id: str, report_dir: Path | None = None) -> None:
-    """One night without Prefect (the flow's stages, in one process), optionally followed by the report."""
-    write_night(db, compute_night(db, extract, run_id))
-    if report_dir is not None:
-        from pipeline import report, store
+def nightly(db: Path, extract: Path, run_id: str, report_dir: Path | None = None):
+    """One night without Prefect (pipeline.night.run_night in this process), optionally followed by the report."""
+    from pipeline.night import run_night
 
-        report.write_report(store.read_tables(Path(db)), Path(report_dir))
+    return run_night(night_request(db, extract, report_dir), run_id=run_id)
 
 
 # ------------------------------------------------------------------------------------- dumps
 
-#: Wall-clock columns: differ between two otherwise identical runs (replaced before comparing).
+#: Wall-clock columns (and stage timings): differ between two otherwise identical runs (replaced before comparing).
 #: Run ids need no normalising: the tests give the crashed and the control database the same ids.
-VOLATILE = {"started_at", "finished_at", "applied_at", "created_at"}
+VOLATILE = {"started_at", "finished_at", "applied_at", "created_at", "timings"}
 
 
 def dump(db: Path) -> dict[str, Any] | None:
@@ -185,11 +217,11 @@ def row_counts(snapshot: dict[str, Any] | None) -> dict[str, int]:
 # --------------------------------------------------------------------------- child processes
 
 #: Points inside write_run where the child kills itself (after the named step has executed).
-KILL_POINTS = ("migrate", "runs", "orders", "courses", "findings", "quarantine", "source_rows",
+KILL_POINTS = ("migrate", "ledger", "orders", "courses", "findings", "quarantine", "runs",
                "before_commit", "after_commit")
 _STEP_FUNCTIONS = {"migrate": "_migrate", "runs": "_write_runs", "orders": "_write_orders",
                    "courses": "_write_courses", "findings": "_write_findings", "quarantine": "_write_quarantine",
-                   "source_rows": "_write_source_rows"}
+                   "ledger": "_write_ledger"}
 
 
 class _Connection:
@@ -236,6 +268,7 @@ def _wait_for(flag: Path, timeout: float = 60.0) -> None:
 
 def child_main(argv: list[str]) -> None:
     """Modes:
+    night DB EXTRACT RUN_ID          run a night
     kill POINT DB EXTRACT RUN_ID     run a night and SIGKILL at POINT inside write_run
     hold-run DB EXTRACT RUN_ID FLAG  run a night; inside the write transaction print 'holding' and wait for FLAG
     hold-review DB FINDING FLAG      record a review; inside its transaction print 'holding' and wait for FLAG
@@ -243,6 +276,11 @@ def child_main(argv: list[str]) -> None:
     from pipeline import store
 
     mode = argv[0]
+    if mode == "night":
+        db, extract, run_id = argv[1:4]
+        nightly(Path(db), Path(extract), run_id)
+        print("done", flush=True)
+        return
     if mode == "kill":
         point, db, extract, run_id = argv[1:5]
         if point in _STEP_FUNCTIONS:

@@ -60,7 +60,7 @@ def test_mimic3_bags_are_not_ivig(mimic3):
     assert "3480881" in bags["order_id"].to_list()  # the IVIGBAG diluent of the Gammagard order
     # Every "Bag" row (formulary IVIGBAG included) is another medication: passed through unparsed,
     # never IVIG, never an unrecognised immunoglobulin.
-    read = set(prepared.source.orders.collect()["order_id"].to_list())
+    read = set(prepared.ledger.filter(pl.col("extract") == "orders")["row_key"].to_list())
     assert not read & set(bags["order_id"].to_list())
     assert not prepared.unrecognised_ig["medication"].str.contains("Bag").any()
     assert prepared.ivig.height == 1

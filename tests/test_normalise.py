@@ -222,14 +222,15 @@ def test_expand_daily_doses_gives_one_row_per_consecutive_day():
 
 
 # ------------------------------------------------------------------------------------ the pass over an extract
-def test_the_pass_keeps_ig_rows_whole_evidence_of_ig_patients_narrow_and_counts_every_row():
+def test_the_pass_keeps_ig_rows_whole_evidence_of_every_patient_narrow_and_counts_every_row():
     from pipeline.audit import EVIDENCE_COLUMNS, Extracts, select_relevant
 
     extract = order_rows(
         ivig_order("O1", "P1", indication="GBS", justification="first course"),
         {"order_id": "O2", "patient_id": "P1", "medication": "Aspirin 81 mg", "dose": "81", "dose_unit": "mg",
          "start": "2026-06-01 09:00:00", "route": "PO", "service": "Neurology"},
-        {"order_id": "O3", "patient_id": "P2", "medication": "aspirin", "start": "2026-06-01 09:00:00"},  # no IVIG
+        # Evidence of a patient without IVIG (yet): an aspirin order often comes before the first IVIG dose.
+        {"order_id": "O3", "patient_id": "P2", "medication": "aspirin", "start": "2026-06-01 09:00:00"},
         {"order_id": "O4", "patient_id": "P2", "medication": "heparin", "start": "2026-06-01 09:00:00"},
         {"order_id": "O5", "patient_id": "P3", "medication": "   ", "start": "2026-06-01 09:00:00"},  # to quarantine
         {"order_id": "O6", "patient_id": "P4", "medication": "Hizentra", "route": "SC", "start": "2026-06-01"},
@@ -237,7 +238,7 @@ def test_the_pass_keeps_ig_rows_whole_evidence_of_ig_patients_narrow_and_counts_
     selected, rows_read = select_relevant(Extracts(orders=extract), products(), pack())
     kept = selected.orders.collect().sort("order_id")
     assert rows_read == 6
-    assert kept["order_id"].to_list() == ["O1", "O2", "O5", "O6"]
+    assert kept["order_id"].to_list() == ["O1", "O2", "O3", "O5", "O6"]
     assert all(dtype == pl.String for name, dtype in kept.schema.items() if name != "source_row")
     ig = kept.filter(pl.col("order_id") == "O1").row(0, named=True)
     assert (ig["indication"], ig["justification"], ig["medication"]) == ("GBS", "first course", "Privigen 10%")

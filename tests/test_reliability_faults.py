@@ -13,11 +13,13 @@ without Prefect that kills itself with SIGKILL right after a step of write_run h
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
 import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from tests.reliability_helpers import (
     REPO,
     compute_night,
     dump,
+    night3_rows,
+    night_request,
     night_rows,
     nightly,
     normalised,
@@ -127,7 +131,9 @@ def test_sigkill_inside_write_run_leaves_the_database_as_before_and_the_next_run
         assert after_kill == world["base_dump"]
     if point == "after_commit":  # night 2 is stored: the next run is a rerun (a new run id), not the control
         nightly(db, world["n2"], "night3")
-        assert row_counts(dump(db)) == row_counts(world["control_dump"]) | {"runs": 3}
+        control = row_counts(world["control_dump"])
+        # The rerun read night 2's file again: its quarantined row is quarantined again, by the new run.
+        assert row_counts(dump(db)) == control | {"runs": 3, "quarantine": control["quarantine"] + 1}
         return
     nightly(db, world["n2"], "night2")
     assert normalised(dump(db)) == world["control_dump"]
@@ -140,7 +146,11 @@ def test_sigkill_during_the_first_night_leaves_an_empty_database_the_next_run_fi
     assert child["returncode"] == -signal.SIGKILL, child["stderr"][-2000:]
     db = child["db"]
     assert_private(db.parent, db.name)
-    assert row_counts(dump(db)) == {}  # the schema itself was part of the rolled-back transaction
+    # The database is created whole before the night writes (built under another name, then
+    # renamed): after the kill it holds the schema and no row.
+    counts = row_counts(dump(db))
+    assert counts.pop("schema_version") == 1 and counts and set(counts.values()) == {0}
+    assert not [p for p in db.parent.iterdir() if ".creating-" in p.name]
     nightly(db, world["n1"], "night1")  # used to fail: "holds no audit data (no schema_version table)"
     assert normalised(dump(db)) == world["night1_dump"]
 
@@ -181,17 +191,17 @@ DISK_FULL = duckdb.IOException('IO Error: Could not write file "audit.duckdb.wal
 
 STAGE_FAULTS = {
     "read": lambda: (read, "scan_extract", _raise(RuntimeError("injected: read"))),
-    "history": lambda: (store, "read_source_rows", _raise(StoreError("injected: history"))),
+    "history": lambda: (store, "read_history", _raise(StoreError("injected: history"))),
     "contract_normalise": lambda: (audit, "prepare", _raise(RuntimeError("injected: contract"))),
     "courses": lambda: (audit, "courses_with_regimen", _raise(RuntimeError("injected: courses"))),
     "rules": lambda: (audit, "judge", _raise(RuntimeError("injected: rules"))),
     "output_tables": lambda: (audit, "output_tables", _raise(ValueError("injected: output contract"))),
-    "remember": lambda: (audit, "remember", _raise(RuntimeError("injected: remember"))),
+    "ledger_rows": lambda: (audit, "ledger_rows", _raise(RuntimeError("injected: ledger rows"))),
     "store_frame_check": lambda: (store, "_check_frame", _raise(ValueError("injected: frame contract"))),
     "store_migrate": lambda: (store, "_migrate", _after_original(store, "_migrate", RuntimeError("injected"))),
     "store_orders": lambda: (store, "_write_orders", _after_original(store, "_write_orders", RuntimeError("injected"))),
     "store_findings_sql_error": lambda: (store, "_write_findings", _sql_error_after("_write_findings")),
-    "store_disk_full": lambda: (store, "_write_source_rows", _after_original(store, "_write_source_rows", DISK_FULL)),
+    "store_disk_full": lambda: (store, "_write_ledger", _after_original(store, "_write_ledger", DISK_FULL)),
     "store_interrupted": lambda: (store, "_write_quarantine", _after_original(store, "_write_quarantine", KeyboardInterrupt())),
 }
 
@@ -225,11 +235,14 @@ def test_report_failure_after_the_store_commit_keeps_the_complete_run(world, tmp
         patch.setattr(Path, "write_text", disk_full)
         with pytest.raises(OSError):
             nightly(db, world["n2"], "night2", report_dir=reports)
-    assert normalised(dump(db)) == world["control_dump"]
+    runs = read_tables(db, ["runs"])["runs"]
+    assert runs.filter(pl.col("run_id") == "night2")["report_status"].to_list() == ["failed"]
+    assert _without_report_status(normalised(dump(db))) == _without_report_status(world["control_dump"])
     # No half-written report is left: not as index.html, not as a temporary file.
     assert list(reports.iterdir()) == []
     nightly(db, world["n2"], "night2-again", report_dir=reports)
-    assert sorted(p.name for p in reports.iterdir()) == ["index.html", "summary.md", "worklist.csv"]
+    # The report, and the stamp saying which state of the database it shows (pipeline.night).
+    assert sorted(p.name for p in reports.iterdir()) == [".ivig-audit-report.json", "index.html", "summary.md", "worklist.csv"]
 
 
 # ------------------------------------------------------------------------------ the command line
@@ -310,8 +323,16 @@ def test_cli_run_failing_on_the_disk_prints_one_line_and_exits_3(world, tmp_path
     assert text in _one_line_error(result)
     if where == "store":
         assert dump(db) == world["base_dump"]
-    else:  # the report comes after the commit: the run is stored whole
-        assert normalised(dump(db)) == world["control_dump"]
+    else:  # the report comes after the commit: the run is stored whole (its report recorded as failed)
+        assert _without_report_status(normalised(dump(db))) == _without_report_status(world["control_dump"])
+
+
+def _without_report_status(snapshot):
+    """A dump with the runs' report_status blanked (a run whose report failed says so)."""
+    runs = snapshot["runs"]
+    at = runs["columns"].index("report_status")
+    rows = [tuple(None if i == at else v for i, v in enumerate(r)) for r in runs["rows"]]
+    return snapshot | {"runs": {"columns": runs["columns"], "rows": rows}}
 
 
 # ---------------------------------------------------------------------- two writers at once
@@ -333,29 +354,51 @@ def _release(proc: subprocess.Popen, flag: Path) -> str:
     return out
 
 
-def test_second_run_and_a_review_stop_with_a_clear_message_while_a_run_writes(world, tmp_path):
+def test_a_second_run_waits_for_the_first_and_reads_what_it_wrote(world, tmp_path):
+    """Two real processes on one database: the second run waits for the first (the writer lock) and
+    then audits with its rows, so nothing the first wrote is lost (it used to replace the first
+    run's orders and resolve its findings). A review meanwhile waits briefly, then says why."""
     db, flag = fresh_copy(world, tmp_path), tmp_path / "go"
+    n3 = write_extract(tmp_path / "night3.csv", night3_rows())
     writer = _start_child(["hold-run", str(db), str(world["n2"]), "night2", str(flag)])
+    second = subprocess.Popen(CHILD + ["night", str(db), str(n3), "night3"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        with pytest.raises(StoreError, match="in use by another process") as second_run:
-            nightly(db, world["n2"], "night2-second")
-        assert "\n" not in str(second_run.value)
-        with pytest.raises(StoreError, match="in use by another process"):
+        time.sleep(1.5)
+        assert second.poll() is None  # waiting for the writer lock, not failed
+        with pytest.raises(StoreError, match="in use by another process") as review:
             record_review(db, world["reviewed"], "actioned", "B. Pharmacist", reason_code="dose_changed")
+        assert "\n" not in str(review.value)
     finally:
         out = _release(writer, flag)
     assert out.strip().endswith("done")
-    # The first run is complete and exact; nothing of the refused review or run was half-written.
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err[-2000:]
+    runs = read_tables(db, ["runs"])["runs"]
+    assert runs.sort("seq").select("run_id", "seq").rows() == [("night1", 1), ("night2", 2), ("night3", 3)]
+    # Exactly what one night over night 2 and then night 3 leaves: night 2's work is all there.
+    expected = tmp_path / "expected.duckdb"
+    shutil.copy(world["base"], expected)
+    nightly(expected, world["n2"], "night2")
+    nightly(expected, n3, "night3")
+    got, want = normalised(dump(db)), normalised(dump(expected))
+    for table in ("orders", "courses", "findings", "ledger"):
+        assert got[table] == want[table], table
+
+
+def test_a_run_that_cannot_get_the_writer_lock_in_time_says_who_holds_it(world, tmp_path):
+    db, flag = fresh_copy(world, tmp_path), tmp_path / "go"
+    writer = _start_child(["hold-run", str(db), str(world["n2"]), "night2", str(flag)])
+    try:
+        from pipeline.night import run_night
+
+        request = night_request(db, world["n2"])
+        with pytest.raises(StoreError, match=r"being audited by another run \(PID \d+\)") as waited:
+            run_night(dataclasses.replace(request, lock_timeout_seconds=0.5), run_id="night2-second")
+        assert "\n" not in str(waited.value)
+    finally:
+        _release(writer, flag)
     assert normalised(dump(db)) == world["control_dump"]
-    # Retried afterwards, both succeed and nothing is lost.
-    record_review(db, world["reviewed"], "actioned", "B. Pharmacist", reason_code="dose_changed")
-    nightly(db, world["n2"], "night2-second")
-    tables = read_tables(db, ["findings", "review_events", "runs"])
-    control_ids = {row[0] for row in world["control_dump"]["findings"]["rows"]}
-    assert control_ids <= set(tables["findings"]["finding_id"].to_list())
-    assert tables["findings"].filter(pl.col("finding_id") == world["reviewed"])["status"].to_list() == ["actioned"]
-    assert tables["review_events"]["status"].to_list() == ["acknowledged", "actioned"]
-    assert tables["runs"].height == 3
 
 
 def test_run_stops_with_a_clear_message_while_a_review_is_being_recorded_and_the_review_survives(world, tmp_path):

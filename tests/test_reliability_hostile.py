@@ -227,11 +227,19 @@ def test_logs_of_a_whole_audit_carry_no_patient_data(tmp_path: Path, caplog):
 #   _q(table)/_q(column)/_q(view), _literal(...)     catalog comments: TABLE/COLUMN/VIEW_COMMENTS constants
 #   ' AND '.join(conditions)                         worklist(): "column = ?" with constant column names; values are parameters
 #   name, key_sql, key_name, _SUMMARY_MEASURES, _OPEN, _LEVER_CASE, _LEVER_NAME  view SQL built from constants
+#   ', '.join(_q(n) ...), ', '.join('?' ...)         runs columns: the RunRecord field names, one ? each
+#   _AUDITED, cleared, facts, new, where, source, alias, change   _write_findings' constant conditions
+#                                                    (_history_sql is called with constants only)
+#   _LEDGER_INSERT/_LEDGER_SELECT/_LEDGER_STATE, _LEDGER_READ   ledger column lists (module constants)
 ALLOWED_INTERPOLATIONS = {
     "_q(name)", "_q(table)", "_q(column)", "_q(view)", "_literal(text)", "_literal(VIEW_COMMENTS[view])",
     "cols", "course_cols", "select", "assignments", "order", "audited", "' AND '.join(conditions)",
-    "', '.join((_q(c) for c in cols))",
+    "', '.join((_q(c) for c in cols))", "', '.join((_q(n) for n in names))", "', '.join(('?' for _ in names))",
+    "_AUDITED", "cleared", "facts", "new", "', '.join(_LEDGER_INSERT)", "', '.join(_LEDGER_SELECT)", "_LEDGER_STATE",
+    "_LEDGER_READ",
 }
+#: Functions returning SQL built from constants only (read by hand).
+ALLOWED_SQL_BUILDERS = {"_summary_view", "_history_sql"}
 
 
 def _sql_calls(tree):
@@ -264,7 +272,7 @@ def test_sql_is_parameterised_everywhere():
             where = f"{path.relative_to(root)}:{call.lineno}"
             if isinstance(query, ast.Constant) or isinstance(query, ast.Name):
                 continue  # a literal, or a name (a constant such as VIEWS[...] / a statement of MIGRATIONS)
-            if isinstance(query, ast.Subscript) or (isinstance(query, ast.Call) and ast.unparse(query.func) == "_summary_view"):
+            if isinstance(query, ast.Subscript) or (isinstance(query, ast.Call) and ast.unparse(query.func) in ALLOWED_SQL_BUILDERS):
                 continue
             if isinstance(query, ast.JoinedStr):
                 for part in query.values:

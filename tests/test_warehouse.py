@@ -64,7 +64,11 @@ def test_corrected_order_replaces_the_stored_one(db: Path, tmp_path: Path):
     over = tables["findings"].filter(pl.col("rule_id") == "course_dose.above_target")
     assert over["resolved_run"].to_list() == ["run2"]
     with duckdb.connect(str(db), read_only=True) as con:
-        assert con.execute("SELECT COUNT(*) FROM source_rows").fetchall()[0][0] == 5
+        versions = con.execute(
+            "SELECT row_key, state, run_id FROM ledger WHERE extract = 'orders' ORDER BY row_key, run_seq"
+        ).fetchall()
+    # Each order has two versions: the first superseded by the correction, which is in force.
+    assert versions == [(f"O{d}", state, run) for d in range(1, 6) for state, run in (("superseded", "run1"), ("in_force", "run2"))]
 
 
 def test_review_status_survives_reruns_and_events_append(db: Path, tmp_path: Path):
@@ -132,7 +136,7 @@ def test_processed_hashes_worklist_and_export(db: Path, tmp_path: Path):
 
 
 def test_audited_inputs_skip_same_content_under_any_name_and_record_sizes(db: Path, tmp_path: Path):
-    from flows.audit import find_new_inputs
+    from pipeline.night import find_new_inputs
     from pipeline.read import file_sha256
 
     audited = write_extract(tmp_path / "n1.csv", [gbs_dose(f"O{d}", d) for d in range(1, 3)])
@@ -141,12 +145,9 @@ def test_audited_inputs_skip_same_content_under_any_name_and_record_sizes(db: Pa
     copy = tmp_path / "n1-again.csv"
     copy.write_bytes(audited.read_bytes())  # same content under another name: already audited
     longer = write_extract(tmp_path / "n2.csv", [gbs_dose(f"O{d}", d) for d in range(1, 4)])
-    from prefect.logging import disable_run_logger
-
-    with disable_run_logger():
-        new, skipped = find_new_inputs.fn({"orders": [str(audited), str(copy), str(longer)]}, str(db), False)
-    assert new == {"orders": [str(longer)]}
-    assert [s["path"] for s in skipped] == [str(audited), str(copy)]
+    new, skipped = find_new_inputs({"orders": [audited, copy, longer, audited]}, db, False)
+    assert new == {"orders": [longer]}  # a path given twice is read once
+    assert [(s["path"], s["why"]) for s in skipped] == [(str(audited), "audited before"), (str(copy), "audited before")]
     assert all(s["bytes"] == audited.stat().st_size for s in skipped)
 
 

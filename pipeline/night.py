@@ -1,0 +1,410 @@
+"""One night of the audit, step by step: the only definition of what a run does.
+
+    configuration -> (writer lock) -> new input files -> read -> tonight's rows -> history of the
+    patients they touch -> audit (contract, normalise, courses, rules) -> one database write
+    -> (lock released) -> report (when the data changed or the report is missing or stale)
+
+`run_night` calls each step through a `Steps` runner: `DirectSteps` calls it in this process
+(tests, the benchmark, replay); `flows.audit` passes a runner that makes each step a Prefect task.
+Whatever runs it, the night is the same, and so is its result: a night audits the patients its
+rows touch together with everything the history ledger holds for them (pipeline.history), so
+any split of the same extracts into nights ends where one run over all of them does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+from pipeline import audit as stages
+from pipeline import store
+from pipeline.history import arrived, empty_text_rows, merged, retention_days, stored_text_rows, touched_patients
+from pipeline.normalise import ProductDictionary, immunoglobulin_rows, load_products
+from pipeline import read as readers
+from pipeline.read import ExtractError, SourceFile, content_sha256, discover
+from pipeline.rulepack import RulePack, load_rule_pack
+
+log = logging.getLogger(__name__)
+
+EXTRACTS = ("orders", "labs", "procedures")
+
+#: Name of the file in a report folder that says which database state the report shows.
+REPORT_STAMP = ".ivig-audit-report.json"
+
+
+class Steps(Protocol):
+    """Runs the steps of a night (in this process, or as Prefect tasks)."""
+
+    def __call__(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one step and return its result."""
+
+    def map(self, name: str, fn: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
+        """Run one step for each argument tuple (concurrently where the runner can) and return the results in order."""
+
+
+class DirectSteps:
+    """Steps called in this process, one after the other."""
+
+    def __call__(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one step and return its result."""
+        return fn(*args)
+
+    def map(self, name: str, fn: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
+        """Run one step per argument tuple, in order."""
+        return [fn(*args) for args in calls]
+
+
+@dataclass(frozen=True)
+class NightRequest:
+    """What a night is asked to do (paths as given on the command line)."""
+
+    db: Path
+    inputs: dict[str, list[Path]]
+    rules: Path | None = None
+    profile: str | None = None
+    products: Path | None = None
+    mapping: str | None = None
+    report_dir: Path | None = None
+    cost_per_gram: float = 80.0
+    force: bool = False
+    shards: int = 1
+    lock_timeout_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    """The report files, and its headline and by-indication tables (counts and grams only: no identifiers)."""
+
+    paths: list[str]
+    headline_markdown: str
+    by_indication: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class NightSummary:
+    """What a night did, in counts (safe to log: no patient data)."""
+
+    run_id: str
+    db: str
+    status: str
+    audit_scope: str
+    rows: dict[str, int] = field(default_factory=dict)
+    courses: int = 0
+    findings: int = 0
+    findings_by_severity: dict[str, int] = field(default_factory=dict)
+    findings_by_category: dict[str, int] = field(default_factory=dict)
+    patients_audited: int = 0
+    skipped_files: int = 0
+    reaudit_reason: str | None = None
+    report: WrittenReport | None = None
+    report_status: str = "not_requested"
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def report_files(self) -> list[str]:
+        """The report files written (none when no report was written)."""
+        return self.report.paths if self.report else []
+
+    @property
+    def nothing_new(self) -> bool:
+        """True when every input was audited before and the configuration did not change."""
+        return self.status == "nothing_new"
+
+
+def new_run_id(now: datetime) -> str:
+    """A sortable, unique run id: UTC time plus a short random suffix."""
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def load_configuration(rules: Path | None, profile: str | None, products: Path | None) -> tuple[RulePack, ProductDictionary]:
+    """The effective rule pack (with profile) and the product dictionary."""
+    return load_rule_pack(rules, profile), load_products(products)
+
+
+def find_new_inputs(
+    inputs: dict[str, list[Path]], db: Path, force: bool
+) -> tuple[dict[str, list[Path]], list[dict[str, Any]]]:
+    """The input files per extract to read tonight, and those skipped (with why).
+
+    A path given twice (or a file inside two given folders) is read once; a file whose content a
+    stored run audited is skipped (unless `force`), and so is a second file of the same content
+    tonight. A file of a size no audited input had is new without hashing it first: its hash is
+    computed in the background while the audit parses it.
+    """
+    done, sizes = (set(), set()) if force else store.audited_inputs(db)
+    new: dict[str, list[Path]] = {}
+    skipped: list[dict[str, Any]] = []
+    seen_paths: set[Path] = set()
+    seen_content: dict[str, str] = {}
+    for extract, paths in inputs.items():
+        for path in discover(paths):
+            real = path.resolve()
+            if real in seen_paths:
+                continue
+            seen_paths.add(real)
+            size = path.stat().st_size
+            if sizes is None or size in sizes or any(s == size for s in _sizes_of(seen_content)):
+                digest = content_sha256(path)
+                if digest in done or digest in seen_content:
+                    why = "audited before" if digest in done else f"same content as {seen_content[digest]}"
+                    skipped.append({"extract": extract, "path": str(path), "sha256": digest, "bytes": size, "why": why})
+                    continue
+                seen_content[digest] = str(path)
+            new.setdefault(extract, []).append(path)
+    return new, skipped
+
+
+def _sizes_of(seen_content: dict[str, str]) -> list[int]:
+    """Sizes of tonight's files already hashed (a second file of the same content must be hashed too)."""
+    return [Path(p).stat().st_size for p in seen_content.values()]
+
+
+#: Files up to this size are parsed whole when read, so a broken row is named with its file at once;
+#: larger ones (backfills) are parsed once, in the audit's streaming pass.
+VALIDATE_ROWS_BYTES = 256 * 1024 * 1024
+
+
+def read_extract(paths: list[Path], extract: str, mapping: str | None) -> tuple[pl.LazyFrame, list[SourceFile]]:
+    """One extract's files as a lazy frame of canonical text columns, with their content hashes."""
+    small = sum(Path(p).stat().st_size for p in paths) <= VALIDATE_ROWS_BYTES
+    return readers.scan_extract(paths, extract, mapping=mapping, validate_rows=small)
+
+
+def tonight_frames(
+    read: dict[str, list[tuple[pl.LazyFrame, list[SourceFile]]]], run_seq: int
+) -> tuple[dict[str, pl.LazyFrame], list[SourceFile]]:
+    """Tonight's rows per extract with their arrival, and the files they came from (in arrival order)."""
+    sources = [s for extract in EXTRACTS for _, found in read.get(extract, []) for s in found]
+    positions = {s.path: i for i, s in enumerate(sources)}
+    frames = {
+        extract: arrived(pl.concat([frame for frame, _ in files], how="vertical"), run_seq, positions)
+        for extract, files in read.items()
+    }
+    return frames, sources
+
+
+def select_tonight(
+    frames: dict[str, pl.LazyFrame], products: ProductDictionary, pack: RulePack
+) -> tuple[stages.Extracts, int]:
+    """Tonight's rows the audit reads (in memory), and the number of order rows read tonight."""
+    return stages.select_relevant(stages.Extracts(frames.get("orders"), frames.get("labs"), frames.get("procedures")), products, pack)
+
+
+def tonight_keys(selected: stages.Extracts, products: ProductDictionary) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """Tonight's patients (any extract), order ids, and patients with an immunoglobulin row tonight."""
+    collected = {name: frame.collect() for name, frame in selected.frames().items() if frame is not None}
+    patients = touched_patients(collected)
+    orders = collected.get("orders")
+    if orders is None or orders.is_empty():
+        empty = pl.Series("x", [], dtype=pl.String)
+        return patients, empty.alias("order_id"), empty.alias("patient_id")
+    ndc = "ndc" if "ndc" in orders.columns else None
+    ids = orders.select(pl.col("order_id").str.strip_chars()).drop_nulls().unique()["order_id"]
+    ig = orders.filter(immunoglobulin_rows(products, ndc)).select(pl.col("patient_id").str.strip_chars()).drop_nulls().unique()["patient_id"]
+    return patients, ids, ig
+
+
+def audit_tonight(
+    selected: stages.Extracts,
+    rows_read: int,
+    history: store.History,
+    products: ProductDictionary,
+    pack: RulePack,
+    run_id: str,
+) -> stages.AuditResult:
+    """Tonight's rows audited together with the stored history of the patients they touch."""
+    def with_stored(extract: str) -> pl.LazyFrame | None:
+        has = not history.ledger.filter(pl.col("extract") == extract).is_empty()
+        rows = merged(selected.frames()[extract], stored_text_rows(history.ledger, extract) if has else None)
+        # An extract given on some night is there for every patient, empty for one with no row of it.
+        return empty_text_rows(extract) if rows is None and (extract in history.extracts_given or extract == "orders") else rows
+
+    extracts = stages.Extracts(orders=with_stored("orders"), labs=with_stored("labs"), procedures=with_stored("procedures"))
+    prepared = stages.prepare(extracts, products, pack, rows_read)
+    courses, order_course = stages.courses_with_regimen(prepared.ivig, pack, history.courses)
+    findings = stages.judge(courses, prepared, pack, run_id)
+    patients = pl.concat([history.patients, stages.audited_patients(prepared)]).unique().sort("patient_id")
+    return stages.output_tables(prepared, courses, order_course, findings, run_id, patients)
+
+
+def commit(db: Path, run: store.RunRecord, result: stages.AuditResult, pack: RulePack) -> None:
+    """Write the night in one transaction: what the ledger learned, the judged patients' tables, the run."""
+    store.write_run(
+        db, run, result.orders, result.courses, result.findings, result.quarantine,
+        patients=result.patients, ledger=result.ledger, versions=result.versions,
+        retention=retention_days(pack), grace_days=int(pack.settings["late_arrival_days"]),
+    )
+
+
+def report_is_current(db: Path, report_dir: Path) -> bool:
+    """Whether the report folder holds a complete report of the database's latest audited state."""
+    stamp = report_dir / REPORT_STAMP
+    if not stamp.is_file() or not all((report_dir / name).is_file() for name in ("index.html", "summary.md", "worklist.csv")):
+        return False
+    try:
+        recorded = json.loads(stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return recorded == _report_state(db)
+
+
+def _report_state(db: Path) -> dict[str, Any]:
+    """What a report shows: the database and its latest audit."""
+    return {"db": str(Path(db).resolve()), "audit_seq": store.latest_audit_seq(db)}
+
+
+def write_report(db: Path, report_dir: Path, cost_per_gram: float) -> WrittenReport:
+    """The manager summary from what the database holds, then the stamp saying which state it shows."""
+    from pipeline.report import ReportOptions, aggregate_table, build_report, headline_markdown
+
+    paths, data = build_report(store.read_tables(db), report_dir, ReportOptions(cost_per_gram=cost_per_gram))
+    (report_dir / REPORT_STAMP).write_text(json.dumps(_report_state(db)), encoding="utf-8")
+    return WrittenReport([str(p) for p in paths], headline_markdown(data), aggregate_table(data))
+
+
+def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | None = None) -> NightSummary:
+    """Audit tonight's new inputs with the stored history of the patients they touch (see module doc)."""
+    steps = steps or DirectSteps()
+    started = datetime.now(timezone.utc)
+    run_id = run_id or new_run_id(started)
+    db = Path(request.db)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 3)
+        clock = now
+
+    pack, products = steps("load rule pack and dictionaries", load_configuration, request.rules, request.profile, request.products)
+    with store.writer_lock(db, request.lock_timeout_seconds):
+        lap("wait_for_lock")
+        steps("upgrade database", store.upgrade_database, db)
+        state = store.read_night_state(db)
+        new, skipped = steps("find new input files", find_new_inputs, request.inputs, db, request.force)
+        reason = _reaudit_reason(state, pack, products)
+        base = dict(
+            run_id=run_id, started_at=started, profile=pack.profile_name, rule_pack_version=pack.version,
+            rule_pack_hash=pack.config_hash, products_hash=products.config_hash, skipped_inputs=skipped,
+            cost_per_gram=request.cost_per_gram, seq=state.last_seq + 1,
+            report_status=None if request.report_dir is not None else "not_requested",
+        )
+        if not new and reason is None:
+            run = store.RunRecord(
+                **base, finished_at=datetime.now(timezone.utc), status="nothing_new", inputs=[], rows_read=0,
+                rows_quarantined=0, rows_ivig=0, rows_passed_through=0, rows_out_of_scope=0, courses=0, findings=0,
+                audit_scope="none", timings=timings,
+            )
+            steps("record run", store.write_run_record, db, run)
+            summary = NightSummary(run_id=run_id, db=str(db), status="nothing_new", audit_scope="none", skipped_files=len(skipped))
+        else:
+            calls = [([path], extract, request.mapping) for extract in EXTRACTS for path in new.get(extract, [])]
+            results = steps.map("read extract", read_extract, calls)
+            read: dict[str, list] = {}
+            for (_, extract, _), result in zip(calls, results):
+                read.setdefault(extract, []).append(result)
+            frames, sources = tonight_frames(read, state.last_seq + 1)
+            lap("read")
+            selected, rows_read = steps("select tonight's rows", select_tonight, frames, products, pack)
+            patients, order_ids, ig = tonight_keys(selected, products)
+            given = state.extracts_given | set(new)
+            if state.has_history and set(new) - state.extracts_given and reason is None:
+                kinds = " and ".join(sorted(set(new) - state.extracts_given))
+                reason = f"the first {kinds} extract: rules that read it now judge every patient"
+            history = dataclasses.replace(
+                steps("load history", store.read_history, db, patients, order_ids, ig, reason is not None),
+                extracts_given=frozenset(given),
+            )
+            lap("history")
+            result = _audit(steps, selected, rows_read, history, products, pack, run_id, request.shards)
+            lap("audit")
+            run = store.RunRecord(
+                **base, finished_at=datetime.now(timezone.utc), status="succeeded",
+                inputs=[s.record() for s in sources], **result.counts(), courses=result.courses.height,
+                findings=result.findings.height, audit_scope="full" if reason else "incremental",
+                patients_audited=result.patients.height, reaudit_reason=reason, timings=timings,
+            )
+            steps("write database", commit, db, run, result, pack)
+            lap("store")
+            summary = NightSummary(
+                run_id=run_id, db=str(db), status="succeeded", audit_scope=run.audit_scope, rows=result.counts(),
+                courses=result.courses.height, findings=result.findings.height,
+                findings_by_severity=_counts(result.findings, "severity"),
+                findings_by_category=_counts(result.findings, "category"),
+                patients_audited=run.patients_audited, skipped_files=len(skipped), reaudit_reason=reason,
+            )
+    report, report_status = None, "not_requested"
+    if request.report_dir is not None:
+        report_dir = Path(request.report_dir)
+        if summary.nothing_new and report_is_current(db, report_dir):
+            report_status = "up_to_date"
+        else:
+            try:
+                report = steps("write report", write_report, db, report_dir, request.cost_per_gram)
+                report_status = "written"
+            except BaseException:
+                _record_report_status(db, run_id, "failed")
+                raise
+        _record_report_status(db, run_id, report_status)
+    lap("report")
+    return NightSummary(
+        **{**summary.__dict__, "report": report, "report_status": report_status, "timings": timings,
+           "seconds": (datetime.now(timezone.utc) - started).total_seconds()}
+    )
+
+
+def _audit(steps: Steps, selected, rows_read, history, products, pack, run_id, shards: int) -> stages.AuditResult:
+    """The audit of tonight's rows with their history, whole or in shards of patients."""
+    if shards <= 1:
+        return steps("audit", audit_tonight, selected, rows_read, history, products, pack, run_id)
+    # Patients are independent: each shard is audited whole on its own worker; the write stays one step.
+    calls = [(stages.shard(selected, i, shards), 0, _shard_history(history, i, shards), products, pack, run_id) for i in range(shards)]
+    parts = steps.map("audit shard", audit_tonight, calls)
+    try:
+        return stages.combine(parts, rows_read)
+    except ValueError as exc:
+        raise ExtractError(str(exc)) from None
+
+
+def _shard_history(history: store.History, index: int, shards: int) -> store.History:
+    """The part of the stored history of one shard's patients."""
+    keep = stages.shard_of_patient(shards) == index
+    return store.History(ledger=history.ledger.filter(keep), courses=history.courses.filter(keep), patients=history.patients.filter(keep))
+
+
+def _reaudit_reason(state: store.NightState, pack: RulePack, products: ProductDictionary) -> str | None:
+    """Why every patient must be judged again tonight (None: only those tonight's rows touch)."""
+    if state.rule_pack_hash is None:
+        return None
+    changed = []
+    if state.rule_pack_hash != pack.config_hash:
+        changed.append(f"the rule pack or profile changed (now {pack.version}, profile {pack.profile_name})")
+    if state.products_hash is not None and state.products_hash != products.config_hash:
+        changed.append("the product dictionary changed")
+    return "; ".join(changed) or None
+
+
+def _record_report_status(db: Path, run_id: str, status: str) -> None:
+    """Record what happened to the run's report; a failure to record it is logged, never raised over the report's own error."""
+    try:
+        store.set_report_status(db, run_id, status)
+    except (store.StoreError, OSError) as exc:
+        log.warning("could not record the report status of run %s: %s", run_id, exc)
+
+
+def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    """Row counts per value of one column."""
+    counts = frame.group_by(column).len()
+    return dict(zip(counts[column].to_list(), counts["len"].to_list()))
