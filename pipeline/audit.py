@@ -224,14 +224,14 @@ def _first_arrival_of_each_version(rows: pl.DataFrame) -> pl.DataFrame:
 def versions_in_force(valid: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFrame:
     """The state of every version of every order_id the audit saw, and the version in force.
 
-    valid     order_id, version and precedence (history.PRECEDENCE) of rows that passed every check
+    valid     order_id, version, precedence (history.PRECEDENCE) and source_file of rows that passed every check
     rejected  the same of quarantined rows (with `reason`)
-    Returns order_id, version, state (in_force | superseded | rejected), reason (rejected only) and
-    the precedence columns. The version in force is the latest valid one; a version that failed a
+    Returns order_id, version, state (in_force | superseded | rejected), reason (rejected only), the
+    precedence columns and source_file. The version in force is the latest valid one; a version that failed a
     check and is later than it is `rejected` (a correction that did not take); every other
     version is `superseded`.
     """
-    keys = ["order_id", "version", *PRECEDENCE]
+    keys = ["order_id", "version", *PRECEDENCE, "source_file"]
     good = _first_arrival_of_each_version(valid.select(keys))
     bad = _first_arrival_of_each_version(
         rejected.filter(pl.col("order_id").is_not_null()).select(*keys, "reason")
@@ -248,7 +248,10 @@ def versions_in_force(valid: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFra
         .when(~pl.col("valid") & (in_force_at.is_null() | (position > in_force_at)))
         .then(pl.lit("rejected"))
         .otherwise(pl.lit("superseded")),
-    ).select("order_id", "version", "state", pl.when(~pl.col("valid")).then(pl.col("reason")).alias("reason"), *PRECEDENCE)
+    ).select(
+        "order_id", "version", "state", pl.when(~pl.col("valid")).then(pl.col("reason")).alias("reason"),
+        *PRECEDENCE, "source_file",
+    )
 
 
 def _in_force(frame: pl.DataFrame, versions: pl.DataFrame) -> pl.DataFrame:
@@ -266,7 +269,10 @@ def rejected_corrections(versions: pl.DataFrame) -> pl.DataFrame:
         .sort("order_id", *PRECEDENCE)
         .group_by("order_id", maintain_order=True)
         .agg(
-            rejected_correction=pl.format("a later version was quarantined ({})", pl.col("reason")).str.join("; "),
+            rejected_correction=pl.format(
+                "a later version ({} row {}) was quarantined: {}", pl.col("source_file").str.replace(r"^.*/", ""),
+                pl.col("source_row"), pl.col("reason"),
+            ).str.join("; "),
         )
     )
 
@@ -296,7 +302,7 @@ def prepare(
         labs_lazy, rejected_labs = check_labs(labs_text)
     if procedures_text is not None:
         procedures_lazy, rejected_procedures = check_procedures(procedures_text)
-    version_keys = ["order_id", "version", *PRECEDENCE, "tonight"]
+    version_keys = ["order_id", "version", *PRECEDENCE, "source_file", "tonight"]
     queries = {
         "ivig": ivig_lazy,
         "evidence": split.evidence,

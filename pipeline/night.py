@@ -334,7 +334,7 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
                 **base, finished_at=datetime.now(timezone.utc), status="succeeded",
                 inputs=[s.record() for s in sources], **result.counts(), courses=result.courses.height,
                 findings=result.findings.height, audit_scope="full" if reason else "incremental",
-                patients_audited=result.patients.height, reaudit_reason=reason, timings=timings,
+                patients_audited=_judged(result), reaudit_reason=reason, timings=timings,
             )
             steps("write database", commit, db, run, result, pack)
             lap("store")
@@ -376,6 +376,12 @@ def _audit(steps: Steps, selected, rows_read, history, products, pack, run_id, s
         return stages.combine(parts, rows_read)
     except ValueError as exc:
         raise ExtractError(str(exc)) from None
+
+
+def _judged(result: stages.AuditResult) -> int:
+    """How many patients the night judged: those with IVIG orders, courses or findings after it."""
+    frames = [result.orders.select("patient_id"), result.courses.select("patient_id"), result.findings.select("patient_id")]
+    return pl.concat(frames).unique().height
 
 
 def _shard_history(history: store.History, index: int, shards: int) -> store.History:

@@ -442,6 +442,22 @@ def dose_not_assessable(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     )
 
 
+@rule("data_quality.correction_rejected")
+def correction_rejected(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
+    """Courses judged on an earlier version of an order because its later version failed the contract."""
+    offending = ctx.courses.filter(pl.col("rejected_corrections").is_not_null())
+    return finding(
+        offending,
+        expected=pl.lit("the latest version of each order passing the contract"),
+        observed=pl.col("rejected_corrections"),
+        message=pl.format(
+            "The {} course starting {} is judged on the earlier version of its orders: {}.",
+            pl.col("regimen_label").fill_null(pl.col("indication")), pl.col("start").dt.strftime("%Y-%m-%d"),
+            pl.col("rejected_corrections"),
+        ),
+    )
+
+
 @rule("data_quality.unrecognised_immunoglobulin")
 def unrecognised_immunoglobulin(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Medication names that look like an immunoglobulin but match no product in the dictionary."""

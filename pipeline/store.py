@@ -529,7 +529,7 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "rows_quarantined_orders": "order rows quarantined (rows_quarantined counts every extract); rows_read = rows_ivig + rows_passed_through + rows_out_of_scope + rows_unrecognised_ig + rows_quarantined_orders",
         "seq": "sequence number of the run among the database's runs (commit order)",
         "audit_scope": "incremental (the patients tonight's rows touch), full (every patient: the rule pack or product dictionary changed) or none (nothing new)",
-        "patients_audited": "patients whose orders, courses and findings the run judged",
+        "patients_audited": "patients the run judged who have IVIG orders, courses or findings after it",
         "reaudit_reason": "why the run judged every patient again (e.g. the rule pack changed)",
         "products_hash": "sha256 of the product dictionary used",
         "report_status": "written, failed, not_requested or up_to_date (the next run rewrites a missing or stale report)",

@@ -238,3 +238,64 @@ def outcome(db: Path) -> dict[str, list[tuple]]:
 def _comparable(value: Any) -> Any:
     """A value as compared: floats to 9 decimals (two runs may sum the same grams in another order)."""
     return round(value, 9) if isinstance(value, float) else value
+
+
+#: The column dating each extract's rows (a feed delivers a row in the file of its own date).
+DATED_BY = {"orders": "start", "labs": "collected_at", "procedures": "performed_at"}
+
+
+def weekly_files(extracts: dict[str, list[Path]], root: Path) -> list[FeedFile]:
+    """Every row of the given extracts in the weekly file of its own date (`<extract>_<ISO week>.csv`).
+
+    A row whose date is not a date goes to the first week's file (it is quarantined wherever it is).
+    """
+    import polars as pl
+
+    out = []
+    for extract, paths in extracts.items():
+        rows = pl.concat([pl.read_csv(p, infer_schema=False) for p in paths], how="diagonal")
+        day = pl.col(DATED_BY[extract]).str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+        rows = rows.with_columns(week=(day.dt.year() * 100 + day.dt.week()))
+        first = rows["week"].min()
+        rows = rows.with_columns(pl.col("week").fill_null(first))
+        for (week,), part in rows.partition_by("week", as_dict=True, maintain_order=True).items():
+            path = root / f"week-{week}" / f"{extract}_{week}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part.drop("week").write_csv(path)
+            out.append(FeedFile(extract, path, int(week)))
+    return sorted(out, key=lambda f: (f.period, EXTRACTS.index(f.extract)))
+
+
+def by_week(feed: list[FeedFile]) -> list[list[FeedFile]]:
+    """One night per week, each with that week's files."""
+    weeks: dict[int, list[FeedFile]] = {}
+    for f in feed:
+        weeks.setdefault(f.period, []).append(f)
+    return [weeks[w] for w in sorted(weeks)]
+
+
+def write_rows(path: Path, extract: str, rows: list[dict[str, Any]]) -> Path:
+    """A canonical CSV of one extract (missing columns empty)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(EXTRACT_COLUMNS[extract]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: ("" if row.get(c) is None else str(row.get(c))) for c in EXTRACT_COLUMNS[extract]})
+    return path
+
+
+def night(db: Path, run_id: str | None = None, report_dir: Path | None = None, rules: Path | None = None,
+          force: bool = False, **inputs: Path | list[Path]):
+    """One night over the given extracts (orders=..., labs=..., procedures=...), in this process."""
+    from pipeline.night import NightRequest, run_night
+
+    given = {k: (v if isinstance(v, list) else [v]) for k, v in inputs.items()}
+    return run_night(NightRequest(db=Path(db), inputs=given, report_dir=report_dir, rules=rules, force=force), run_id=run_id)
+
+
+def table(db: Path, query: str, params: list | None = None) -> list[tuple]:
+    """Rows of a query on the database (read-only)."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(query, params or []).fetchall()

@@ -65,3 +65,39 @@ def test_missing_product_dictionary_is_one_line(tmp_path: Path):
                                  "--db", str(tmp_path / "a.duckdb")])
     assert result.exit_code == 2
     assert "product dictionary not found" in _one_line_error(result)
+
+
+def _flow_inputs(monkeypatch, args: list[str]) -> dict:
+    """The inputs `ivig-audit run ARGS` passes to the flow (the flow itself replaced: no Prefect started)."""
+    import flows.audit
+    from pipeline.night import NightSummary
+
+    seen = {}
+
+    def flow(**kwargs):
+        seen.update(kwargs)
+        return NightSummary(run_id="r", db=kwargs["db"], status="nothing_new", audit_scope="none")
+
+    monkeypatch.setattr(flows.audit, "audit_flow", flow)
+    result = runner.invoke(app, ["run", *args])
+    assert result.exit_code == 0, result.output
+    return seen
+
+
+def test_the_sample_data_is_audited_only_when_no_input_is_given(monkeypatch, tmp_path: Path):
+    labs_only = _flow_inputs(monkeypatch, ["--labs", str(SAMPLE / "labs.csv"), "--db", str(tmp_path / "a.duckdb")])
+    assert (labs_only["orders"], labs_only["labs"], labs_only["procedures"]) == ([], [str(SAMPLE / "labs.csv")], [])
+    nothing = _flow_inputs(monkeypatch, ["--db", str(tmp_path / "a.duckdb")])
+    assert nothing["orders"] and nothing["labs"] and nothing["procedures"]  # the shipped sample, all three
+
+
+def test_labs_and_procedures_take_several_paths(monkeypatch, tmp_path: Path):
+    second = tmp_path / "labs2.csv"
+    second.write_bytes((SAMPLE / "labs.csv").read_bytes())
+    given = _flow_inputs(monkeypatch, [
+        "--orders", str(SAMPLE / "orders"), "--labs", str(SAMPLE / "labs.csv"), "--labs", str(second),
+        "--procedures", str(SAMPLE / "procedures.csv"), "--procedures", str(SAMPLE / "procedures.csv"),
+        "--db", str(tmp_path / "a.duckdb"),
+    ])
+    assert given["labs"] == [str(SAMPLE / "labs.csv"), str(second)]
+    assert given["procedures"] == [str(SAMPLE / "procedures.csv")] * 2  # read once: the night drops a repeated path

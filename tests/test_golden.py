@@ -16,7 +16,7 @@ DATA = tomllib.loads(GOLDEN.read_text(encoding="utf-8"))
 CASES: list[dict[str, Any]] = DATA["case"]
 CASE_KEYS = {
     "name", "description", "orders", "labs", "procedures", "expect_rules", "forbid_rules",
-    "expect_severity", "expect_excess_g", "expect_courses", "profile",
+    "expect_severity", "expect_excess_g", "expect_courses", "expect_quarantined", "profile",
 }
 
 
@@ -103,9 +103,10 @@ def test_golden_patient(case: dict[str, Any]):
 
     # Whatever the case: no order vanishes, findings carry their evidence, and the course table
     # agrees with the findings on what is appropriate.
-    assert result.quarantine.height == 0, result.quarantine.select("order_id", "reason").rows()
+    quarantined = result.quarantine.select("order_id", "reason").rows()
+    assert len(quarantined) == case.get("expect_quarantined", 0), quarantined
     assert result.rows_read == (
-        result.rows_ivig + result.rows_passed_through + result.rows_out_of_scope
+        result.rows_ivig + result.rows_passed_through + result.rows_out_of_scope + result.rows_quarantined_orders
         + findings.filter(pl.col("rule_id") == "data_quality.unrecognised_immunoglobulin").height
     )
     rules = pack(case.get("profile")).rules
