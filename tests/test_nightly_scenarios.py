@@ -136,7 +136,7 @@ def test_a_dose_charted_late_keeps_the_course_and_its_reviewed_finding(tmp_path:
     assert table(db, "SELECT status, changed_since_review, resolved_run FROM findings WHERE finding_id = ?", [over]) == [
         ("acknowledged", True, None)
     ]
-    assert table(db, "SELECT change FROM finding_history WHERE finding_id = ? ORDER BY run_id", [over]) == [("raised",), ("changed",)]
+    assert table(db, "SELECT change FROM finding_history JOIN runs USING (run_id) WHERE finding_id = ? ORDER BY seq", [over]) == [("raised",), ("changed",)]
     # Reviewed again, the mark goes; the finding's facts no longer differ from what was reviewed.
     record_review(db, over, "actioned", "A. Pharmacist", reason_code="dose_changed")
     assert table(db, "SELECT changed_since_review FROM findings WHERE finding_id = ?", [over]) == [(False,)]
@@ -173,7 +173,7 @@ def test_a_new_rule_pack_judges_everyone_again_and_keeps_what_the_old_one_raised
     # The past is kept: the finding raised under the old pack is resolved under the new one, not rewritten.
     assert table(db, "SELECT raised_pack_version, confirmed_pack_version, resolved_run IS NOT NULL FROM findings "
                      "WHERE finding_id = ?", [over]) == [("2026.11.1", "2026.11.1", True)]
-    assert table(db, "SELECT change, pack_version FROM finding_history WHERE finding_id = ? ORDER BY run_id", [over]) == [
+    assert table(db, "SELECT change, pack_version FROM finding_history JOIN runs USING (run_id) WHERE finding_id = ? ORDER BY seq", [over]) == [
         ("raised", "2026.11.1"), ("resolved", "2026.12.site"),
     ]
     again = night(db, rules=site, orders=extract)
