@@ -18,6 +18,8 @@ CATEGORIES = (
 SEVERITIES = ("info", "warning", "critical")
 STATUSES = ("open", "acknowledged", "actioned", "dismissed")
 WEIGHT_BASES = ("actual", "adjusted", "ibw", "unknown")
+#: What stands for the actual weight of a course (pipeline.weights.with_actual_weight).
+ACTUAL_WEIGHT_SOURCES = ("current weight", "pre-pregnancy weight")
 
 DT = pl.Datetime("us")
 
@@ -58,6 +60,8 @@ ORDERS = pa.DataFrameSchema(
         "indication": _col(pl.String, nullable=False),
         "indication_source": _col(pl.String, nullable=False),
         "justification": _col(pl.String),
+        "justification_code": _col(pl.String),
+        "pre_pregnancy_weight_kg": _col(pl.Float64),
         "course_id": _col(pl.String),
         "source_file": _col(pl.String, nullable=False),
         "source_row": _col(pl.Int64, nullable=False),
@@ -86,6 +90,9 @@ COURSES = pa.DataFrameSchema(
         "order_ids": _col(pl.String, nullable=False),
         "products": _col(pl.String, nullable=False),
         "actual_weight_kg": _col(pl.Float64),
+        "current_weight_kg": _col(pl.Float64),
+        "pre_pregnancy_weight_kg": _col(pl.Float64),
+        "actual_weight_source": _col(pl.String, nullable=False, checks=pa.Check.isin(ACTUAL_WEIGHT_SOURCES)),
         "height_cm": _col(pl.Float64),
         "sex": _col(pl.String),
         "age_years": _col(pl.Float64),
@@ -100,6 +107,7 @@ COURSES = pa.DataFrameSchema(
         "g_per_kg": _col(pl.Float64),
         "interval_days": _col(pl.Float64),
         "justification": _col(pl.String),
+        "justification_code": _col(pl.String),
         "appropriate": _col(pl.Boolean, nullable=False),
         "excess_g": _col(pl.Float64, nullable=False, checks=pa.Check.ge(0)),
     },

@@ -293,6 +293,18 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE runs ADD COLUMN IF NOT EXISTS rows_quarantined_orders BIGINT DEFAULT 0",
         ],
     ),
+    (
+        5,
+        "coded justification and the weights a course was dosed on (current and pre-pregnancy weight)",
+        [
+            "ALTER TABLE orders ADD COLUMN IF NOT EXISTS justification_code VARCHAR",
+            "ALTER TABLE orders ADD COLUMN IF NOT EXISTS pre_pregnancy_weight_kg DOUBLE",
+            "ALTER TABLE courses ADD COLUMN IF NOT EXISTS current_weight_kg DOUBLE",
+            "ALTER TABLE courses ADD COLUMN IF NOT EXISTS pre_pregnancy_weight_kg DOUBLE",
+            "ALTER TABLE courses ADD COLUMN IF NOT EXISTS actual_weight_source VARCHAR DEFAULT 'current weight'",
+            "ALTER TABLE courses ADD COLUMN IF NOT EXISTS justification_code VARCHAR",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
@@ -386,6 +398,8 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "indication": "normalised indication",
         "indication_source": "where the normalised indication came from (code, text, ...)",
         "justification": "free text justifying a repeat or maintenance course",
+        "justification_code": "site code of the justification (rule pack [justification.codes]); used before the text",
+        "pre_pregnancy_weight_kg": "pre-pregnancy weight on the order (kg)",
         "course_id": "course this order belongs to (courses.course_id)",
         "source_file": "extract file the row came from",
         "source_row": "row number in the source file",
@@ -408,7 +422,10 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "total_g": "course total grams",
         "order_ids": "orders of the course (comma-separated order_id)",
         "products": "products given in the course",
-        "actual_weight_kg": "actual body weight (kg)",
+        "actual_weight_kg": "weight standing for the actual body weight (kg): the pre-pregnancy weight in pregnancy when given, else the current weight",
+        "current_weight_kg": "weight at order (kg), the first recorded in the course",
+        "pre_pregnancy_weight_kg": "pre-pregnancy weight on the orders (kg)",
+        "actual_weight_source": "what stands for the actual weight: current weight or pre-pregnancy weight",
         "height_cm": "height (cm)",
         "sex": "sex (M or F)",
         "age_years": "age at course start (years)",
@@ -423,6 +440,7 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "g_per_kg": "course total grams / dosing weight",
         "interval_days": "days since the previous course of the same indication",
         "justification": "documented justification for a repeat or maintenance course",
+        "justification_code": "site justification codes of the course's orders (comma-separated)",
         "appropriate": "course passed every dose and indication rule",
         "excess_g": "grams above the policy maximum for this course",
         "run_id": _RUN_COL,
