@@ -155,8 +155,9 @@ def read_justifications(texts: pl.LazyFrame, vocabulary: Vocabulary) -> pl.LazyF
     for i, kind in enumerate(kinds):
         marked = marked.str.replace_all(_any_of(vocabulary.kinds[kind].get("phrases", [])), f" {_marker(i)} ")
     marked = (
-        marked.str.replace_all(_any_of(vocabulary.negation_cues), f" {_NEGATION} ")
-        .str.replace_all(_any_of(vocabulary.negative_outcome_cues), f" {_OUTCOME} ")
+        # Negative outcomes first: their phrases ("not seen", "no change") hold a negation word.
+        marked.str.replace_all(_any_of(vocabulary.negative_outcome_cues), f" {_OUTCOME} ")
+        .str.replace_all(_any_of(vocabulary.negation_cues), f" {_NEGATION} ")
         .str.replace_all(_any_of(vocabulary.uncertainty_cues), f" {_DOUBT} ")
     )
     placeholder = r"(?i)^[\s\W]*(?:" + "|".join(f"(?:{p})" for p in vocabulary.placeholders) + r")[\s\W]*$"
@@ -214,9 +215,12 @@ def read_justifications(texts: pl.LazyFrame, vocabulary: Vocabulary) -> pl.LazyF
         negated_clause=pl.col("shown").filter(pl.col("has_negation")).first(),
         uncertain_clause=pl.col("shown").filter(pl.col("doubtful")).first(),
     )
-    return by_text.with_columns(
+    return distinct.join(by_text, on="text", how="left").with_columns(
         # A verdict's clause only where there is a verdict.
-        *[pl.when(pl.col(kind).is_not_null()).then(pl.col(f"{kind}_clause")).alias(f"{kind}_clause") for kind in kinds]
+        *[pl.when(pl.col(kind).is_not_null()).then(pl.col(f"{kind}_clause")).alias(f"{kind}_clause") for kind in kinds],
+        # A text of punctuation only ("-", "...") has no clause: a placeholder.
+        placeholder=pl.col("placeholder").fill_null(True),
+        placeholder_clause=pl.coalesce(pl.col("placeholder_clause"), pl.col("text").str.strip_chars().str.slice(0, _SHOWN_CHARS)),
     )
 
 
