@@ -302,6 +302,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE courses ADD COLUMN IF NOT EXISTS current_weight_kg DOUBLE",
             "ALTER TABLE courses ADD COLUMN IF NOT EXISTS pre_pregnancy_weight_kg DOUBLE",
             "ALTER TABLE courses ADD COLUMN IF NOT EXISTS actual_weight_source VARCHAR DEFAULT 'current weight'",
+            "ALTER TABLE courses ALTER COLUMN actual_weight_source SET NOT NULL",
             "ALTER TABLE courses ADD COLUMN IF NOT EXISTS justification_code VARCHAR",
         ],
     ),
