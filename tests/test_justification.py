@@ -12,7 +12,7 @@ import pytest
 from pipeline.justification import read_justifications
 from pipeline.rulepack import RulePackError, load_rule_pack
 from pipeline.rules import AuditContext, documents, why_not_documented, with_readings
-from tests.builders import pack
+from tests.builders import audit, ivig_order, pack
 
 LABELLED = Path(__file__).resolve().parent / "data" / "justification_labelled.csv"
 KINDS = ("response", "fluctuation", "refractory", "ms_pregnancy")
@@ -183,3 +183,46 @@ def test_labelled_set_precision_and_recall_per_kind(capsys):
     for name in splits:
         precision, recall, _, _ = figures[(name, "response")]
         assert precision >= 0.95 and recall >= 0.95, name
+
+
+# ------------------------------------------------------------------------------------ follow-up windows
+def _gbs_course_and_labs():
+    """A 2 g/kg GBS course (last dose 06-14) with baseline labs, and labs that arrive on two nights."""
+    orders = [ivig_order(f"G{d}", start=f"2026-06-{10 + d} 09:00:00") for d in range(5)]
+    first_night_labs = [
+        dict(patient_id="P1", collected_at="2026-06-08 07:00:00", test="creatinine", value="0.9", ref_high="1.3", source_file="labs1.csv"),
+        dict(patient_id="P1", collected_at="2026-06-08 07:00:00", test="hemoglobin", value="14", source_file="labs1.csv"),
+        dict(patient_id="P1", collected_at="2026-06-16 07:00:00", test="platelets", value="250", source_file="labs1.csv"),
+    ]
+    second_night_labs = [
+        dict(patient_id="P1", collected_at="2026-07-10 07:00:00", test="platelets", value="240", source_file="labs2.csv"),
+    ]
+    return orders, first_night_labs, second_night_labs
+
+
+def _open_monitoring(result) -> set[str]:
+    return set(result.findings.filter(pl.col("rule_id").str.starts_with("monitoring."))["rule_id"].to_list())
+
+
+def test_a_follow_up_window_is_judged_only_once_the_labs_run_past_it():
+    orders, first, second = _gbs_course_and_labs()
+    assert _open_monitoring(audit(orders, labs=first)) == set()  # labs end 06-16, the window on 06-24: not yet due
+    assert _open_monitoring(audit(orders, labs=first + second)) == {"monitoring.no_hemoglobin_after_course"}
+
+
+def test_follow_up_nights_end_as_one_batch_run():
+    """Night 1 (labs to 06-16) raises nothing; night 2 (history + the 07-10 labs) equals the batch run."""
+    from pipeline.audit import Extracts, run_audit_remembering, with_history
+    from tests.builders import lab_rows, order_rows, products
+
+    orders, first, second = _gbs_course_and_labs()
+    night1, remembered = run_audit_remembering(
+        Extracts(orders=order_rows(*orders), labs=lab_rows(*first)), products(), pack(), "night-1"
+    )
+    assert _open_monitoring(night1) == set()
+    extracts = with_history({"orders": order_rows(*orders).head(0), "labs": lab_rows(*second)}, remembered, frozenset({"labs2.csv"}))
+    night2, _ = run_audit_remembering(extracts, products(), pack(), "night-2")
+    batch = audit(orders, labs=first + second)
+    columns = ["rule_id", "course_id", "message", "observed"]
+    assert night2.findings.select(columns).sort(columns).equals(batch.findings.select(columns).sort(columns))
+    assert _open_monitoring(night2) == {"monitoring.no_hemoglobin_after_course"}
