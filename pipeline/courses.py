@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from pipeline.justification import with_readings
 from pipeline.rulepack import RulePack
 from pipeline.weights import with_actual_weight, with_dosing_weight
 
@@ -132,6 +133,8 @@ def build_courses(dose_days: pl.LazyFrame, pack: RulePack) -> tuple[pl.LazyFrame
     courses = with_dosing_weight(with_actual_weight(courses), pack.weights, pack.profile, pack.settings).with_columns(
         g_per_kg=(pl.col("total_g") / pl.col("dosing_weight_kg")).round(3),
     )
+    # What the justification and indication texts affirm, read once for every rule (j_*, i_* columns).
+    courses = with_readings(courses, pack.justification)
     order_course = (
         numbered.join(courses.select([*COURSE_KEY, "course_number", "course_id"]), on=[*COURSE_KEY, "course_number"])
         .group_by("order_id")

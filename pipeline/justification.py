@@ -228,3 +228,20 @@ def _last_position(text: pl.Expr, marker: str) -> pl.Expr:
     """Byte position (as `str.find` counts) of the last occurrence of a literal marker (null when absent)."""
     from_end = text.str.reverse().str.find(marker[::-1], literal=True)
     return text.str.len_bytes().cast(pl.Int64) - from_end.cast(pl.Int64) - len(marker)
+
+
+#: Prefixes of the readings joined to courses: the justification and the indication text.
+JUSTIFICATION, INDICATION = "j_", "i_"
+
+
+def with_readings(courses: pl.LazyFrame, vocabulary: Vocabulary) -> pl.LazyFrame:
+    """Courses with the reading of their `justification` (columns `j_<field>`) and of their
+    `indication_text` (`i_<field>`): the distinct texts of both read once, joined back."""
+    texts = pl.concat([courses.select(pl.col(c).alias("text")) for c in ("justification", "indication_text")])
+    reading = read_justifications(texts, vocabulary)
+    fields = [c for c in reading.collect_schema().names() if c != "text"]
+    for prefix, column in ((JUSTIFICATION, "justification"), (INDICATION, "indication_text")):
+        courses = courses.join(
+            reading.select(pl.col("text").alias(column), *[pl.col(c).alias(prefix + c) for c in fields]), on=column, how="left"
+        )
+    return courses

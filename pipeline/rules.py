@@ -13,7 +13,7 @@ from typing import Callable
 
 import polars as pl
 
-from pipeline.justification import AFFIRMED, NEGATED, NO_KIND, UNCERTAIN, Vocabulary, read_justifications
+from pipeline.justification import AFFIRMED, NEGATED, NO_KIND, UNCERTAIN, Vocabulary
 from pipeline.rulepack import RulePack, RuleSpec
 
 DT = pl.Datetime("us")
@@ -157,21 +157,6 @@ def has_text_matching(column: str, pattern: str) -> pl.Expr:
     return pl.col(column).str.to_lowercase().str.contains(pattern).fill_null(False)
 
 
-def with_readings(ctx: AuditContext) -> pl.LazyFrame:
-    """Courses with the reading of their justification (`j_*` columns) and indication text (`i_*`)."""
-    vocabulary = ctx.pack.justification
-    texts = pl.concat(
-        [ctx.courses.select(pl.col("justification").alias("text")), ctx.courses.select(pl.col("indication_text").alias("text"))]
-    )
-    reading = read_justifications(texts, vocabulary)
-    fields = [c for c in reading.collect_schema().names() if c != "text"]
-    courses = ctx.courses
-    for prefix, column in (("j_", "justification"), ("i_", "indication_text")):
-        renamed = reading.select(pl.col("text").alias(column), *[pl.col(c).alias(prefix + c) for c in fields])
-        courses = courses.join(renamed, on=column, how="left")
-    return courses
-
-
 def _codes() -> pl.Expr:
     """The course's justification codes (upper case) as a list (null when none was sent)."""
     return pl.col("justification_code").str.to_uppercase().str.split(",").list.eval(pl.element().str.strip_chars())
@@ -284,7 +269,7 @@ def indication_not_routine(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     something (not missing, a placeholder, negated or uncertain).
     """
     vocabulary = ctx.pack.justification
-    courses = with_readings(ctx).filter(pl.col("regimen_status") == "not_routine")
+    courses = ctx.courses.filter(pl.col("regimen_status") == "not_routine")
     parts = []
     for regimen, group in _qualifying(ctx):
         kind, flag = group["qualifying_justification"], group.get("qualifying_flag")
@@ -445,7 +430,7 @@ def course_dose_rounding(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
 def repeat_without_justification(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Later courses of a regimen that needs justification for a repeat, with none documented (code or text)."""
     vocabulary, kinds = ctx.pack.justification, list(spec.params["justified_by"])
-    offending = with_readings(ctx).filter(
+    offending = ctx.courses.filter(
         (pl.col("repeat_policy") == "justification") & (pl.col("course_number") > 1) & ~documents(vocabulary, kinds)
     )
     why = why_not_documented(vocabulary, kinds)
@@ -468,7 +453,7 @@ def repeat_without_justification(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFr
 def maintenance_without_response(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Maintenance courses whose justification (code or text) does not document objective response."""
     vocabulary, kinds = ctx.pack.justification, list(spec.params["justified_by"])
-    offending = with_readings(ctx).filter((pl.col("repeat_policy") == "each_course") & ~documents(vocabulary, kinds))
+    offending = ctx.courses.filter((pl.col("repeat_policy") == "each_course") & ~documents(vocabulary, kinds))
     why = why_not_documented(vocabulary, kinds)
     return finding(
         offending,

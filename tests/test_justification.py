@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.justification import read_justifications
+from pipeline.justification import read_justifications, with_readings
 from pipeline.rulepack import RulePackError, load_rule_pack
-from pipeline.rules import AuditContext, documents, why_not_documented, with_readings
+from pipeline.rules import documents, why_not_documented
 from tests.builders import audit, ivig_order, pack
 
 LABELLED = Path(__file__).resolve().parent / "data" / "justification_labelled.csv"
@@ -35,9 +35,8 @@ def judged(kinds: list[str], texts: list[str | None], codes: list[str | None] | 
         },
         schema={"course_id": pl.String, "justification": pl.String, "justification_code": pl.String, "indication_text": pl.String},
     )
-    ctx = AuditContext(courses=courses, orders=courses, evidence=courses, unrecognised_ig=courses, labs=None, procedures=None, pack=pack())
     vocabulary = pack().justification
-    return with_readings(ctx).select(
+    return with_readings(courses, vocabulary).select(
         "course_id", "justification", "justification_code",
         documented=documents(vocabulary, kinds), why=why_not_documented(vocabulary, kinds),
     ).collect().sort(pl.col("course_id").cast(pl.Int64))
