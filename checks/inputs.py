@@ -29,6 +29,8 @@ ORDER_COLUMNS: dict[str, bool] = {
     "pregnant": False,
     "pre_pregnancy_weight_kg": False,
     "justification": False,
+    # A site's code for the justification (vocabulary in the rule pack's [justification.codes]); used before the text.
+    "justification_code": False,
     "prescriber_id": False,
     "service": False,
     # National Drug Code of the product dispensed (any of 4-4-2, 5-3-2, 5-4-1 with dashes, or 11 digits):

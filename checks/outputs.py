@@ -18,6 +18,8 @@ CATEGORIES = (
 SEVERITIES = ("info", "warning", "critical")
 STATUSES = ("open", "acknowledged", "actioned", "dismissed")
 WEIGHT_BASES = ("actual", "adjusted", "ibw", "unknown")
+#: What stands for the actual weight of a course (pipeline.weights.with_actual_weight).
+ACTUAL_WEIGHT_SOURCES = ("current weight", "pre-pregnancy weight")
 
 DT = pl.Datetime("us")
 
@@ -61,6 +63,9 @@ ORDERS = pa.DataFrameSchema(
         "course_id": _col(pl.String),
         "source_file": _col(pl.String, nullable=False),
         "source_row": _col(pl.Int64, nullable=False),
+        # Added by schema migration 5 (stored after run_id).
+        "justification_code": _col(pl.String),
+        "pre_pregnancy_weight_kg": _col(pl.Float64),
     },
     strict=True,
     name="orders",
@@ -103,6 +108,11 @@ COURSES = pa.DataFrameSchema(
         "rejected_corrections": _col(pl.String),
         "appropriate": _col(pl.Boolean, nullable=False),
         "excess_g": _col(pl.Float64, nullable=False, checks=pa.Check.ge(0)),
+        # Added by schema migration 5 (stored after run_id).
+        "current_weight_kg": _col(pl.Float64),
+        "pre_pregnancy_weight_kg": _col(pl.Float64),
+        "actual_weight_source": _col(pl.String, nullable=False, checks=pa.Check.isin(ACTUAL_WEIGHT_SOURCES)),
+        "justification_code": _col(pl.String),
     },
     strict=True,
     name="courses",

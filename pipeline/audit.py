@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
+from datetime import datetime
 
 import pandera.polars as pa
 import polars as pl
@@ -423,8 +424,13 @@ def judge(
     prepared: PreparedOrders,
     pack: RulePack,
     run_id: str,
+    labs_through: datetime | None = None,
 ) -> pl.DataFrame:
-    """All findings of the run (one row per rule x course or order)."""
+    """All findings of the run (one row per rule x course or order).
+
+    `labs_through`: the date the labs extract runs to, of every patient (a night judges only some
+    patients; default: the newest of their labs, right for one run over all the extracts).
+    """
     ctx = AuditContext(
         courses=courses.lazy(),
         orders=prepared.ivig.lazy(),
@@ -433,6 +439,7 @@ def judge(
         labs=prepared.labs.lazy() if prepared.labs is not None else None,
         procedures=prepared.procedures.lazy() if prepared.procedures is not None else None,
         pack=pack,
+        labs_through=labs_through,
     )
     findings = with_finding_ids(evaluate_rules(ctx, run_id).collect(engine=IN_MEMORY))
     return findings.select(list(outputs.FINDINGS.columns)).sort("patient_id", "course_id", "rule_id", nulls_last=True)

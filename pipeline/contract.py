@@ -240,7 +240,7 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         updated_at_order=parse_datetime("updated_at"),
         **{c: blank_to_null(c) for c in (
             "encounter_id", "facility", "route", "indication", "indication_code",
-            "justification", "prescriber_id", "service",
+            "justification", "justification_code", "prescriber_id", "service",
         )},
     ).with_columns(
         doses=pl.col("doses_number").fill_null(1).cast(pl.Int64, strict=False),

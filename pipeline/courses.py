@@ -5,8 +5,9 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.identity import fresh_course_key
+from pipeline.justification import with_readings
 from pipeline.rulepack import RulePack
-from pipeline.weights import with_dosing_weight
+from pipeline.weights import with_actual_weight, with_dosing_weight
 
 COURSE_KEY = ["patient_id", "indication_group"]
 
@@ -47,7 +48,9 @@ def regimen_table(pack: RulePack) -> pl.DataFrame:
                 "days_max": days[1],
                 "repeat_policy": spec.get("repeat", "justification"),
                 "min_interval_days": spec.get("min_interval_days"),
-                "qualifier_pattern": spec.get("qualifier_pattern"),
+                "qualifying_justification": spec.get("qualifying_justification"),
+                "qualifying_flag": spec.get("qualifying_flag"),
+                "qualifying_description": spec.get("qualifying_description"),
             }
         )
     return pl.DataFrame(
@@ -57,7 +60,8 @@ def regimen_table(pack: RulePack) -> pl.DataFrame:
             "regimen_label": pl.String, "regimen_status": pl.String,
             "target_lo_g_per_kg": pl.Float64, "target_hi_g_per_kg": pl.Float64,
             "days_min": pl.Int64, "days_max": pl.Int64, "repeat_policy": pl.String,
-            "min_interval_days": pl.Float64, "qualifier_pattern": pl.String,
+            "min_interval_days": pl.Float64, "qualifying_justification": pl.String,
+            "qualifying_flag": pl.String, "qualifying_description": pl.String,
         },
     )
 
@@ -94,8 +98,8 @@ def build_courses(dose_days: pl.LazyFrame, pack: RulePack) -> tuple[pl.LazyFrame
             grams_problem=pl.col("grams_problem").drop_nulls().first(),
             order_ids=_joined_unique("order_id"),
             products=_joined_unique("product"),
-            weight_kg=pl.col("weight_kg").sort_by(by_first_dose).drop_nulls().first(),
-            pre_pregnancy_weight_kg=pl.col("pre_pregnancy_weight_kg").drop_nulls().first(),
+            current_weight_kg=pl.col("weight_kg").sort_by(by_first_dose).drop_nulls().first(),
+            pre_pregnancy_weight_kg=pl.col("pre_pregnancy_weight_kg").sort_by(by_first_dose).drop_nulls().first(),
             height_cm=pl.col("height_cm").sort_by(by_first_dose).drop_nulls().first(),
             sex=pl.col("sex").drop_nulls().first(),
             age_years=pl.col("age_years").sort_by(by_first_dose).drop_nulls().first(),
@@ -107,6 +111,7 @@ def build_courses(dose_days: pl.LazyFrame, pack: RulePack) -> tuple[pl.LazyFrame
             rejected_corrections=pl.format("order {}: {}", pl.col("order_id"), pl.col("rejected_correction"))
             .drop_nulls().unique().sort().str.join("; "),
             anchor_order_id=pl.col("order_id").sort_by(["dose_at", "order_id"]).first(),
+            justification_code=_joined_unique("justification_code"),
             facility=pl.col("facility").sort_by(by_first_dose).drop_nulls().first(),
             service=pl.col("service").sort_by(by_first_dose).drop_nulls().first(),
             prescriber_id=pl.col("prescriber_id").sort_by(by_first_dose).drop_nulls().first(),
@@ -117,11 +122,8 @@ def build_courses(dose_days: pl.LazyFrame, pack: RulePack) -> tuple[pl.LazyFrame
         .with_columns(
             justification=pl.when(pl.col("justification").str.len_chars() > 0).then(pl.col("justification")),
             rejected_corrections=pl.when(pl.col("rejected_corrections").str.len_chars() > 0).then(pl.col("rejected_corrections")),
+            justification_code=pl.when(pl.col("justification_code").str.len_chars() > 0).then(pl.col("justification_code")),
             indication_text=pl.when(pl.col("indication_text").str.len_chars() > 0).then(pl.col("indication_text")),
-            # Pregnancy: dose on the pre-pregnancy weight where given.
-            actual_weight_kg=pl.when(pl.col("pregnant").fill_null(False) & pl.col("pre_pregnancy_weight_kg").is_not_null())
-            .then(pl.col("pre_pregnancy_weight_kg"))
-            .otherwise(pl.col("weight_kg")),
             span_days=((pl.col("end").dt.date() - pl.col("start").dt.date()).dt.total_days() + 1).cast(pl.Int64),
             interval_days=(
                 (pl.col("start") - pl.col("start").shift(1).over(COURSE_KEY, order_by="course_number")).dt.total_seconds()
@@ -132,9 +134,11 @@ def build_courses(dose_days: pl.LazyFrame, pack: RulePack) -> tuple[pl.LazyFrame
         )
         .with_columns(indication=regimen_key(pack))
     )
-    courses = with_dosing_weight(courses, pack.weights, pack.profile, pack.settings).with_columns(
+    courses = with_dosing_weight(with_actual_weight(courses), pack.weights, pack.profile, pack.settings).with_columns(
         g_per_kg=(pl.col("total_g") / pl.col("dosing_weight_kg")).round(3),
     )
+    # What the justification and indication texts affirm, read once for every rule (j_*, i_* columns).
+    courses = with_readings(courses, pack.justification)
     order_course = (
         numbered.join(courses.select([*COURSE_KEY, "course_number", "course_key"]), on=[*COURSE_KEY, "course_number"])
         .group_by("order_id")

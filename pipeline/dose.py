@@ -10,6 +10,7 @@ Python (one calculation, not the data path).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -20,11 +21,13 @@ import polars as pl
 from pipeline.courses import regimen_key, regimen_table
 from pipeline.normalise import ProductDictionary, map_indications, matched_product
 from pipeline.rulepack import RulePack
-from pipeline.weights import with_dosing_weight
+from pipeline.weights import PRE_PREGNANCY, with_actual_weight, with_dosing_weight
 
 PHASES = ("first", "later")
 # Vial sizes and doses are handled in units of 0.1 g so the knapsack works on integers.
 _UNITS_PER_G = 10
+# The daily split tries at most this many day amounts nearest the average day.
+_MAX_DAY_CANDIDATES = 40
 # An indication given as an ICD-10 or ICD-9 code (G61.0, G61.81, 357.0) rather than text.
 _ICD = re.compile(r"^\s*([A-Za-z]\d{2}(\.?\w{1,4})?|\d{3}(\.\d{1,2})?)\s*$")
 
@@ -87,28 +90,38 @@ def choose_regimen(group: str, phase: str | None, phase_hint: str | None, pack: 
 
 
 def patient_weights(req: DoseRequest, pack: RulePack) -> dict[str, Any]:
-    """IBW, adjusted weight, BMI, obesity and the dosing weight with its reason, from the audit's weights code."""
-    # As in pipeline.courses.build_courses: in pregnancy the pre-pregnancy weight is the actual weight when given.
-    actual = req.pre_pregnancy_weight_kg if (req.pregnant and req.pre_pregnancy_weight_kg is not None) else req.weight_kg
+    """IBW, adjusted weight, BMI, obesity and the dosing weight with its reason, from the audit's weights code
+    (the pre-pregnancy weight standing for the actual weight in pregnancy, as in the audit)."""
     frame = pl.LazyFrame(
         {
-            "actual_weight_kg": [actual],
+            "current_weight_kg": [req.weight_kg],
+            "pre_pregnancy_weight_kg": [req.pre_pregnancy_weight_kg],
             "height_cm": [req.height_cm],
             "sex": [req.sex],
             "age_years": [req.age_years],
             "pregnant": [req.pregnant],
         },
         schema={
-            "actual_weight_kg": pl.Float64, "height_cm": pl.Float64, "sex": pl.String,
-            "age_years": pl.Float64, "pregnant": pl.Boolean,
+            "current_weight_kg": pl.Float64, "pre_pregnancy_weight_kg": pl.Float64, "height_cm": pl.Float64,
+            "sex": pl.String, "age_years": pl.Float64, "pregnant": pl.Boolean,
         },
     )
-    row = with_dosing_weight(frame, pack.weights, pack.profile, pack.settings).collect().row(0, named=True)
+    row = with_dosing_weight(with_actual_weight(frame), pack.weights, pack.profile, pack.settings).collect().row(0, named=True)
     if row["ibw_kg"] is not None and row["ibw_kg"] <= 0:
         # The Devine formula has no meaning this short (a small child): actual weight is used anyway.
         row["ibw_kg"] = row["adjusted_weight_kg"] = None
-    row["weight_at_order_kg"] = req.weight_kg
     return row
+
+
+def why_no_ibw(req: DoseRequest, pack: RulePack) -> str | None:
+    """Why there is no IBW for this patient, in words (None when there is one)."""
+    child_age, short_cm = float(pack.weights["actual_weight_below_age_years"]), float(pack.weights["actual_weight_below_height_cm"])
+    if req.age_years is not None and req.age_years < child_age:
+        return f"not used: age {req.age_years:g} years, under {child_age:g}, is dosed on actual weight"
+    if req.height_cm is not None and req.height_cm < short_cm:
+        return f"not used: height {req.height_cm:g} cm, under {short_cm:g} cm, where the Devine formula does not apply"
+    missing = " and ".join(name for name, value in (("--height", req.height_cm), ("--sex", req.sex)) if value is None)
+    return f"not known: give {missing}" if missing else None
 
 
 def find_product(name: str, products: ProductDictionary) -> dict[str, Any]:
@@ -201,19 +214,38 @@ def round_course(calculated_g: float, low_g: float, high_g: float, step_g: float
     return round(calculated_g, 1), "none"
 
 
-def daily_split(course_g: float, days: int, vial_sizes_g: list[float], step_g: float) -> list[float] | None:
-    """The course shared over the days as evenly as whole vials allow (larger days first), or None."""
-    granule = min(vial_sizes_g) if vial_sizes_g else step_g
-    if days < 1 or granule <= 0:
+def daily_split(course_g: float, days: int, vial_sizes_g: list[float], step_g: float, tolerance: float) -> list[float] | None:
+    """The course shared over the days, each day made of whole vials (of the rounding step without a
+    product) and within the tolerance of the average day; the split with the fewest vials, then the most
+    even (larger days first). None when no day can be made so."""
+    if days < 1:
         return None
-    n_units = course_g / granule
-    if abs(n_units - round(n_units)) > 1e-6:
-        return None
-    base, extra = divmod(int(round(n_units)), days)
-    split = [round((base + (1 if i < extra else 0)) * granule, 1) for i in range(days)]
-    if any(d <= 0 for d in split) or (vial_sizes_g and any(fewest_vials(d, vial_sizes_g) is None for d in split)):
-        return None
-    return split
+    sizes = sorted({_units(v) for v in vial_sizes_g if v > 0})
+    total = _units(course_g)
+    average = total / days
+    low, high = math.ceil(average * (1 - tolerance) - 1e-9), math.floor(average * (1 + tolerance) + 1e-9)
+    if sizes:
+        table = _fewest_vials_table(max(high, total), sizes)
+        vials = lambda units: table[units][0] if 0 < units < len(table) and table[units] is not None else None  # noqa: E731
+    else:
+        granule = _units(step_g)
+        if granule <= 0:
+            return None
+        vials = lambda units: 1 if units > 0 and units % granule == 0 else None  # noqa: E731
+    if days == 1:
+        return [_grams(total)] if vials(total) is not None else None
+    # The candidate days nearest the average (a bounded search: one calculation, not the data path).
+    candidates = sorted((u for u in range(max(low, 1), high + 1) if vials(u) is not None), key=lambda u: (abs(u - average), -u))[:_MAX_DAY_CANDIDATES]
+    best: tuple[tuple[int, int], tuple[int, ...]] | None = None
+    for first_days in itertools.combinations_with_replacement(sorted(candidates, reverse=True), days - 1):
+        last = total - sum(first_days)
+        if last > first_days[-1] or last < low or vials(last) is None:
+            continue
+        split = (*first_days, last)
+        score = (sum(vials(u) for u in split), split[0] - split[-1])
+        if best is None or score < best[0]:
+            best = (score, split)
+    return None if best is None else [_grams(u) for u in best[1]]
 
 
 # ------------------------------------------------------------------------------------ the calculation
@@ -275,7 +307,11 @@ def calculate_dose(req: DoseRequest, pack: RulePack, products: ProductDictionary
         },
         "weights": {
             "actual_weight_kg": _r(weights["actual_weight_kg"]),
+            "current_weight_kg": _r(weights["current_weight_kg"]),
+            "pre_pregnancy_weight_kg": _r(weights["pre_pregnancy_weight_kg"]),
+            "actual_weight_source": weights["actual_weight_source"],
             "ibw_kg": _r(weights["ibw_kg"]),
+            "no_ibw_because": None if weights["ibw_kg"] is not None else why_no_ibw(req, pack),
             "adjusted_weight_kg": _r(weights["adjusted_weight_kg"]),
             "bmi": _r(weights["bmi"]),
             "obese": weights["obese"],
@@ -297,14 +333,18 @@ def calculate_dose(req: DoseRequest, pack: RulePack, products: ProductDictionary
             f"{product['name']} contains sucrose: the audit raises a critical product-safety finding with renal "
             "impairment or age 65 and over."
         )
-    if regimen["regimen_status"] != "routine" or regimen["target_hi_g_per_kg"] is None:
+    if regimen["regimen_status"] != "routine":
         result["status"] = "not_routine"
+        no_target = regimen["target_hi_g_per_kg"] is None
         result["explanation"] = (
-            f"IVIG is not routine for {regimen['regimen_label'].lower()}: the rule pack has no dose target. The audit "
-            "raises a critical indication.not_routine finding unless the qualifying scenario (pregnancy/postpartum "
-            "when alternatives are unsuitable) and a documented justification are both on the order."
+            f"IVIG is not routine for {regimen['regimen_label'].lower()}"
+            + (": the rule pack has no dose target." if no_target else ".")
+            + " The audit raises a critical indication.not_routine finding unless the order documents the qualifying "
+            f"scenario: {regimen['qualifying_description'] or 'a documented justification'}"
+            + ("." if no_target else "; with it, the course is judged against the dose above.")
         )
-        return result
+        if no_target:
+            return result
     dosing_weight = weights["dosing_weight_kg"]
     if dosing_weight is None:
         raise DoseError(f"no dosing weight: {weights['weight_basis_reason']}; give --height and --sex")
@@ -347,11 +387,11 @@ def calculate_dose(req: DoseRequest, pack: RulePack, products: ProductDictionary
     result["actual_weight_course_g"] = _r(on_actual)
     result["grams_saved_vs_actual_weight"] = _r(max(on_actual - rounded, 0.0))
     if product is not None:
-        result["vial_plan"] = _vial_plan(rounded, how, days, vial_sizes, step, product["name"])
+        result["vial_plan"] = _vial_plan(rounded, how, days, vial_sizes, step, tolerance, product["name"])
     return result
 
 
-def _vial_plan(rounded: float, how: str, days: int, vial_sizes: list[float], step: float, name: str) -> dict[str, Any]:
+def _vial_plan(rounded: float, how: str, days: int, vial_sizes: list[float], step: float, tolerance: float, name: str) -> dict[str, Any]:
     """The fewest vials of the product for the course, and a whole-vial split over the days."""
     if not vial_sizes:
         return {"product": name, "available": False, "note": f"the dictionary lists no vial sizes for {name}"}
@@ -361,7 +401,16 @@ def _vial_plan(rounded: float, how: str, days: int, vial_sizes: list[float], ste
         cover = _smallest_cover(rounded, vial_sizes)
         total, plan = cover if cover else (rounded, {})
         note = f"no whole-vial amount lies within the tolerance; {total:g} g of vials covers {rounded:g} g (discard {total - rounded:g} g)"
-    split = daily_split(rounded, days, vial_sizes, step) if how != "none" else None
+    split = daily_split(rounded, days, vial_sizes, step, tolerance) if how != "none" else None
+    per_day = None if split is None else [fewest_vials(d, vial_sizes) or {} for d in split]
+    if per_day is not None and days > 1:
+        # A punctured vial is not kept for the next day: the course needs the vials of its daily plans.
+        plan = {}
+        for day in per_day:
+            for size, count in day.items():
+                plan[size] = plan.get(size, 0) + count
+        plan = dict(sorted(plan.items(), reverse=True))
+        total = round(sum(size * count for size, count in plan.items()), 1)
     return {
         "product": name,
         "available": True,
@@ -370,9 +419,7 @@ def _vial_plan(rounded: float, how: str, days: int, vial_sizes: list[float], ste
         "total_g": total,
         "note": note,
         "per_day_g": split,
-        "per_day_vials": None if split is None else [
-            [{"size_g": s, "count": c} for s, c in (fewest_vials(d, vial_sizes) or {}).items()] for d in split
-        ],
+        "per_day_vials": None if per_day is None else [[{"size_g": s, "count": c} for s, c in day.items()] for day in per_day],
     }
 
 
@@ -392,13 +439,18 @@ def format_dose(result: dict[str, Any]) -> str:
         f"Rule pack {pack['version']}, profile '{pack['profile']}'",
         "",
         "Weights",
-        f"  actual weight    {_num(w['actual_weight_kg'])} kg",
-        f"  ideal (IBW)      {_kg(w['ibw_kg'])}",
-        f"  adjusted         {_kg(w['adjusted_weight_kg'])}",
+        *(
+            [f"  current weight   {_num(w['current_weight_kg'])} kg",
+             f"  pre-pregnancy    {_num(w['pre_pregnancy_weight_kg'])} kg (stands for the actual weight in pregnancy)"]
+            if w["actual_weight_source"] == PRE_PREGNANCY
+            else [f"  actual weight    {_num(w['actual_weight_kg'])} kg"]
+        ),
+        f"  ideal (IBW)      {_kg(w['ibw_kg'], w['no_ibw_because'])}",
+        f"  adjusted         {_kg(w['adjusted_weight_kg'], w['no_ibw_because'])}",
         f"  BMI              {_num(w['bmi'])}",
         f"  dosing weight    {_num(w['dosing_weight_kg'])} kg ({w['weight_basis']}): {w['reason']}",
     ]
-    if result["status"] == "not_routine":
+    if "regimen" not in result:
         lines += ["", result["explanation"]]
         lines += [f"Note: {n}" for n in result["notes"]]
         return "\n".join(lines)
@@ -434,15 +486,19 @@ def format_dose(result: dict[str, Any]) -> str:
             lines.append(f"  course: {_vials_text(plan['vials'])} = {_num(plan['total_g'])} g ({plan['total_vials']} vial{'s' if plan['total_vials'] != 1 else ''})")
             if plan["note"]:
                 lines.append(f"  {plan['note']}")
+            if plan["per_day_g"] and len(plan["per_day_g"]) > 1:
+                lines.append("  (the course is the vials of its daily plans: a punctured vial is not kept for the next day)")
             if plan["per_day_g"]:
                 for day, (grams, vials) in enumerate(zip(plan["per_day_g"], plan["per_day_vials"]), start=1):
                     lines.append(f"  day {day}: {_num(grams)} g = {_vials_text(vials)}")
+    if result["status"] == "not_routine":
+        lines += ["", result["explanation"]]
     lines += [f"Note: {n}" for n in result["notes"]]
     return "\n".join(lines)
 
 
-def _kg(value: float | None) -> str:
-    return "n/a (no height and sex, or too short for the Devine formula)" if value is None else f"{_num(value)} kg"
+def _kg(value: float | None, why_not: str | None) -> str:
+    return f"n/a ({why_not or 'not defined'})" if value is None else f"{_num(value)} kg"
 
 
 def _num(value: float | None) -> str:

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,10 +29,12 @@ import polars as pl
 from pipeline import audit as stages
 from pipeline import store
 from pipeline.history import arrived, empty_text_rows, merged, retention_days, stored_text_rows, touched_patients
+from pipeline.contract import parse_datetime
 from pipeline.normalise import ProductDictionary, immunoglobulin_rows, load_products
 from pipeline import read as readers
 from pipeline.read import ExtractError, SourceFile, content_sha256, discover
 from pipeline.rulepack import RulePack, load_rule_pack
+from pipeline.rules import longest_follow_up
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +235,7 @@ def audit_tonight(
     extracts = stages.Extracts(orders=with_stored("orders"), labs=with_stored("labs"), procedures=with_stored("procedures"))
     prepared = stages.prepare(extracts, products, pack, rows_read)
     courses, order_course = stages.courses_with_regimen(prepared.ivig, pack, history.courses)
-    findings = stages.judge(courses, prepared, pack, run_id)
+    findings = stages.judge(courses, prepared, pack, run_id, history.labs_through)
     patients = pl.concat([history.patients, stages.audited_patients(prepared)]).unique().sort("patient_id")
     return stages.output_tables(prepared, courses, order_course, findings, run_id, patients)
 
@@ -323,9 +325,11 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
             if state.has_history and set(new) - state.extracts_given and reason is None:
                 kinds = " and ".join(sorted(set(new) - state.extracts_given))
                 reason = f"the first {kinds} extract: rules that read it now judge every patient"
+            labs_through = _labs_through(state.labs_through, selected)
+            ended = _follow_ups_due(state.labs_through, labs_through, pack)
             history = dataclasses.replace(
-                steps("load history", store.read_history, db, patients, order_ids, ig, reason is not None),
-                extracts_given=frozenset(given),
+                steps("load history", store.read_history, db, patients, order_ids, ig, reason is not None, ended),
+                extracts_given=frozenset(given), labs_through=labs_through,
             )
             lap("history")
             result = _audit(steps, selected, rows_read, history, products, pack, run_id, request.shards)
@@ -378,6 +382,22 @@ def _audit(steps: Steps, selected, rows_read, history, products, pack, run_id, s
         raise ExtractError(str(exc)) from None
 
 
+def _labs_through(stored: datetime | None, selected: stages.Extracts) -> datetime | None:
+    """The date the labs extract runs to after tonight: its newest result, stored or tonight's."""
+    if selected.labs is None:
+        return stored
+    tonight = selected.labs.select(parse_datetime("collected_at").max()).collect().item()
+    return max((d for d in (stored, tonight) if d is not None), default=None)
+
+
+def _follow_ups_due(before: datetime | None, after: datetime | None, pack: RulePack) -> tuple[datetime, datetime] | None:
+    """The course ends whose follow-up window tonight's labs may have carried the data past (rules.FOLLOW_UP)."""
+    if after is None or (before is not None and after <= before):
+        return None
+    longest = timedelta(days=longest_follow_up(pack))
+    return (before - longest if before is not None else datetime.min, after)
+
+
 def _judged(result: stages.AuditResult) -> int:
     """How many patients the night judged: those with IVIG orders, courses or findings after it."""
     frames = [result.orders.select("patient_id"), result.courses.select("patient_id"), result.findings.select("patient_id")]
@@ -387,7 +407,9 @@ def _judged(result: stages.AuditResult) -> int:
 def _shard_history(history: store.History, index: int, shards: int) -> store.History:
     """The part of the stored history of one shard's patients."""
     keep = stages.shard_of_patient(shards) == index
-    return store.History(ledger=history.ledger.filter(keep), courses=history.courses.filter(keep), patients=history.patients.filter(keep))
+    return dataclasses.replace(
+        history, ledger=history.ledger.filter(keep), courses=history.courses.filter(keep), patients=history.patients.filter(keep)
+    )
 
 
 def _reaudit_reason(state: store.NightState, pack: RulePack, products: ProductDictionary) -> str | None:

@@ -12,7 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from checks.outputs import CATEGORIES, SEVERITIES
+from pipeline.justification import NO_KIND, Vocabulary
 
 
 class RulePackError(Exception):
@@ -49,6 +52,7 @@ class RulePack:
     regimens: dict[str, dict[str, Any]]
     rules: dict[str, RuleSpec]
     raw: dict[str, Any]
+    justification: Vocabulary
 
     @property
     def config_hash(self) -> str:
@@ -113,6 +117,13 @@ def load_rule_pack(override_path: Path | None = None, profile: str | None = None
     for key, regimen in raw["regimens"].items():
         if regimen.get("group") not in raw["groups"]:
             raise RulePackError(f"regimen '{key}' names an unknown indication group '{regimen.get('group')}'")
+    vocabulary = _vocabulary(raw)
+    for key, regimen in raw["regimens"].items():
+        if regimen.get("status") == "not_routine" and not regimen.get("qualifying_justification"):
+            raise RulePackError(f"regimen '{key}' is not routine but names no qualifying_justification kind")
+        _known_kinds(vocabulary, f"regimen '{key}' qualifying_justification", [regimen["qualifying_justification"]] if "qualifying_justification" in regimen else [])
+    for rule_id, spec in rules.items():
+        _known_kinds(vocabulary, f"rule {rule_id} justified_by", list(spec.params.get("justified_by", [])))
     pack = raw["pack"]
     return RulePack(
         version=str(pack["version"]),
@@ -126,7 +137,37 @@ def load_rule_pack(override_path: Path | None = None, profile: str | None = None
         regimens=dict(raw["regimens"]),
         rules=rules,
         raw=raw,
+        justification=vocabulary,
     )
+
+
+def _vocabulary(raw: dict[str, Any]) -> Vocabulary:
+    """The `[justification]` vocabulary, with every pattern and code checked (a site's typo is one line)."""
+    try:
+        vocabulary = Vocabulary.from_pack(raw["justification"])
+    except KeyError as exc:
+        raise RulePackError(f"rule pack [justification] lacks {exc}") from None
+    probe = pl.Series("probe", ["x"], dtype=pl.String)
+    for where, patterns in vocabulary.patterns().items():
+        for pattern in patterns:
+            try:
+                probe.str.contains(pattern)
+            except pl.exceptions.ComputeError:
+                raise RulePackError(f"rule pack [justification] {where}: '{pattern}' is not a valid regular expression") from None
+    for code, kind in vocabulary.codes.items():
+        if kind != NO_KIND and kind not in vocabulary.kinds:
+            raise RulePackError(
+                f"rule pack [justification.codes] {code} = '{kind}': not a justification kind "
+                f"({', '.join([*vocabulary.kinds, NO_KIND])})"
+            )
+    return vocabulary
+
+
+def _known_kinds(vocabulary: Vocabulary, where: str, kinds: list[str]) -> None:
+    """Refuse justification kinds the vocabulary does not define."""
+    unknown = [k for k in kinds if k not in vocabulary.kinds]
+    if unknown:
+        raise RulePackError(f"{where} names unknown justification kinds: {', '.join(unknown)} (known: {', '.join(vocabulary.kinds)})")
 
 
 def _rule_spec(rule_id: str, spec: dict[str, Any], effective_from: str) -> RuleSpec:

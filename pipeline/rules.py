@@ -9,10 +9,12 @@ rule's metadata, the evidence and a stable finding_id.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable
 
 import polars as pl
 
+from pipeline.justification import AFFIRMED, NEGATED, NO_KIND, UNCERTAIN, Vocabulary
 from pipeline.rulepack import RulePack, RuleSpec
 
 DT = pl.Datetime("us")
@@ -29,6 +31,9 @@ class AuditContext:
     labs: pl.LazyFrame | None
     procedures: pl.LazyFrame | None
     pack: RulePack
+    # The date the labs extract runs to (its newest result, of every patient): a follow-up window is
+    # judged once it has passed. None: the newest result among `labs`.
+    labs_through: datetime | None = None
 
     @property
     def tolerance(self) -> float:
@@ -44,19 +49,26 @@ RULES: dict[str, RuleQuery] = {}
 Reach = Callable[[RuleSpec], dict[str, int | None]]
 REACH: dict[str, Reach] = {}
 
+#: Rules that judge a window after the course's last dose, in days (judged once the labs run past it).
+FollowUp = Callable[[RuleSpec], int]
+FOLLOW_UP: dict[str, FollowUp] = {}
+
 RENAL_TESTS = ("creatinine", "egfr", "crcl")
 CBC_TESTS = ("hemoglobin", "platelets")
 
 FINDING_COLUMNS = ["course_id", "patient_id", "order_ids", "indication", "expected", "observed", "message", "excess_g", "severity"]
 
 
-def rule(rule_id: str, reach: Reach | None = None) -> Callable[[RuleQuery], RuleQuery]:
-    """Register a rule query under its rule-pack id, with how far it reads evidence (if it reads any)."""
+def rule(rule_id: str, reach: Reach | None = None, follow_up: FollowUp | None = None) -> Callable[[RuleQuery], RuleQuery]:
+    """Register a rule query under its rule-pack id, with how far it reads evidence (if it reads any)
+    and, for a rule judging a window after the course, that window's length."""
 
     def register(query: RuleQuery) -> RuleQuery:
         RULES[rule_id] = query
         if reach is not None:
             REACH[rule_id] = reach
+        if follow_up is not None:
+            FOLLOW_UP[rule_id] = follow_up
         return query
 
     return register
@@ -74,6 +86,14 @@ def evidence_reach(pack: RulePack) -> dict[str, int | None]:
             else:
                 farthest[kind] = days if kind not in farthest else max(farthest[kind], days)
     return farthest
+
+
+def longest_follow_up(pack: RulePack) -> int:
+    """The longest window after a course any enabled rule judges, in days (0: none)."""
+    return max(
+        (FOLLOW_UP[r](spec) for r, spec in pack.rules.items() if r in FOLLOW_UP and spec.params.get("enabled", True)),
+        default=0,
+    )
 
 
 def _days(spec: RuleSpec, *params: str) -> int:
@@ -95,12 +115,32 @@ def target_text() -> pl.Expr:
     return pl.when(pl.col("target_lo_g_per_kg") == pl.col("target_hi_g_per_kg")).then(pl.format("{} g/kg", lo)).otherwise(pl.format("{}-{} g/kg", lo, hi))
 
 
-def weights_text() -> pl.Expr:
-    """The weights used, as a sentence fragment a pharmacist can check."""
+def weights_text(ctx: AuditContext) -> pl.Expr:
+    """The weights used, as a sentence fragment a pharmacist can check.
+
+    In pregnancy both the current and the pre-pregnancy weight are named; without IBW it says why.
+    """
+    pregnancy = pl.col("actual_weight_source") == "pre-pregnancy weight"
+    weighed = pl.when(pregnancy).then(
+        pl.format("current weight {} kg, pre-pregnancy weight {} kg", num("current_weight_kg"), num("actual_weight_kg"))
+    ).otherwise(pl.format("actual {} kg", num("actual_weight_kg")))
+    child_age = float(ctx.pack.weights["actual_weight_below_age_years"])
+    short_cm = float(ctx.pack.weights["actual_weight_below_height_cm"])
+    missing = pl.concat_str(
+        [pl.when(pl.col("height_cm").is_null()).then(pl.lit("height")), pl.when(pl.col("sex").is_null()).then(pl.lit("sex"))],
+        separator=" and ", ignore_nulls=True,
+    )
+    ideal = (
+        pl.when(pl.col("ibw_kg").is_not_null())
+        .then(pl.format("IBW {} kg, adjusted {} kg, BMI {}", num("ibw_kg"), num("adjusted_weight_kg"), num("bmi")))
+        .when(pl.col("age_years") < child_age)
+        .then(pl.format("IBW not used (age {} years, under {}: dosed on actual weight)", num("age_years"), pl.lit(f"{child_age:g}")))
+        .when(pl.col("height_cm") < short_cm)
+        .then(pl.format("IBW not used (height {} cm, under {} cm: the Devine formula does not apply)", num("height_cm"), pl.lit(f"{short_cm:g}")))
+        .otherwise(pl.format("IBW not known ({} not recorded)", missing))
+    )
     return pl.format(
-        "actual {} kg, IBW {} kg, adjusted {} kg, BMI {}; dosing weight {} kg ({})",
-        num("actual_weight_kg"), num("ibw_kg"), num("adjusted_weight_kg"), num("bmi"),
-        num("dosing_weight_kg"), pl.col("weight_basis_reason"),
+        "{}, {}; dosing weight {} kg ({})", weighed, ideal, num("dosing_weight_kg"), pl.col("weight_basis_reason"),
     )
 
 
@@ -165,6 +205,78 @@ def has_text_matching(column: str, pattern: str) -> pl.Expr:
     return pl.col(column).str.to_lowercase().str.contains(pattern).fill_null(False)
 
 
+def _codes() -> pl.Expr:
+    """The course's justification codes (upper case) as a list (null when none was sent)."""
+    return pl.col("justification_code").str.to_uppercase().str.split(",").list.eval(pl.element().str.strip_chars())
+
+
+def coded_kind(vocabulary: Vocabulary, kinds: list[str]) -> pl.Expr:
+    """Whether the course's justification code documents one of the kinds (null: no code sent)."""
+    return _codes().list.eval(pl.element().replace_strict(vocabulary.codes, default=None).is_in(kinds).any()).list.first()
+
+
+def text_affirms(kinds: list[str], prefix: str = "j_") -> pl.Expr:
+    """Whether the text read under the prefix affirms one of the kinds."""
+    return pl.any_horizontal([pl.col(f"{prefix}{k}") == AFFIRMED for k in kinds]).fill_null(False)
+
+
+def documents(vocabulary: Vocabulary, kinds: list[str]) -> pl.Expr:
+    """Whether the course's justification documents one of the kinds: its code when sent, else its text."""
+    return pl.when(pl.col("justification_code").is_not_null()).then(coded_kind(vocabulary, kinds).fill_null(False)).otherwise(text_affirms(kinds))
+
+
+def _first_clause(kinds: list[str], verdict: str, prefix: str) -> pl.Expr:
+    """The clause of the first of the kinds whose verdict is the given one (null if none)."""
+    return pl.coalesce([pl.when(pl.col(f"{prefix}{k}") == verdict).then(pl.col(f"{prefix}{k}_clause")) for k in kinds])
+
+
+def why_not_documented(vocabulary: Vocabulary, kinds: list[str]) -> pl.Expr:
+    """Why the justification does not document one of the kinds, in words ("negated: 'no improvement'")."""
+    others = [k for k in vocabulary.kinds if k not in kinds]
+    other_affirmed = pl.concat_str(
+        [pl.when(pl.col(f"j_{k}") == AFFIRMED).then(pl.lit(vocabulary.label(k))) for k in others], separator=", ", ignore_nulls=True
+    ) if others else pl.lit("")
+    codes = _codes()
+    unknown = codes.list.eval(pl.element().filter(~pl.element().is_in(list(vocabulary.codes)))).list.join(", ")
+    labels = {code: (vocabulary.label(kind) if kind != NO_KIND else "nothing documented") for code, kind in vocabulary.codes.items()}
+    coded_as = codes.list.eval(pl.element().replace_strict(labels, default=None)).list.drop_nulls().list.unique(maintain_order=True).list.join(", ")
+    wanted = vocabulary.labels(kinds)
+    by_code = (
+        pl.when(unknown.str.len_chars() > 0)
+        .then(pl.format("justification code '{}' is not in the rule pack's [justification.codes]", unknown))
+        .otherwise(pl.format("coded '{}' ({}), not {}", pl.col("justification_code"), coded_as, pl.lit(wanted)))
+    )
+    by_text = (
+        pl.when(pl.col("justification").is_null())
+        .then(pl.lit("no justification documented"))
+        .when(_first_clause(kinds, NEGATED, "j_").is_not_null())
+        .then(pl.format("negated: '{}'", _first_clause(kinds, NEGATED, "j_")))
+        .when(_first_clause(kinds, UNCERTAIN, "j_").is_not_null())
+        .then(pl.format("uncertain: '{}'", _first_clause(kinds, UNCERTAIN, "j_")))
+        .when(pl.col("j_placeholder").fill_null(False))
+        .then(pl.format("placeholder: '{}'", pl.col("j_placeholder_clause")))
+        .when(pl.col("j_uncertain_clause").is_not_null())
+        .then(pl.format("uncertain: '{}'", pl.col("j_uncertain_clause")))
+        .when(pl.col("j_negated_clause").is_not_null())
+        .then(pl.format("negated: '{}'", pl.col("j_negated_clause")))
+        .when(other_affirmed.str.len_chars() > 0)
+        .then(pl.format("documents {}, not {}", other_affirmed, pl.lit(wanted)))
+        .otherwise(pl.lit(f"no {wanted} in the text"))
+    )
+    return pl.when(pl.col("justification_code").is_not_null()).then(by_code).otherwise(by_text)
+
+
+def justification_shown() -> pl.Expr:
+    """The justification the rule read: its code and/or text, quoted ('none' when there is neither)."""
+    return pl.concat_str(
+        [
+            pl.when(pl.col("justification_code").is_not_null()).then(pl.format("code {}", pl.col("justification_code"))),
+            pl.when(pl.col("justification").is_not_null()).then(pl.format("'{}'", pl.col("justification").str.slice(0, 200))),
+        ],
+        separator=", text ", ignore_nulls=True,
+    ).replace("", "none")
+
+
 # ------------------------------------------------------------------------------------- indication
 @rule("indication.unrecognised")
 def indication_unrecognised(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
@@ -197,29 +309,60 @@ def indication_missing(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
 
 @rule("indication.not_routine")
 def indication_not_routine(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
-    """Courses for a not-routine indication without its qualifying scenario and a documented justification."""
-    qualifier = pl.col("qualifier_pattern").fill_null("$^")
-    qualified = (
-        pl.col("pregnant").fill_null(False)
-        | pl.col("indication_text").str.to_lowercase().str.contains(qualifier).fill_null(False)
-        | pl.col("justification").str.to_lowercase().str.contains(qualifier).fill_null(False)
-    )
-    justified = pl.col("justification").is_not_null()
-    offending = ctx.courses.filter((pl.col("regimen_status") == "not_routine") & ~(qualified & justified))
+    """Courses of a not-routine regimen without its qualifying scenario and a documented justification.
+
+    The regimen names the qualifying justification kind (MS: the pregnancy/postpartum scenario, which
+    the order's pregnant flag also establishes; MG maintenance: refractory disease). The scenario may
+    be read in the indication text or the justification; the justification itself must document
+    something (not missing, a placeholder, negated or uncertain).
+    """
+    vocabulary = ctx.pack.justification
+    courses = ctx.courses.filter(pl.col("regimen_status") == "not_routine")
+    parts = []
+    for regimen, group in _qualifying(ctx):
+        kind, flag = group["qualifying_justification"], group.get("qualifying_flag")
+        by_flag = pl.col(flag).fill_null(False) if flag else pl.lit(False)
+        scenario = by_flag | text_affirms([kind], "i_") | documents(vocabulary, [kind])
+        kinds = list(vocabulary.kinds)
+        substantive = pl.when(pl.col("justification_code").is_not_null()).then(
+            coded_kind(vocabulary, kinds).fill_null(False)
+        ).otherwise(
+            pl.col("justification").is_not_null()
+            & (
+                text_affirms(kinds)
+                | (~pl.col("j_placeholder").fill_null(False) & pl.col("j_negated_clause").is_null() & pl.col("j_uncertain_clause").is_null())
+            )
+        )
+        where = pl.when(by_flag).then(pl.lit(f"{flag} flag")).when(text_affirms([kind], "i_")).then(pl.lit("indication text")).otherwise(pl.lit("justification"))
+        missing = (
+            pl.when(~scenario)
+            .then(pl.format("no {} documented ({})", pl.lit(vocabulary.label(kind)), why_not_documented(vocabulary, [kind])))
+            .otherwise(pl.format("{} documented ({}) but the justification documents nothing ({})", pl.lit(vocabulary.label(kind)), where, why_not_documented(vocabulary, kinds)))
+        )
+        parts.append(
+            courses.filter((pl.col("indication") == regimen) & ~(scenario & substantive)).with_columns(
+                why=missing, scenario_text=pl.when(scenario).then(pl.format("yes ({})", where)).otherwise(pl.lit("no")),
+            )
+        )
+    offending = pl.concat(parts, how="vertical") if parts else courses.head(0).with_columns(why=pl.lit(""), scenario_text=pl.lit(""))
     return finding(
         offending,
-        expected=pl.lit("qualifying scenario (pregnancy/postpartum, alternatives unsuitable) with documented justification"),
-        observed=pl.format(
-            "pregnant/postpartum: {}; justification: {}",
-            pl.when(qualified).then(pl.lit("yes")).otherwise(pl.lit("no")),
-            pl.when(justified).then(pl.lit("documented")).otherwise(pl.lit("none")),
-        ),
+        expected=pl.col("qualifying_description").fill_null("the qualifying scenario with documented justification"),
+        observed=pl.format("qualifying scenario: {}; justification: {}", pl.col("scenario_text"), justification_shown()),
         message=pl.format(
-            "IVIG is not routine for {} ({} g over {} day(s)): no qualifying scenario with documented justification.",
-            pl.col("regimen_label").str.to_lowercase(), num("total_g"), pl.col("n_days"),
+            "IVIG is not routine for {} ({} g over {} day(s)): {}.",
+            pl.col("regimen_label").str.to_lowercase(), num("total_g"), pl.col("n_days"), pl.col("why"),
         ),
         excess_g=pl.col("total_g"),
     )
+
+
+def _qualifying(ctx: AuditContext) -> list[tuple[str, dict]]:
+    """The not-routine regimens of the pack that name a qualifying justification kind."""
+    return [
+        (key, spec) for key, spec in ctx.pack.regimens.items()
+        if spec.get("status") == "not_routine" and spec.get("qualifying_justification")
+    ]
 
 
 # ------------------------------------------------------------------------------------- weight basis
@@ -235,7 +378,7 @@ def weight_basis_actual_in_obesity(ctx: AuditContext, spec: RuleSpec) -> pl.Lazy
             "Dosed on actual weight in obesity: {} g over {} day(s) is {} g/kg of actual weight but {} g/kg of the dosing weight ({}). Dosing on {} kg would have saved {} g.",
             num("total_g"), pl.col("n_days"),
             num(pl.col("total_g") / pl.col("actual_weight_kg"), 2), num("g_per_kg", 2),
-            weights_text(), num("dosing_weight_kg"), num(pl.col("total_g") - target),
+            weights_text(ctx), num("dosing_weight_kg"), num(pl.col("total_g") - target),
         ),
         excess_g=pl.col("total_g") - target,
         severity=pl.lit(ctx.pack.profile.get("weight_basis_severity", spec.severity)),
@@ -259,7 +402,7 @@ def course_dose_above_target(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
             "Course total {} g over {} day(s) is {} g/kg, {}% of the {} target on {}; {} g above target.",
             num("total_g"), pl.col("n_days"), num("g_per_kg", 2),
             num(100 * pl.col("g_per_kg") / pl.col("target_hi_g_per_kg"), 0), target_text(),
-            weights_text(), num(pl.col("total_g") - target),
+            weights_text(ctx), num(pl.col("total_g") - target),
         ),
         excess_g=pl.col("total_g") - target,
         severity=pl.when(pl.col("g_per_kg") > critical_ratio * pl.col("target_hi_g_per_kg")).then(pl.lit("critical")),
@@ -276,7 +419,7 @@ def course_dose_below_target(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
         observed=pl.format("{} g = {} g/kg", num("total_g"), num("g_per_kg", 2)),
         message=pl.format(
             "Course total {} g over {} day(s) is {} g/kg, below the {} target on {}.",
-            num("total_g"), pl.col("n_days"), num("g_per_kg", 2), target_text(), weights_text(),
+            num("total_g"), pl.col("n_days"), num("g_per_kg", 2), target_text(), weights_text(ctx),
         ),
     )
 
@@ -333,20 +476,22 @@ def course_dose_rounding(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
 # ------------------------------------------------------------------------------------- repeat courses
 @rule("repeat_justification.repeat_without_justification")
 def repeat_without_justification(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
-    """Later courses of a regimen that needs justification for a repeat, with none documented."""
-    pattern = spec.params.get("justification_pattern", r"\w{3,}")
+    """Later courses of a regimen that needs justification for a repeat, with none documented (code or text)."""
+    vocabulary, kinds = ctx.pack.justification, list(spec.params["justified_by"])
     offending = ctx.courses.filter(
-        (pl.col("repeat_policy") == "justification")
-        & (pl.col("course_number") > 1)
-        & ~has_text_matching("justification", pattern)
+        (pl.col("repeat_policy") == "justification") & (pl.col("course_number") > 1) & ~documents(vocabulary, kinds)
     )
+    why = why_not_documented(vocabulary, kinds)
     return finding(
         offending,
-        expected=pl.lit("documented justification for a repeat course (fluctuation, poor response, specialist decision)"),
-        observed=pl.format("course {}, {} days after the previous; justification: {}", pl.col("course_number"), num("interval_days"), pl.col("justification").fill_null("none")),
+        expected=pl.lit(f"documented justification for a repeat course ({vocabulary.labels(kinds)})"),
+        observed=pl.format(
+            "course {}, {} days after the previous; justification: {} ({})",
+            pl.col("course_number"), num("interval_days"), justification_shown(), why,
+        ),
         message=pl.format(
-            "Repeat {} course (course {}, started {} days after the previous) without documented justification; {} g.",
-            pl.col("regimen_label"), pl.col("course_number"), num("interval_days"), num("total_g"),
+            "Repeat {} course (course {}, started {} days after the previous) without documented justification ({}); {} g.",
+            pl.col("regimen_label"), pl.col("course_number"), num("interval_days"), why, num("total_g"),
         ),
         excess_g=pl.col("total_g"),
     )
@@ -354,16 +499,17 @@ def repeat_without_justification(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFr
 
 @rule("repeat_justification.maintenance_without_response")
 def maintenance_without_response(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
-    """Maintenance courses without documented objective response or refractory-disease justification."""
-    pattern = spec.params["justification_pattern"]
-    offending = ctx.courses.filter((pl.col("repeat_policy") == "each_course") & ~has_text_matching("justification", pattern))
+    """Maintenance courses whose justification (code or text) does not document objective response."""
+    vocabulary, kinds = ctx.pack.justification, list(spec.params["justified_by"])
+    offending = ctx.courses.filter((pl.col("repeat_policy") == "each_course") & ~documents(vocabulary, kinds))
+    why = why_not_documented(vocabulary, kinds)
     return finding(
         offending,
-        expected=pl.lit("documented objective response (strength, disability scale) or refractory disease"),
-        observed=pl.format("justification: {}", pl.col("justification").fill_null("none")),
+        expected=pl.lit(f"documented {vocabulary.labels(kinds)} for each continuation (strength, disability scale, platelet count)"),
+        observed=pl.format("justification: {} ({})", justification_shown(), why),
         message=pl.format(
-            "{} course {} ({} g, {} g/kg) without documented objective response.",
-            pl.col("regimen_label"), pl.col("course_number"), num("total_g"), num("g_per_kg", 2),
+            "{} course {} ({} g, {} g/kg) without documented {} ({}).",
+            pl.col("regimen_label"), pl.col("course_number"), num("total_g"), num("g_per_kg", 2), pl.lit(vocabulary.labels(kinds)), why,
         ),
     )
 
@@ -429,16 +575,24 @@ def interval_too_short(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
 # ------------------------------------------------------------------------------------- data quality
 @rule("data_quality.dose_not_assessable")
 def dose_not_assessable(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
-    """Courses with a dose target that cannot be judged: unknown grams or no dosing weight."""
-    offending = ctx.courses.filter(
-        pl.col("target_hi_g_per_kg").is_not_null() & (pl.col("total_g").is_null() | pl.col("dosing_weight_kg").is_null())
+    """Courses whose dose cannot be judged: unknown grams or no dosing weight (whatever the indication)."""
+    # Every course, whatever its indication (missing, unrecognised, not routine): the worklist shows
+    # every gap at once, not the next one only after the first is fixed.
+    offending = ctx.courses.filter(pl.col("total_g").is_null() | pl.col("dosing_weight_kg").is_null())
+    missing = pl.concat_str(
+        [pl.col("grams_problem"), pl.when(pl.col("dosing_weight_kg").is_null()).then(pl.col("weight_basis_reason"))],
+        separator="; ", ignore_nulls=True,
     )
-    missing = pl.coalesce(pl.col("grams_problem"), pl.col("weight_basis_reason"))
+    course = pl.coalesce(
+        pl.col("regimen_label"),
+        pl.when(pl.col("indication_group") == "missing").then(pl.lit("undocumented-indication")),
+        pl.format("'{}'", pl.coalesce(pl.col("indication_text"), pl.col("indication_codes"), pl.lit("unrecognised"))),
+    )
     return finding(
         offending,
         expected=pl.lit("course grams and a dosing weight"),
         observed=missing,
-        message=pl.format("Not assessable: the {} course dose cannot be judged ({}).", pl.col("regimen_label"), missing),
+        message=pl.format("Not assessable: the {} course dose cannot be judged ({}).", course, missing),
     )
 
 
@@ -670,12 +824,100 @@ def no_baseline_labs(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     )
 
 
+def labs_after_course(ctx: AuditContext, courses: pl.LazyFrame, tests: list[str], window_days: int) -> pl.LazyFrame:
+    """Courses whose follow-up window has ended by the date the labs extract runs to, with the first
+    result of the tests in it (`followed_up_at`, null when none).
+
+    The window runs from the last dose to `window_days` after it. "Ended" is judged against the
+    latest result in the labs extract (the date the data runs to), not the clock: a course that
+    ended yesterday cannot have its follow-up labs yet and is not judged until the data passes its
+    window, so one run over every extract and nightly runs over the same extracts agree.
+    """
+    window = pl.duration(days=window_days)
+    labs = ctx.labs.filter(pl.col("test").is_in(tests))
+    followed = (
+        courses.select("course_id", "patient_id", "end")
+        .join(labs.select("patient_id", "collected_at"), on="patient_id")
+        .filter((pl.col("collected_at") >= pl.col("end")) & (pl.col("collected_at") <= pl.col("end") + window))
+        .group_by("course_id")
+        .agg(followed_up_at=pl.col("collected_at").min())
+    )
+    data_until = (
+        ctx.labs.select(labs_until=pl.col("collected_at").max()) if ctx.labs_through is None
+        else pl.LazyFrame({"labs_until": [ctx.labs_through]}, schema={"labs_until": DT})
+    )
+    return (
+        courses.join(followed, on="course_id", how="left")
+        .join(data_until, how="cross")
+        .with_columns(window_end=pl.col("end") + window)
+        .filter(pl.col("labs_until") > pl.col("window_end"))
+    )
+
+
+@rule("monitoring.no_hemoglobin_after_course", reach=lambda spec: {"hemoglobin": _days(spec, "window_days")},
+      follow_up=lambda spec: _days(spec, "window_days"))
+def no_hemoglobin_after_course(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
+    """High-dose courses (g/kg at or above the limit) with no hemoglobin in the window after the last dose."""
+    if ctx.labs is None:
+        return finding(ctx.courses.head(0), expected=pl.lit(""), observed=pl.lit(""), message=pl.lit(""))
+    days = int(spec.params["window_days"])
+    high = ctx.courses.filter(pl.col("g_per_kg") >= float(spec.params["high_dose_g_per_kg"]))
+    offending = labs_after_course(ctx, high, ["hemoglobin"], days).filter(pl.col("followed_up_at").is_null())
+    return finding(
+        offending,
+        expected=pl.format("a hemoglobin within {} days after a course of {} g/kg or more", pl.lit(days), pl.lit(spec.params["high_dose_g_per_kg"])),
+        # Not the date the labs run to: it moves every night, and a finding's facts must not.
+        observed=pl.format("no hemoglobin from {} to {}", _day("end"), _day("window_end")),
+        message=pl.format(
+            "No hemoglobin within {} days after the {} course that ended {} ({} g, {} g/kg: a high dose): hemolysis not checked.",
+            pl.lit(days), pl.col("regimen_label").fill_null(pl.col("indication")), _day("end"), num("total_g"), num("g_per_kg", 2),
+        ),
+    )
+
+
+@rule("monitoring.no_renal_function_after_course",
+      reach=lambda spec: dict.fromkeys(RENAL_TESTS, max(_days(spec, "window_days"), _days(spec, "lookback_days"))),
+      follow_up=lambda spec: _days(spec, "window_days"))
+def no_renal_function_after_course(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
+    """Courses with renal risk (renal impairment, a sucrose product, age at or above the limit) and no
+    creatinine, eGFR or CrCl in the window after the last dose."""
+    if ctx.labs is None:
+        return finding(ctx.courses.head(0), expected=pl.lit(""), observed=pl.lit(""), message=pl.lit(""))
+    days = int(spec.params["window_days"])
+    renal = renal_impairment(ctx, float(spec.params["egfr_below"]), int(spec.params["lookback_days"]))
+    at_risk = ctx.courses.join(renal, on="course_id", how="left").with_columns(
+        risk=pl.concat_str(
+            [
+                pl.when(pl.col("renal_evidence").is_not_null()).then(pl.format("renal impairment ({})", pl.col("renal_evidence"))),
+                pl.when(pl.col("any_sucrose").fill_null(False)).then(pl.format("sucrose-containing product ({})", pl.col("products"))),
+                pl.when(pl.col("age_years") >= float(spec.params["age_years"])).then(pl.format("age {}", num("age_years", 0))),
+            ],
+            separator="; ", ignore_nulls=True,
+        )
+    ).filter(pl.col("risk").str.len_chars() > 0)
+    offending = labs_after_course(ctx, at_risk, ["creatinine", "egfr", "crcl"], days).filter(pl.col("followed_up_at").is_null())
+    return finding(
+        offending,
+        expected=pl.format("a creatinine (or eGFR) within {} days after the course", pl.lit(days)),
+        observed=pl.format("{}; no creatinine from {} to {}", pl.col("risk"), _day("end"), _day("window_end")),
+        message=pl.format(
+            "No creatinine within {} days after the {} course that ended {}, with {}: renal function not checked.",
+            pl.lit(days), pl.col("regimen_label").fill_null(pl.col("indication")), _day("end"), pl.col("risk"),
+        ),
+    )
+
+
+def _day(column: str) -> pl.Expr:
+    """A timestamp column as YYYY-MM-DD."""
+    return pl.col(column).dt.strftime("%Y-%m-%d")
+
+
 # ------------------------------------------------------------------------------------- engine
 EVIDENCE_COLUMNS = [
     "course_number", "start", "end", "n_days", "doses", "total_g", "g_per_kg", "interval_days",
     "actual_weight_kg", "height_cm", "sex", "age_years", "bmi", "ibw_kg", "adjusted_weight_kg", "obese",
     "dosing_weight_kg", "weight_basis", "weight_basis_reason", "target_lo_g_per_kg", "target_hi_g_per_kg",
-    "products", "justification",
+    "products", "justification", "justification_code", "current_weight_kg", "pre_pregnancy_weight_kg",
 ]
 
 

@@ -361,8 +361,16 @@ MIGRATIONS.append(
     (
         5,
         "history ledger (rows keyed on what they are, versions of orders, every patient's evidence), "
-        "lasting course and finding ids, run sequence and status, finding history and pack versions",
+        "lasting course and finding ids, run sequence and status, finding history and pack versions; "
+        "coded justification and the weights a course was dosed on (current and pre-pregnancy weight)",
         [
+            "ALTER TABLE orders ADD COLUMN IF NOT EXISTS justification_code VARCHAR",
+            "ALTER TABLE orders ADD COLUMN IF NOT EXISTS pre_pregnancy_weight_kg DOUBLE",
+            "ALTER TABLE courses ADD COLUMN IF NOT EXISTS current_weight_kg DOUBLE",
+            "ALTER TABLE courses ADD COLUMN IF NOT EXISTS pre_pregnancy_weight_kg DOUBLE",
+            "ALTER TABLE courses ADD COLUMN IF NOT EXISTS actual_weight_source VARCHAR DEFAULT 'current weight'",
+            "ALTER TABLE courses ALTER COLUMN actual_weight_source SET NOT NULL",
+            "ALTER TABLE courses ADD COLUMN IF NOT EXISTS justification_code VARCHAR",
             "ALTER TABLE runs ADD COLUMN IF NOT EXISTS seq BIGINT",
             """UPDATE runs SET seq = n.seq FROM (
                    SELECT run_id, row_number() OVER (ORDER BY started_at, run_id) AS seq FROM runs) AS n
@@ -565,6 +573,8 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "indication": "normalised indication",
         "indication_source": "where the normalised indication came from (code, text, ...)",
         "justification": "free text justifying a repeat or maintenance course",
+        "justification_code": "site code of the justification (rule pack [justification.codes]); used before the text",
+        "pre_pregnancy_weight_kg": "pre-pregnancy weight on the order (kg)",
         "course_id": "course this order belongs to (courses.course_id)",
         "source_file": "extract file the row came from",
         "source_row": "row number in the source file",
@@ -587,7 +597,10 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "total_g": "course total grams",
         "order_ids": "orders of the course (comma-separated order_id)",
         "products": "products given in the course",
-        "actual_weight_kg": "actual body weight (kg)",
+        "actual_weight_kg": "weight standing for the actual body weight (kg): the pre-pregnancy weight in pregnancy when given, else the current weight",
+        "current_weight_kg": "weight at order (kg), the first recorded in the course",
+        "pre_pregnancy_weight_kg": "pre-pregnancy weight on the orders (kg)",
+        "actual_weight_source": "what stands for the actual weight: current weight or pre-pregnancy weight",
         "height_cm": "height (cm)",
         "sex": "sex (M or F)",
         "age_years": "age at course start (years)",
@@ -603,6 +616,7 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "interval_days": "days since the previous course of the same indication",
         "justification": "documented justification for a repeat or maintenance course",
         "rejected_corrections": "orders of the course whose later version failed the contract (the earlier version is in force), and why",
+        "justification_code": "site justification codes of the course's orders (comma-separated)",
         "appropriate": "course passed every dose and indication rule",
         "excess_g": "grams above the policy maximum for this course",
         "run_id": _RUN_COL,
@@ -1471,6 +1485,7 @@ class NightState:
     products_hash: str | None
     has_history: bool
     extracts_given: frozenset[str] = frozenset()  # extracts any run has read (a labs extract once given is always judged)
+    labs_through: datetime | None = None  # the newest lab result the history holds
 
 
 @dataclass(frozen=True)
@@ -1483,12 +1498,14 @@ class History:
     patients  the patients whose orders, courses and findings tonight's audit replaces
     extracts_given  the extracts any run (tonight's included) has read: a rule that needs labs is
               judged for every patient once a labs extract was given, even one with no lab
+    labs_through  the date the labs extract runs to after tonight (its newest result, any patient)
     """
 
     ledger: pl.DataFrame
     courses: pl.DataFrame
     patients: pl.DataFrame
     extracts_given: frozenset[str] = frozenset({"orders"})
+    labs_through: datetime | None = None
 
 
 def _open_existing(db_path: Path) -> duckdb.DuckDBPyConnection | None:
@@ -1558,11 +1575,12 @@ def read_night_state(db_path: Path) -> NightState:
         given = con.execute(
             "SELECT DISTINCT json_extract_string(i.value, '$.extract') FROM runs, json_each(runs.inputs) AS i"
         ).fetchall()
+        labs_through = con.execute("SELECT MAX(event_at) FROM ledger WHERE extract = 'labs'").fetchall()[0][0]
     finally:
         con.close()
     pack_hash, products_hash = latest[0] if latest else (None, None)
     extracts = frozenset(row[0] for row in given if row[0])
-    return NightState(int(last_seq), pack_hash, products_hash, bool(has_history), extracts)
+    return NightState(int(last_seq), pack_hash, products_hash, bool(has_history), extracts, labs_through)
 
 
 def read_history(
@@ -1571,14 +1589,17 @@ def read_history(
     tonight_orders: pl.Series,
     tonight_immunoglobulin: pl.Series,
     everyone: bool = False,
+    ended_between: tuple[datetime, datetime] | None = None,
 ) -> History:
     """The stored rows and courses a night needs: those of every patient it judges.
 
     A patient is judged tonight when a row of theirs arrived (or a row reusing one of their
     order_ids) and they have IVIG orders or open findings stored, or when tonight brought an
     immunoglobulin row of theirs; `everyone` judges every patient with stored IVIG again (the
-    rule pack or product dictionary changed). Every stored version of tonight's order_ids is read
-    too, whoever its patient, so the version in force is decided among all of them.
+    rule pack or product dictionary changed). A patient with a course that ended in
+    `ended_between` (exclusive, inclusive) is judged too: tonight's labs carried the data past a
+    follow-up window of that course (rules.FOLLOW_UP). Every stored version of tonight's order_ids
+    is read too, whoever its patient, so the version in force is decided among all of them.
     """
     empty = History(
         ledger=pl.DataFrame(schema={c.strip(): pl.String for c in _LEDGER_READ.split(",")}),
@@ -1594,6 +1615,9 @@ def read_history(
         con.register("tonight_ig", pl.DataFrame({"patient_id": tonight_immunoglobulin.cast(pl.String)}))
         audited = "SELECT patient_id FROM judged" if everyone else \
             "SELECT patient_id FROM candidates WHERE patient_id IN (SELECT patient_id FROM judged)"
+        if ended_between is not None and not everyone:
+            audited += ' UNION SELECT patient_id FROM courses WHERE "end" > $ended_after AND "end" <= $ended_by'
+        params = {"ended_after": ended_between[0], "ended_by": ended_between[1]} if ended_between and not everyone else {}
         con.execute(
             f"""CREATE TEMP TABLE night_patients AS
                 WITH linked AS (
@@ -1605,7 +1629,8 @@ def read_history(
                 audited AS ({audited} UNION SELECT patient_id FROM tonight_ig)
                 SELECT patient_id, true AS audited FROM audited
                 UNION ALL
-                SELECT patient_id, false FROM candidates WHERE patient_id NOT IN (SELECT patient_id FROM audited)"""
+                SELECT patient_id, false FROM candidates WHERE patient_id NOT IN (SELECT patient_id FROM audited)""",
+            params,
         )
         ledger = con.sql(
             f"""SELECT {_LEDGER_READ} FROM ledger

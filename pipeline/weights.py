@@ -47,10 +47,31 @@ def obese(profile: dict[str, Any]) -> pl.Expr:
     return by_bmi | by_ratio
 
 
+from checks.outputs import ACTUAL_WEIGHT_SOURCES
+
+CURRENT, PRE_PREGNANCY = ACTUAL_WEIGHT_SOURCES
+
+
+def with_actual_weight(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The weight that stands for the actual weight (`actual_weight_kg`) and where it comes from
+    (`actual_weight_source`): the pre-pregnancy weight in pregnancy when given, else the current weight.
+
+    Expects current_weight_kg, pregnant and pre_pregnancy_weight_kg. The pre-pregnancy weight then
+    stands for the actual weight in every step (BMI, obesity trigger, adjusted weight; rules.md 2).
+    """
+    on_pre_pregnancy = pl.col("pregnant").fill_null(False) & pl.col("pre_pregnancy_weight_kg").is_not_null()
+    return frame.with_columns(
+        actual_weight_kg=pl.when(on_pre_pregnancy).then(pl.col("pre_pregnancy_weight_kg")).otherwise(pl.col("current_weight_kg")),
+        actual_weight_source=pl.when(on_pre_pregnancy).then(pl.lit(PRE_PREGNANCY)).otherwise(pl.lit(CURRENT)),
+    )
+
+
 def with_dosing_weight(courses: pl.LazyFrame, weights: dict[str, Any], profile: dict[str, Any], settings: dict[str, Any]) -> pl.LazyFrame:
     """Courses with bmi, ibw_kg, adjusted_weight_kg, obese, dosing_weight_kg, weight_basis and its reason.
 
-    Expects actual_weight_kg (pre-pregnancy weight already chosen), height_cm, sex and age_years.
+    Expects actual_weight_kg (pre-pregnancy weight already chosen), height_cm, sex and age_years, and
+    optionally actual_weight_source (from with_actual_weight): a reason then names the weight used
+    ("pre-pregnancy weight" rather than "actual weight").
     """
     obese_basis = profile["obese_dosing_weight"]
     weight = pl.col("actual_weight_kg")
@@ -61,6 +82,10 @@ def with_dosing_weight(courses: pl.LazyFrame, weights: dict[str, Any], profile: 
     obese_weight = pl.col("adjusted_weight_kg") if obese_basis == "adjusted" else pl.col("ibw_kg")
     obese_label = "adjusted body weight" if obese_basis == "adjusted" else "ideal body weight"
     fmt = lambda e: e.round(1).cast(pl.String)  # noqa: E731 - local formatting helper
+    knows_source = "actual_weight_source" in courses.collect_schema().names()
+    from_pre_pregnancy = pl.col("actual_weight_source") == PRE_PREGNANCY if knows_source else pl.lit(False)
+    used = pl.when(from_pre_pregnancy).then(pl.lit(PRE_PREGNANCY)).otherwise(pl.lit("actual weight"))
+    used_short = pl.when(from_pre_pregnancy).then(pl.lit(PRE_PREGNANCY)).otherwise(pl.lit("actual"))
     basis = (
         pl.when(weight.is_null())
         .then(pl.lit("unknown"))
@@ -90,19 +115,24 @@ def with_dosing_weight(courses: pl.LazyFrame, weights: dict[str, Any], profile: 
         pl.when(weight.is_null())
         .then(pl.lit("no weight recorded"))
         .when(child)
-        .then(pl.format("age {} years (under {}): actual weight", fmt(pl.col("age_years")), pl.lit(weights["actual_weight_below_age_years"])))
+        .then(pl.format("age {} years (under {}): {}", fmt(pl.col("age_years")), pl.lit(weights["actual_weight_below_age_years"]), used))
         .when(short)
-        .then(pl.format("height {} cm under {} cm: actual weight", fmt(pl.col("height_cm")), pl.lit(weights["actual_weight_below_height_cm"])))
+        .then(pl.format("height {} cm under {} cm: {}", fmt(pl.col("height_cm")), pl.lit(weights["actual_weight_below_height_cm"]), used))
         .when(no_ibw & heavy)
         .then(pl.format("{} missing and weight {} kg above {} kg: obesity cannot be ruled out", missing, fmt(weight), pl.lit(settings["obese_looking_weight_kg"])))
         .when(no_ibw)
-        .then(pl.format("{} missing; weight {} kg not above {} kg: actual weight", missing, fmt(weight), pl.lit(settings["obese_looking_weight_kg"])))
+        .then(pl.format("{} missing; weight {} kg not above {} kg: {}", missing, fmt(weight), pl.lit(settings["obese_looking_weight_kg"]), used))
         .when(weight < pl.col("ibw_kg"))
-        .then(pl.format("actual weight {} kg below IBW {} kg: actual weight", fmt(weight), fmt(pl.col("ibw_kg"))))
+        .then(pl.format("{} {} kg below IBW {} kg: {}", used, fmt(weight), fmt(pl.col("ibw_kg")), used))
         .when(pl.col("obese"))
-        .then(pl.format("obesity trigger met (BMI {}, actual {}% of IBW): {}", fmt(pl.col("bmi")), (100 * weight / pl.col("ibw_kg")).round(0).cast(pl.Int64).cast(pl.String), pl.lit(obese_label)))
-        .otherwise(pl.format("not obese (BMI {}): actual weight", fmt(pl.col("bmi"))))
+        .then(pl.format("obesity trigger met (BMI {}, {} {}% of IBW): {}", fmt(pl.col("bmi")), used_short, (100 * weight / pl.col("ibw_kg")).round(0).cast(pl.Int64).cast(pl.String), pl.lit(obese_label)))
+        .otherwise(pl.format("not obese (BMI {}): {}", fmt(pl.col("bmi")), used))
     )
+    # In pregnancy the reason says first which weight stood for the actual weight.
+    if knows_source:
+        reason = pl.when(from_pre_pregnancy & weight.is_not_null()).then(
+            pl.format("pregnant: pre-pregnancy weight {} kg used, not the current {} kg; {}", fmt(weight), fmt(pl.col("current_weight_kg")), reason)
+        ).otherwise(reason)
     return (
         courses.with_columns(ibw_kg=ibw_kg(weights), bmi=bmi())
         .with_columns(adjusted_weight_kg=adjusted_weight_kg(profile), obese=obese(profile))

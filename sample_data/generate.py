@@ -165,6 +165,8 @@ class Patient:
 class Generator:
     def __init__(self) -> None:
         self.rng = random.Random(SEED)
+        # Follow-up labs after a course have their own stream: adding them leaves every other row as it was.
+        self.follow_rng = random.Random(SEED + 15)
         self.orders: list[dict] = []
         self.labs: list[dict] = []
         self.procs: list[dict] = []
@@ -321,6 +323,18 @@ class Generator:
             self.lab(p, at, "iga", round(r.uniform(1.0, 3.2), 2), "g/L", 0.7, 4.0)
             self.lab(p, at, "igg", round(r.uniform(7.5, 14.0), 1), "g/L", 7.0, 16.0)
 
+    def follow_up_labs(self, p: Patient, last_dose: datetime, child: bool, *, hemoglobin: bool,
+                       creatinine: bool) -> None:
+        """Labs 1-3 days after the last dose: hemoglobin after a high dose, creatinine with renal risk."""
+        r = self.follow_rng
+        at = (last_dose + timedelta(days=r.choice([1, 2, 2, 3]))).replace(hour=r.choice([6, 7, 10]), minute=0)
+        if hemoglobin:
+            lo, hi = (10.5, 14.0) if child else ((13.5, 17.5) if p.sex == "M" else (12.0, 15.5))
+            self.lab(p, at, "hemoglobin", round(r.uniform(lo, hi - 0.5), 1), "g/dL", lo, hi)
+        if creatinine:
+            lo, hi = (0.7, 1.3) if p.sex == "M" else (0.5, 1.1)
+            self.lab(p, at, "creatinine", round(r.uniform(lo + 0.1, hi), 2), "mg/dL", lo, hi)
+
     # ------------------------------------------------------------------ IVIG course
     def ivig_course(self, p: Patient, start: datetime, ind: str, *, factor: float = 1.0,
                     basis: str = "dosing", days: int | None = None,
@@ -331,9 +345,12 @@ class Generator:
                     pregnant: str | None = None, labs: str = "baseline", renal: str = "normal",
                     iga: str | None = None, platelets: float | None = None,
                     premed: bool | None = None, inpatient_meds: bool | None = None,
-                    encounter: str | None = None, tag: str = "background") -> dict:
+                    encounter: str | None = None, tag: str = "background",
+                    follow_up: str = "auto") -> dict:
         """Write one IVIG course. ``factor`` scales the correct total (1.0 = on target);
-        ``basis='actual'`` doses on actual weight regardless of obesity."""
+        ``basis='actual'`` doses on actual weight regardless of obesity. ``follow_up``: 'auto'
+        draws the labs the course needs after it (hemoglobin after a high dose, creatinine with
+        renal risk), 'hemoglobin' only that, 'none' nothing after the course."""
         r = self.rng
         texts, icd, target_gkg, default_days = IND[ind]
         n_days = days or default_days
@@ -447,12 +464,19 @@ class Generator:
             if iga is None and r.random() < 0.08:
                 iga = "normal"
             self.baseline_labs(p, t0, renal=renal, iga=iga, platelets=platelets)
-            if r.random() < 0.25:  # post-course hemoglobin (hemolysis check) - not a baseline
+            post_hb = r.random() < 0.25 and follow_up != "none"
+            if post_hb:  # post-course hemoglobin (hemolysis check) - not a baseline
                 post = t0 + timedelta(days=offsets[-1] + 2, hours=-2)
                 lo, hi = (13.5, 17.5) if p.sex == "M" else (12.0, 15.5)
                 if child:
                     lo, hi = 10.5, 14.0
                 self.lab(p, post, "hemoglobin", round(r.uniform(lo, hi - 0.5), 1), "g/dL", lo, hi)
+            if follow_up != "none":
+                g_per_kg = per_day_g * n / p.dosing_weight(start)
+                renal_risk = p.age_at(start) >= 65 or renal != "normal" or IVIG_PRODUCTS[product][1]
+                self.follow_up_labs(p, t0 + timedelta(days=offsets[-1]), child,
+                                    hemoglobin=g_per_kg >= 1.8 and not post_hb,
+                                    creatinine=renal_risk and follow_up == "auto")
         total_g = per_day_g * n
         course = {"pid": p.pid, "ind": ind, "start": t0, "end": t0 + timedelta(days=offsets[-1]),
                   "total_g": total_g, "product": product, "tag": tag,
@@ -942,6 +966,7 @@ class Generator:
         p = self.adult("lean", age=(30, 60)); ok.append(p.pid)
         c = self.ivig_course(p, datetime(2026, 7, 29, 9, 0), "GBS", tag="mon", labs="none")
         self.baseline_labs(p, c["start"], days_before=29)
+        self.follow_up_labs(p, c["end"], False, hemoglobin=True, creatinine=False)
         self.register("no_baseline_labs", "No creatinine/CBC within 30 days before start: no labs "
                       "at all (2), labs 41 days before (1), creatinine+eGFR only, no CBC (1)",
                       "monitoring warning (no baseline).", none)
@@ -1075,7 +1100,32 @@ class Generator:
         self.scenario_bad_rows()
         self.scenario_review_overdue()  # last: earlier scenarios keep their ids
         self.other_patients()
+        self.scenario_follow_up()  # after every other patient: their rows stay as they were
         self.self_check()
+
+    def scenario_follow_up(self) -> None:
+        no_hb, no_renal, not_due = [], [], []
+        for when in (datetime(2026, 8, 10, 9, 0), datetime(2026, 9, 14, 10, 0)):
+            p = self.adult("lean", age=(30, 60)); no_hb.append(p.pid)
+            self.ivig_course(p, when, "GBS", tag="follow_up", product="Privigen 10%", follow_up="none")
+        p = self.adult("lean", age=(70, 80)); no_renal.append(p.pid)
+        self.ivig_course(p, datetime(2026, 7, 20, 9, 0), "GBS", tag="follow_up", product="Privigen 10%",
+                         follow_up="hemoglobin")
+        p = self.adult("lean", age=(30, 50)); no_renal.append(p.pid)
+        self.ivig_course(p, datetime(2026, 9, 1, 9, 0), "ITP", days=1, tag="follow_up",
+                         product="Carimune NF", platelets=11, follow_up="hemoglobin")
+        p = self.adult("lean", age=(30, 60)); not_due.append(p.pid)
+        self.ivig_course(p, PERIOD_END - timedelta(days=6), "GBS", days=5, tag="follow_up",
+                         product="Privigen 10%", follow_up="none")
+        self.register("no_hemoglobin_after_high_dose", "2 g/kg GBS course with baseline labs but "
+                      "no hemoglobin in the 10 days after", "monitoring warning (no hemoglobin "
+                      "after a high-dose course).", no_hb)
+        self.register("no_renal_function_after_course", "Course in a patient aged >= 65, and a "
+                      "sucrose product (Carimune NF), with no creatinine in the 7 days after",
+                      "monitoring warning (no renal function after the course).", no_renal)
+        self.register("follow_up_not_yet_due", "2 g/kg GBS course ending 2 days before the data "
+                      "ends: its follow-up window has not ended", "No follow-up monitoring finding "
+                      "(not yet due).", not_due)
 
     def self_check(self) -> None:
         """Guard the intended dose ratios (total grams / target at the dosing weight)."""

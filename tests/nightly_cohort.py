@@ -105,6 +105,10 @@ def random_cohort(rng: random.Random, versioned: bool = False, max_lateness: int
                     if rng.random() < 0.8:
                         cohort.add("labs", taken + rng.randint(0, 2), patient_id=patient, collected_at=_day(taken),
                                    test=test, value=value, unit=unit, ref_low=50, ref_high=110 if test == "creatinine" else 160)
+            if rng.random() < 0.5:  # a follow-up hemoglobin or creatinine, in its window or too late
+                taken = start + days + rng.randint(0, 14)
+                cohort.add("labs", taken + rng.randint(0, 2), patient_id=patient, collected_at=_day(taken),
+                           test=rng.choice(["hemoglobin", "creatinine"]), value=120, unit="g/L", ref_low=50, ref_high=160)
             if rng.random() < 0.2:
                 taken = start - rng.randint(0, 60)
                 cohort.add("labs", taken + 1, patient_id=patient, collected_at=_day(taken), test="IgA", value=0.05,

@@ -46,15 +46,16 @@ def test_obese_man_gbs_is_dosed_on_adjusted_weight_and_rounded_to_5g():
     assert rnd["rounded_course_g"] == 165 and rnd["rounded_by"] == "step"
     assert r["actual_weight_course_g"] == 200 and r["grams_saved_vs_actual_weight"] == 35
     plan = r["vial_plan"]
-    assert plan["vials"] == [{"size_g": 40.0, "count": 4}, {"size_g": 5.0, "count": 1}]
-    assert plan["total_vials"] == 5 and plan["total_g"] == 165
-    assert sum(plan["per_day_g"]) == 165 and len(plan["per_day_g"]) == 5
+    # 35 + 35 + 35 + 30 + 30 g, each day of whole vials: the course needs the vials of its days.
+    assert plan["per_day_g"] == [35, 35, 35, 30, 30]
+    assert plan["vials"] == [{"size_g": 20.0, "count": 5}, {"size_g": 10.0, "count": 5}, {"size_g": 5.0, "count": 3}]
+    assert plan["total_vials"] == 13 and plan["total_g"] == 165
 
 
 def test_text_output_shows_every_number_a_pharmacist_checks():
     text = format_dose(dose(indication="GBS", weight_kg=100, height_cm=175, sex="M", product="Privigen"))
     for needle in ("70.5 kg", "82.3 kg", "32.7", "adjusted", "0.4 g/kg/day x 5", "165 g", "200 g", "35 g saved",
-                   "4 x 40 g + 1 x 5 g = 165 g (5 vials)", "148.1-181 g"):
+                   "5 x 20 g + 5 x 10 g + 3 x 5 g = 165 g (13 vials)", "148.1-181 g"):
         assert needle in text, needle
 
 
@@ -93,6 +94,29 @@ def test_short_patient_is_dosed_on_actual_weight():
 def test_pregnancy_uses_the_pre_pregnancy_weight():
     r = dose(indication="GBS", weight_kg=80, height_cm=165, sex="F", pregnant=True, pre_pregnancy_weight_kg=62)
     assert r["weights"]["actual_weight_kg"] == 62
+
+
+def test_pregnancy_shows_both_weights_and_names_the_basis():
+    r = dose(indication="GBS", weight_kg=84, height_cm=175, sex="F", pregnant=True, pre_pregnancy_weight_kg=70)
+    w = r["weights"]
+    assert (w["current_weight_kg"], w["pre_pregnancy_weight_kg"], w["actual_weight_kg"]) == (84, 70, 70)
+    assert w["actual_weight_source"] == "pre-pregnancy weight" and w["dosing_weight_kg"] == 70
+    assert "pre-pregnancy weight 70.0 kg used, not the current 84.0 kg" in w["reason"]
+    assert r["rounding"]["rounded_course_g"] == 140
+    text = format_dose(r)
+    assert "current weight   84 kg" in text and "pre-pregnancy    70 kg" in text
+    assert "actual weight    " not in text  # the pre-pregnancy weight is not shown as 'actual'
+    not_pregnant = dose(indication="GBS", weight_kg=84, height_cm=175, sex="F", pre_pregnancy_weight_kg=70)
+    assert not_pregnant["weights"]["actual_weight_source"] == "current weight" and not_pregnant["weights"]["actual_weight_kg"] == 84
+
+
+def test_child_without_height_says_why_ibw_is_not_used():
+    r = dose(indication="Kawasaki disease", weight_kg=16, age_years=4)
+    assert r["weights"]["ibw_kg"] is None
+    assert r["weights"]["no_ibw_because"] == "not used: age 4 years, under 18, is dosed on actual weight"
+    assert "ideal (IBW)      n/a (not used: age 4 years, under 18" in format_dose(r)
+    adult = dose(indication="GBS", weight_kg=70)
+    assert adult["weights"]["no_ibw_because"] == "not known: give --height and --sex"
 
 
 # ------------------------------------------------------------------------------ policy profiles
@@ -178,16 +202,47 @@ def test_rounding_prefers_the_step_then_whole_vials_and_ties_round_down():
     assert round_course(6.6, 5.94, 7.26, 5, PRIVIGEN) == (6.6, "none")
 
 
+@pytest.mark.parametrize(
+    "request_kw",
+    [
+        dict(indication="GBS", weight_kg=100, height_cm=175, sex="M", product="Privigen"),
+        dict(indication="CIDP maintenance", weight_kg=70, height_cm=165, sex="F", product="Gamunex-C"),
+        dict(indication="ITP", weight_kg=63, height_cm=170, sex="F", product="Octagam 10%"),
+        dict(indication="GBS", weight_kg=58, height_cm=160, sex="F", days=3, product="Gammagard Liquid"),
+        dict(indication="KD", weight_kg=16, age_years=4, product="Privigen"),
+    ],
+)
+def test_course_vial_plan_is_the_sum_of_the_daily_plans(request_kw):
+    plan = dose(**request_kw)["vial_plan"]
+    by_size: dict[float, int] = {}
+    for day in plan["per_day_vials"]:
+        for vial in day:
+            by_size[vial["size_g"]] = by_size.get(vial["size_g"], 0) + vial["count"]
+    assert {v["size_g"]: v["count"] for v in plan["vials"]} == by_size
+    assert plan["total_vials"] == sum(by_size.values())
+    assert plan["total_g"] == pytest.approx(sum(plan["per_day_g"])) == pytest.approx(sum(s * c for s, c in by_size.items()))
+
+
+def test_mg_maintenance_is_not_routine_but_still_calculated():
+    r = dose(indication="G70.00", weight_kg=70, height_cm=175, sex="M")
+    assert r["status"] == "not_routine" and r["indication"]["regimen"] == "mg_maintenance"
+    assert "refractory" in r["explanation"] and r["rounding"]["rounded_course_g"] == 70
+
+
 def test_daily_split_uses_whole_vials():
-    assert daily_split(165, 5, PRIVIGEN, 5) == [35, 35, 35, 30, 30]
-    assert daily_split(165, 5, [], 5) == [35, 35, 35, 30, 30]
+    assert daily_split(165, 5, PRIVIGEN, 5, 0.1) == [35, 35, 35, 30, 30]
+    assert daily_split(165, 5, [], 5, 0.1) == [35, 35, 35, 30, 30]
+    # Octagam 10% (2, 5, 10, 20, 30 g): 125 g over 2 days in 5 vials (65 + 60 g, each within 10% of
+    # 62.5 g), not 10 vials for the most even 63 + 62 g.
+    assert daily_split(125, 2, [2, 5, 10, 20, 30], 5, 0.1) == [65, 60]
+    assert daily_split(7, 2, [5, 10], 5, 0.1) is None
 
 
 # ------------------------------------------------------------------------------ command line
 def test_cli_text_and_json():
     text = cli("--indication", "GBS", "--weight", "100", "--height", "175", "--sex", "M", "--product", "Privigen")
     assert text.exit_code == 0, text.stderr
-    assert "165 g" in text.stdout and "4 x 40 g + 1 x 5 g" in text.stdout
+    assert "165 g" in text.stdout and "5 x 20 g + 5 x 10 g + 3 x 5 g = 165 g (13 vials)" in text.stdout
     result = cli("--indication", "G61.0", "--weight", "100", "--height", "175", "--sex", "male", "--age", "60",
                  "--profile", "ontario", "--json")
     assert result.exit_code == 0, result.stderr

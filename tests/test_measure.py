@@ -26,10 +26,12 @@ def course(course_id: str, patient_id: str, indication: str, start: datetime, ap
         "course_id": course_id, "patient_id": patient_id, "facility": "North", "service": "Neurology",
         "prescriber_id": "DR-SECRET-1", "indication_group": group, "indication": indication, "course_number": 1,
         "start": start, "end": start, "n_days": 1, "span_days": 1, "doses": 1, "total_g": total_g,
-        "order_ids": f"ORD-{course_id}", "products": "Privigen", "actual_weight_kg": 80.0, "height_cm": 175.0,
+        "order_ids": f"ORD-{course_id}", "products": "Privigen", "actual_weight_kg": 80.0, "current_weight_kg": 80.0,
+        "pre_pregnancy_weight_kg": None, "actual_weight_source": "current weight", "height_cm": 175.0,
         "sex": "M", "age_years": 50.0, "pregnant": False, "bmi": 26.1, "ibw_kg": 70.5, "adjusted_weight_kg": 74.3,
         "obese": False, "dosing_weight_kg": 80.0, "weight_basis": "actual", "weight_basis_reason": "not obese",
-        "g_per_kg": total_g / 80.0, "interval_days": None, "justification": None, "rejected_corrections": None, "appropriate": appropriate,
+        "g_per_kg": total_g / 80.0, "interval_days": None, "justification": None, "justification_code": None,
+        "rejected_corrections": None, "appropriate": appropriate,
         "excess_g": excess_g,
     }
 
@@ -55,8 +57,8 @@ def frames() -> tuple[pl.DataFrame, pl.DataFrame]:
             course("PT-EEE5:gbs:20260401", "PT-EEE5", "gbs", datetime(2026, 4, 1), False, 300.0, 100.0),  # after the period
             course("PT-FFF6:gbs:20251231", "PT-FFF6", "gbs", datetime(2025, 12, 31, 23), False, 300.0, 100.0),  # before it
         ],
-        schema_overrides={"start": pl.Datetime("us"), "end": pl.Datetime("us"), "interval_days": pl.Float64,
-                          "justification": pl.String, "rejected_corrections": pl.String},
+        schema_overrides={"start": pl.Datetime("us"), "end": pl.Datetime("us"), "interval_days": pl.Float64, "justification": pl.String,
+                          "justification_code": pl.String, "pre_pregnancy_weight_kg": pl.Float64, "rejected_corrections": pl.String},
     )
     findings = pl.DataFrame(
         [

@@ -57,7 +57,8 @@ def _course(cid: str, pid: str, ind: str, start: datetime, total_g: float, ok: b
         "course_id": cid, "patient_id": pid, "facility": facility, "service": service, "prescriber_id": "DR1",
         "indication_group": ind.split("_")[0], "indication": ind, "course_number": 1, "start": start, "end": start,
         "n_days": 1, "span_days": 1, "doses": 1, "total_g": total_g, "order_ids": f"O-{cid}", "products": "Privigen",
-        "actual_weight_kg": 70.0, "weight_basis": "actual", "weight_basis_reason": "not obese",
+        "actual_weight_kg": 70.0, "actual_weight_source": "current weight", "weight_basis": "actual",
+        "weight_basis_reason": "not obese",
         "g_per_kg": total_g / 70.0, "appropriate": ok, "excess_g": excess,
     }
 

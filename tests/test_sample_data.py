@@ -30,7 +30,10 @@ MUST_HAVE: dict[str, dict[str, set[str]]] = {
     "gbs_second_course_unjustified": {"repeat_justification.repeat_without_justification": {"warning"}},
     "cidp_maintenance_too_frequent": {"repeat_justification.interval_too_short": {"warning"}},
     "cidp_maintenance_unjustified": {"repeat_justification.maintenance_without_response": {"warning"}},
-    "mg_maintenance_unjustified": {"repeat_justification.maintenance_without_response": {"warning"}},
+    "mg_maintenance_unjustified": {
+        "repeat_justification.maintenance_without_response": {"warning"},
+        "indication.not_routine": {"critical"},
+    },
     "itp_repeat_unjustified": {"repeat_justification.repeat_without_justification": {"warning"}},
     "kawasaki_no_aspirin": {"combination.kawasaki_without_aspirin": {"warning"}},
     "kawasaki_aspirin_late": {"combination.kawasaki_without_aspirin": {"warning"}},
@@ -51,6 +54,8 @@ MUST_HAVE: dict[str, dict[str, set[str]]] = {
     "no_baseline_labs": {"monitoring.no_baseline_labs": {"warning"}},
     "renal_non_sucrose": {"product_safety.slow_rate_reminder": {"info"}},
     "cidp_review_overdue": {"repeat_justification.maintenance_review_due": {"warning"}},
+    "no_hemoglobin_after_high_dose": {"monitoring.no_hemoglobin_after_course": {"warning"}},
+    "no_renal_function_after_course": {"monitoring.no_renal_function_after_course": {"warning"}},
 }
 
 # Scenario -> rule ids (or rule-id prefixes ending in '.') none of its patients may have.
@@ -71,6 +76,10 @@ MUST_NOT_HAVE: dict[str, set[str]] = {
     "missing_height_heavy": {"weight_basis.actual_weight_in_obesity"},
     "cidp_review_overdue": {"repeat_justification.maintenance_without_response"},
     "cidp_review_documented": {"repeat_justification."},
+    "mg_maintenance_justified": {"indication."},
+    "no_hemoglobin_after_high_dose": {"monitoring.no_renal_function_after_course"},
+    "no_renal_function_after_course": {"monitoring.no_hemoglobin_after_course"},
+    "follow_up_not_yet_due": {"monitoring.no_hemoglobin_after_course", "monitoring.no_renal_function_after_course"},
 }
 
 # Scenarios whose patients may have info findings at most.

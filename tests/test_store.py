@@ -33,7 +33,8 @@ def order_row(order_id: str, patient_id: str, course_id: str, **kw) -> dict:
         dose_unit="g", doses=2, grams_per_dose=35.0, total_g=70.0, start=T0, route="IV",
         weight_kg=70.0, height_cm=175.0, sex="M", age_years=54.0, pregnant=None,
         indication_text="CIDP", indication_code="G61.81", indication="cidp",
-        indication_source="code", justification=None, course_id=course_id,
+        indication_source="code", justification=None, justification_code=None,
+        pre_pregnancy_weight_kg=None, course_id=course_id,
         source_file="orders.csv", source_row=1,
     )
     return row | kw
@@ -44,10 +45,12 @@ def course_row(course_id: str, patient_id: str, **kw) -> dict:
         course_id=course_id, patient_id=patient_id, facility="North", service="Neurology",
         prescriber_id="DR1", indication_group="neuro", indication="cidp", course_number=1,
         start=T0, end=T0 + timedelta(days=1), n_days=2, span_days=2, doses=2, total_g=70.0,
-        order_ids="O1", products="Privigen", actual_weight_kg=70.0, height_cm=175.0, sex="M",
+        order_ids="O1", products="Privigen", actual_weight_kg=70.0, current_weight_kg=70.0,
+        pre_pregnancy_weight_kg=None, actual_weight_source="current weight", height_cm=175.0, sex="M",
         age_years=54.0, pregnant=None, bmi=22.9, ibw_kg=70.5, adjusted_weight_kg=70.2,
         obese=False, dosing_weight_kg=70.0, weight_basis="actual", weight_basis_reason="not obese",
-        g_per_kg=1.0, interval_days=None, justification=None, rejected_corrections=None, appropriate=True, excess_g=0.0,
+        g_per_kg=1.0, interval_days=None, justification=None, justification_code=None, rejected_corrections=None,
+        appropriate=True, excess_g=0.0,
     )
     return row | kw
 
