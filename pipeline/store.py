@@ -105,10 +105,16 @@ _FACTS_HASH = (
 _LEDGER_INSERT = ("extract", "row_key", "version_hash", "version", "patient_id", "kind", "event_at", "event_until",
                   "source_file", "source_row", "run_seq", "file_pos")
 _LEDGER_SELECT = (
-    "extract", "CASE WHEN extract = 'orders' THEN row_key ELSE sha256(version) END", "sha256(version)", "version",
+    "extract", "CASE WHEN extract = 'orders' THEN row_key END", "md5_number(version)", "version",
     "patient_id", "kind", "event_at", "event_until", "source_file", "source_row", "run_seq", "file_pos",
 )
 _LEDGER_STATE = "CASE WHEN extract = 'orders' THEN 'in_force' ELSE 'kept' END"
+#: An incoming ledger row (alias i) not stored yet: its extract, key and content are new. (No key
+#: index: on long text keys DuckDB's index was four times the table, and every write paid for it.)
+_LEDGER_UNSEEN = (
+    "NOT EXISTS (SELECT 1 FROM ledger AS l WHERE l.extract = i.extract AND l.version_hash = md5_number(i.version) "
+    "AND l.row_key IS NOT DISTINCT FROM (CASE WHEN i.extract = 'orders' THEN i.row_key END))"
+)
 
 MIGRATIONS: list[tuple[int, str, list]] = [
     (
@@ -350,8 +356,8 @@ def _ledger_from_source_rows(con: duckdb.DuckDBPyConnection) -> None:
         con.register("migrated_ledger", rows)
         con.execute(
             f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
-                SELECT {', '.join(_LEDGER_SELECT)}, run_id, {_LEDGER_STATE}, run_id FROM migrated_ledger
-                ON CONFLICT DO NOTHING"""
+                SELECT {', '.join(_LEDGER_SELECT)}, run_id, {_LEDGER_STATE}, run_id FROM migrated_ledger AS i
+                WHERE {_LEDGER_UNSEEN}"""
         )
         con.unregister("migrated_ledger")
     con.execute("DROP TABLE source_rows")
@@ -384,8 +390,8 @@ MIGRATIONS.append(
             "ALTER TABLE runs ADD COLUMN IF NOT EXISTS data_through VARCHAR DEFAULT '{}'",
             """CREATE TABLE IF NOT EXISTS ledger (
                 extract VARCHAR NOT NULL,
-                row_key VARCHAR NOT NULL,
-                version_hash VARCHAR NOT NULL,
+                row_key VARCHAR,
+                version_hash UHUGEINT NOT NULL,
                 version VARCHAR NOT NULL,
                 patient_id VARCHAR,
                 kind VARCHAR,
@@ -398,8 +404,7 @@ MIGRATIONS.append(
                 file_pos BIGINT NOT NULL,
                 state VARCHAR NOT NULL,
                 state_run VARCHAR NOT NULL,
-                reason VARCHAR,
-                PRIMARY KEY (extract, row_key, version_hash)
+                reason VARCHAR
             )""",
             _ledger_from_source_rows,
             "ALTER TABLE courses ADD COLUMN IF NOT EXISTS rejected_corrections VARCHAR",
@@ -659,8 +664,8 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
     },
     "ledger": {
         "extract": "extract kind: orders, labs or procedures",
-        "row_key": "what the row is: the order_id of an order; the version_hash of a lab or procedure (its content)",
-        "version_hash": "sha256 of version: one row per distinct content of a row_key",
+        "row_key": "what the row is: the order_id of an order; null for a lab or procedure (it is its content: version_hash)",
+        "version_hash": "md5 of version (a 128-bit number): one row per extract, row_key and distinct content",
         "version": "the row's canonical columns as JSON text (trimmed, blank as null): what it says, whatever file it came in",
         "patient_id": "patient identifier",
         "kind": "what retention applies: the canonical lab test, 'procedure' or 'order'",
@@ -1166,14 +1171,14 @@ def _write_ledger(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     order version the audit saw (in_force, superseded, rejected)."""
     con.execute(
         f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
-            SELECT {', '.join(_LEDGER_SELECT)}, ?, {_LEDGER_STATE}, ? FROM incoming_ledger
-            ON CONFLICT DO NOTHING""",
+            SELECT {', '.join(_LEDGER_SELECT)}, ?, {_LEDGER_STATE}, ? FROM incoming_ledger AS i
+            WHERE {_LEDGER_UNSEEN}""",
         [run.run_id, run.run_id],
     )
     con.execute(
         """UPDATE ledger SET state = v.state, reason = v.reason, state_run = ?
            FROM incoming_versions AS v
-           WHERE ledger.extract = 'orders' AND ledger.row_key = v.order_id AND ledger.version_hash = sha256(v.version)
+           WHERE ledger.extract = 'orders' AND ledger.row_key = v.order_id AND ledger.version_hash = md5_number(v.version)
              AND (ledger.state IS DISTINCT FROM v.state OR ledger.reason IS DISTINCT FROM v.reason)""",
         [run.run_id],
     )
@@ -1209,7 +1214,7 @@ def _prune_ledger(con: duckdb.DuckDBPyConnection, retention: dict[str, int | Non
                       OR COALESCE(l2.event_until, l2.event_at)
                          < COALESCE(c.first_start, h.newest) - to_days(CAST(COALESCE(r.days, ?) AS INTEGER)))
            ) AS gone
-           WHERE l.extract = gone.extract AND l.row_key = gone.row_key AND l.version_hash = gone.version_hash""",
+           WHERE l.extract = gone.extract AND l.row_key IS NOT DISTINCT FROM gone.row_key AND l.version_hash = gone.version_hash""",
         [grace_days],
     )
     con.unregister("incoming_retention")
@@ -1597,7 +1602,7 @@ def read_history(
     order_ids) and they have IVIG orders or open findings stored, or when tonight brought an
     immunoglobulin row of theirs; `everyone` judges every patient with stored IVIG again (the
     rule pack or product dictionary changed). A patient with a course that ended in
-    `ended_between` (exclusive, inclusive) is judged too: tonight's labs carried the data past a
+    `ended_between` (both inclusive) is judged too: tonight's labs carried the data past a
     follow-up window of that course (rules.FOLLOW_UP). Every stored version of tonight's order_ids
     is read too, whoever its patient, so the version in force is decided among all of them.
     """
@@ -1616,7 +1621,7 @@ def read_history(
         audited = "SELECT patient_id FROM judged" if everyone else \
             "SELECT patient_id FROM candidates WHERE patient_id IN (SELECT patient_id FROM judged)"
         if ended_between is not None and not everyone:
-            audited += ' UNION SELECT patient_id FROM courses WHERE "end" > $ended_after AND "end" <= $ended_by'
+            audited += ' UNION SELECT patient_id FROM courses WHERE "end" >= $ended_after AND "end" <= $ended_by'
         params = {"ended_after": ended_between[0], "ended_by": ended_between[1]} if ended_between and not everyone else {}
         con.execute(
             f"""CREATE TEMP TABLE night_patients AS
