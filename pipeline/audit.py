@@ -10,7 +10,14 @@ import polars as pl
 
 from checks import outputs
 from checks.inputs import IVIG_ORDER_ROWS, LAB_ROWS, PROCEDURE_ROWS
-from pipeline.contract import QUARANTINE_COLUMNS, check_labs, check_orders, check_procedures, lab_rows_used
+from pipeline.contract import (
+    QUARANTINE_COLUMNS,
+    check_labs,
+    check_orders,
+    check_procedures,
+    date_layout_problem,
+    lab_rows_used,
+)
 from pipeline.courses import build_courses, regimen_table
 from pipeline.history import merge_history, rows_to_remember, stored_text_rows
 from pipeline.normalise import (
@@ -189,10 +196,27 @@ def select_relevant(extracts: Extracts, products: ProductDictionary, pack: RuleP
     return selected, int(count.item())
 
 
+def refuse_undeclared_date_layouts(source: Extracts, time_zone: str, max_share: float) -> None:
+    """Stop with a one-line ExtractError when one of tonight's files has mostly dates in no accepted layout.
+
+    Checked on the rows the audit reads (immunoglobulin orders, evidence, the labs and procedures of
+    their patients): an extract whose dates are in an undeclared layout fails on all of them.
+    """
+    for name in ("orders", "labs", "procedures"):
+        frame = getattr(source, name)
+        if frame is None:
+            continue
+        problem = date_layout_problem(source.tonight(frame), name, time_zone, max_share)
+        if problem:
+            raise ExtractError(problem)
+
+
 def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> PreparedOrders:
     """Contract and normalise: typed IVIG orders with grams and indications, evidence, labs, procedures, rejects."""
     source, rows_read = select_relevant(extracts, products, pack)
-    valid_orders, rejected_orders = check_orders(source.orders)
+    time_zone = pack.settings["site_timezone"]
+    refuse_undeclared_date_layouts(source, time_zone, float(pack.settings["date_failure_share"]))
+    valid_orders, rejected_orders = check_orders(source.orders, time_zone)
     # Materialise once: every query below starts from these two frames.
     valid_df, rejected_df = pl.collect_all([classify_medications(valid_orders, products), rejected_orders], engine=IN_MEMORY)
     rejected_orders = rejected_df.lazy()
@@ -200,9 +224,9 @@ def prepare(extracts: Extracts, products: ProductDictionary, pack: RulePack) -> 
     ivig_lazy = map_indications(split.ivig, pack)
     labs_lazy = rejected_labs = procedures_lazy = rejected_procedures = None
     if source.labs is not None:
-        labs_lazy, rejected_labs = check_labs(source.labs)
+        labs_lazy, rejected_labs = check_labs(source.labs, time_zone)
     if source.procedures is not None:
-        procedures_lazy, rejected_procedures = check_procedures(source.procedures)
+        procedures_lazy, rejected_procedures = check_procedures(source.procedures, time_zone)
     queries = {
         "ivig": ivig_lazy,
         "evidence": split.evidence,
@@ -394,11 +418,13 @@ def combine(parts: list[tuple[AuditResult, pl.DataFrame]]) -> tuple[AuditResult,
     """The shards' results as one run: tables stacked, counts added."""
     results = [result for result, _ in parts]
     orders = pl.concat([r.orders for r in results])
-    shared = orders.filter(pl.col("order_id").is_duplicated())["order_id"].unique().sort().to_list()
+    shared = orders.filter(pl.col("order_id").is_duplicated())["order_id"].n_unique()
     if shared:
+        # No id in the message: it may reach Prefect's database and logs. Without shards the
+        # duplicates are quarantined, ids and all, in the DuckDB quarantine table.
         raise ValueError(
-            f"{len(shared)} order_id(s) appear for more than one patient (first: {shared[0]}); "
-            "audit without shards so they are quarantined as duplicates"
+            f"{shared} order_id(s) appear for more than one patient in different shards; "
+            "audit without --shards so they are quarantined as duplicates (the quarantine table names them)"
         )
     return (
         AuditResult(

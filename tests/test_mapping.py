@@ -13,7 +13,7 @@ from pipeline.mapping import MappingError, load_mapping, shipped_mappings
 from pipeline.normalise import classify_medications, normalise_ndc_prefix
 from pipeline.contract import check_orders
 from pipeline.read import ExtractError, scan_extract
-from tests.builders import ivig_order, order_rows, products
+from tests.builders import ivig_order, order_rows, products, site_time_zone
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -193,7 +193,7 @@ def test_ndc_prefix_normalisation(text, digits):
     ],
 )
 def test_products_by_ndc_then_name(medication, ndc, product, scope):
-    valid, _ = check_orders(order_rows(ivig_order(medication=medication, ndc=ndc)))
+    valid, _ = check_orders(order_rows(ivig_order(medication=medication, ndc=ndc)), site_time_zone())
     row = classify_medications(valid, products()).collect().row(0, named=True)
     assert (row["product"], row["scope"]) == (product, scope)
 
