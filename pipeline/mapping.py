@@ -483,10 +483,31 @@ def _schedule_doses(spec: ExtractMapping, present: set[str], start_text: pl.Expr
     )
 
 
-def apply_table_mapping(lf: pl.LazyFrame, extract: str, mapping: Mapping, path: Path | str) -> pl.LazyFrame:
+def source_columns(mapping: Mapping, extract: str) -> set[str]:
+    """The source columns (lower-case) a profile reads for one extract: every other column is never read."""
+    spec = mapping.for_extract(extract)
+    names: set[str] = set()
+    for canonical in EXTRACT_COLUMNS[extract]:
+        if canonical in spec.constants:
+            continue
+        if canonical in spec.templates:
+            names |= {n.strip().lower() for n in _PLACEHOLDER.findall(spec.templates[canonical])}
+        else:
+            names |= set(spec.columns.get(canonical, (canonical,)))
+    for key in ("weight_unit_column", "height_unit_column"):
+        if spec.units.get(key):
+            names |= set(_names(spec.units[key]))
+    names |= set(spec.schedule.get("frequency", ())) | set(spec.schedule.get("end", ()))
+    return names
+
+
+def apply_table_mapping(
+    lf: pl.LazyFrame, extract: str, mapping: Mapping, path: Path | str, header: Sequence[str] | None = None
+) -> pl.LazyFrame:
     """One file's frame (source columns, lower-case names) in the canonical text layout of the extract.
 
     Raises ExtractError naming the source column(s) when a required canonical column cannot be made.
+    `header` is every column name of the file (the frame may hold only those the profile reads).
     """
     spec = mapping.for_extract(extract)
     present = set(lf.collect_schema().names())
@@ -503,7 +524,7 @@ def apply_table_mapping(lf: pl.LazyFrame, extract: str, mapping: Mapping, path: 
             exprs[canonical] = expr.cast(pl.String)
     if missing_required:
         hint = ""
-        source_names = sorted(present - {"source_file", "source_row"})
+        source_names = sorted(set(header) if header is not None else present - {"source_file", "source_row"})
         if len(source_names) == 1 and any(sep in source_names[0] for sep in (";", "\t", "|", ",")):
             hint = " (the file seems to use another delimiter: set [read] separator in the profile)"
         raise ExtractError(
