@@ -1,7 +1,9 @@
 """The nightly audit as a Prefect flow: thin tasks around the pure stages in `pipeline/`.
 
 Tasks that carry patient rows never cache or persist results (NO_CACHE, persist_result=False),
-and the logs and artifacts carry counts only: patient data stays in DuckDB and the reports.
+and the logs and artifacts carry counts only: patient data stays in DuckDB and the reports. Every task
+and the flow raise only data-free `StageFailure`s (flows/prefect_runtime.py): no exception message,
+which may quote an id or a value, reaches Prefect's database, logs or result storage.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.prefect_runtime import data_free_errors, flow_errors, is_io_failure
 from pipeline import audit as stages
 from pipeline.normalise import ProductDictionary, load_products
 from pipeline.read import ExtractError, SourceFile, content_sha256, discover, scan_extract
@@ -57,6 +60,7 @@ def new_run_id(now: datetime) -> str:
 
 
 @task(name="load rule pack and dictionaries")
+@data_free_errors
 def load_configuration(rules: str | None, profile: str | None, products: str | None) -> tuple[RulePack, ProductDictionary]:
     """The effective rule pack (with profile) and the product dictionary."""
     return load_rule_pack(Path(rules) if rules else None, profile), load_products(Path(products) if products else None)
@@ -66,14 +70,13 @@ def _retry_on_io(task, task_run, state) -> bool:
     """Retry only input/output failures (a locked database, a file still being copied), never bad data."""
     try:
         state.result()
-    except (StoreError, OSError):
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is not worth a retry
-        return False
+    except Exception as exc:  # noqa: BLE001 - only an input/output failure is worth a retry
+        return is_io_failure(exc)
     return False
 
 
 @task(name="read extract", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io, **PATIENT_ROWS)
+@data_free_errors
 def read_extract(paths: list[str], extract: str, mapping: str | None = None):
     """One extract's files as a lazy frame of canonical text columns, with their content hashes."""
     # Rows are parsed once, in the audit's streaming pass (a broken file is an ExtractError there).
@@ -83,6 +86,7 @@ def read_extract(paths: list[str], extract: str, mapping: str | None = None):
 
 
 @task(name="contract and normalise", **PATIENT_ROWS)
+@data_free_errors
 def prepare(extracts: stages.Extracts, products: ProductDictionary, pack: RulePack) -> stages.PreparedOrders:
     """Typed, checked IVIG orders with grams and indications; evidence; quarantine."""
     prepared = stages.prepare(extracts, products, pack)
@@ -95,6 +99,7 @@ def prepare(extracts: stages.Extracts, products: ProductDictionary, pack: RulePa
 
 
 @task(name="build courses", **PATIENT_ROWS)
+@data_free_errors
 def build_courses(prepared: stages.PreparedOrders, pack: RulePack):
     """Courses with dosing weight and regimen, and the order -> course map."""
     courses, order_course = stages.courses_with_regimen(prepared.ivig, pack)
@@ -103,6 +108,7 @@ def build_courses(prepared: stages.PreparedOrders, pack: RulePack):
 
 
 @task(name="apply rules", **PATIENT_ROWS)
+@data_free_errors
 def apply_rules(courses, prepared: stages.PreparedOrders, pack: RulePack, run_id: str):
     """Every rule of the pack over the courses: the findings."""
     findings = stages.judge(courses, prepared, pack, run_id)
@@ -111,12 +117,14 @@ def apply_rules(courses, prepared: stages.PreparedOrders, pack: RulePack, run_id
 
 
 @task(name="audit shard", **PATIENT_ROWS)
+@data_free_errors
 def audit_shard(extracts: stages.Extracts, products: ProductDictionary, pack: RulePack, run_id: str, index: int, shards: int):
     """The whole audit of one shard of patients (runs on a Dask worker when the flow uses Dask)."""
     return stages.run_audit_remembering(stages.shard(extracts, index, shards), products, pack, run_id)
 
 
 @task(name="write database", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_on_io, **PATIENT_ROWS)
+@data_free_errors
 def store(db: str, run: RunRecord, result: stages.AuditResult, source_rows) -> None:
     """Write the run to DuckDB in one transaction (the whole history was re-audited)."""
     write_run(
@@ -127,6 +135,7 @@ def store(db: str, run: RunRecord, result: stages.AuditResult, source_rows) -> N
 
 
 @task(name="write report", retries=1, retry_delay_seconds=[5], retry_condition_fn=_retry_on_io, **PATIENT_ROWS)
+@data_free_errors
 def report(db: str, report_dir: str, options: ReportOptions) -> list[str]:
     """The manager summary (HTML, Markdown, worklist) from what the database holds, and its artifacts."""
     paths, data = build_report(read_tables(Path(db)), Path(report_dir), options)
@@ -164,6 +173,7 @@ def _headline_markdown(summary: AuditSummary) -> str:
 
 
 @task(name="find new input files")
+@data_free_errors
 def find_new_inputs(inputs: dict[str, list[str]], db: str, force: bool) -> tuple[dict[str, list[str]], list[dict]]:
     """The input files per extract whose content was not audited before (all of them with force).
 
@@ -187,6 +197,7 @@ def find_new_inputs(inputs: dict[str, list[str]], db: str, force: bool) -> tuple
 
 
 @task(name="load history", **PATIENT_ROWS)
+@data_free_errors
 def load_history(db: str):
     """The stored source rows of IVIG patients (None for a new database)."""
     history = read_source_rows(Path(db))
@@ -195,6 +206,7 @@ def load_history(db: str):
 
 
 @flow(name="ivig-audit", persist_result=False, log_prints=False)
+@flow_errors
 def audit_flow(
     orders: list[str],
     labs: str | None = None,
