@@ -492,7 +492,7 @@ def date_layout_problem(text_rows: pl.LazyFrame, extract: str, time_zone: str, m
     first = refused.row(0, named=True)
     return (
         f"{extract} extract {first['source_file']}: {first['failed'] / first['filled']:.0%} of '{first['column']}' "
-        f"values are not ISO 8601 dates (first: '{first['examples'][0][:40]}'); {suggest_layout(first['examples'])}"
+        f"values are not ISO 8601 (first: '{first['examples'][0][:40]}'); {suggest_layout(first['examples'])}"
     )
 
 
@@ -519,14 +519,11 @@ def suggest_layout(examples: Sequence[str]) -> str:
         if fitting:
             break
     if not fitting:
-        return 'declare their layout in a mapping profile: [dates] formats = ["..."] (strptime codes, docs/ingest.md)'
-    declared = ", ".join(f'"{layout}"' for layout in fitting)
-    if len(fitting) > 1:
-        return (
-            f"day-first or month-first cannot be told from these values: declare the one your system writes "
-            f"in a mapping profile: [dates] formats = [{declared.split(', ')[0]}] or [{declared.split(', ')[1]}]"
-        )
-    return f"declare the layout in a mapping profile: [dates] formats = [{declared}]"
+        return 'declare the layout in a mapping profile: [dates] formats = ["..."] (strptime codes, docs/ingest.md)'
+    declared = [f'["{layout}"]' for layout in fitting]
+    if len(declared) > 1:
+        return f"declare the layout in a mapping profile: [dates] formats = {declared[0]} or {declared[1]} (the values fit both)"
+    return f"declare the layout in a mapping profile: [dates] formats = {declared[0]}"
 
 
 # ------------------------------------------------------------------------------------ accounting

@@ -1218,10 +1218,15 @@ def worklist(
         con.close()
 
 
-def export_parquet(db_path: Path, out_dir: Path) -> list[Path]:
-    """Parquet copies of every table and view, for tools that cannot open the file while the audit runs."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def export_parquet(db_path: Path, out_dir: Path, pseudonym_key: bytes | None = None) -> list[Path]:
+    """Parquet copies of every table and view, for tools that cannot open the file while the audit runs.
+
+    The folder is 0700 and every file 0600 (they hold patient ids and raw history). With a
+    `pseudonym_key`, patient ids are replaced as the report does (pipeline.report.pseudonymize_tables).
+    """
+    from pipeline.exports import private_folder, write_owner_only
+
+    out_dir = private_folder(Path(out_dir))
     con = connect_read_only(Path(db_path))
     written = []
     try:
@@ -1233,10 +1238,25 @@ def export_parquet(db_path: Path, out_dir: Path) -> list[Path]:
                 "ORDER BY 1"
             ).fetchall()
         ]
+        if pseudonym_key is not None:
+            from pipeline.report import pseudonymize_tables
+
+            # Every patient id of the database, so that ids inside other columns (finding_id, raw JSON)
+            # of a table without a patient_id column are replaced too; tables are then done one by one.
+            holders = [
+                r[0] for r in con.execute(
+                    "SELECT table_name FROM duckdb_columns() WHERE schema_name = 'main' AND column_name = 'patient_id'"
+                ).fetchall()
+            ]
+            ids = pl.concat(
+                [con.sql(f"SELECT DISTINCT CAST(patient_id AS VARCHAR) AS patient_id FROM {_q(name)}").pl() for name in holders]
+                or [pl.DataFrame(schema={"patient_id": pl.String})]
+            ).unique()
         for name in names:
-            path = out_dir / f"{name}.parquet"
-            con.sql(f"SELECT * FROM {_q(name)}").pl().write_parquet(path)
-            written.append(path)
+            frame = con.sql(f"SELECT * FROM {_q(name)}").pl()
+            if pseudonym_key is not None:
+                frame = pseudonymize_tables({name: frame, "_every_patient_id": ids}, pseudonym_key)[name]
+            written.append(write_owner_only(out_dir / f"{name}.parquet", frame.write_parquet))
     finally:
         con.close()
     return written
