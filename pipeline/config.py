@@ -9,6 +9,7 @@ Defaults live in the TOML data; the models require keys rather than invent value
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -29,8 +30,8 @@ def valid_regex(pattern: str) -> str:
     try:
         pl.select(pl.lit("").str.contains(pattern))
     except pl.exceptions.PolarsError as exc:
-        first = str(exc).strip().splitlines()
-        raise ValueError(f"not a valid regular expression ({first[-1].strip() if first else 'invalid'})") from None
+        reasons = [line.strip().removeprefix("error:").strip() for line in str(exc).splitlines() if line.strip().startswith("error:")]
+        raise ValueError(f"not a valid regular expression ({reasons[0] if reasons else 'invalid'})") from None
     return pattern
 
 
@@ -117,7 +118,10 @@ def describe(exc: ValidationError, model: type[BaseModel], file_of: Callable[[tu
     `file_of(loc)` names the file a location came from (a site override or the shipped file).
     """
     # An unknown key explains the rest (a misspelled key is also a missing one): it comes first.
-    errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+    errors = sorted(
+        exc.errors(include_url=False),
+        key=lambda e: not (e["type"] == "extra_forbidden" or (e["loc"] and e["loc"][-1] == "[key]")),
+    )
     first = errors[0]
     loc = tuple(first["loc"])
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
@@ -125,6 +129,9 @@ def describe(exc: ValidationError, model: type[BaseModel], file_of: Callable[[tu
     kind = first["type"]
     if kind == "extra_forbidden":
         return f"{where}: unknown key {key}{did_you_mean(str(loc[-1]), _keys_at(model, loc[:-1]))}{more}"
+    if loc and loc[-1] == "[key]":  # a key of a table whose keys are a fixed list (canonical column names)
+        known = re.findall(r"'([^']*)'", str((first.get("ctx") or {}).get("expected", "")))
+        return f"{where}: unknown key {dotted(loc[:-1])}{did_you_mean(str(loc[-2]), known)}{more}"
     if kind == "missing":
         return f"{where}: missing key {key}{more}"
     message = str(first["msg"])

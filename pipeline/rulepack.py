@@ -261,11 +261,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _at(table: Any, loc: tuple) -> bool:
-    """Whether a nested dict holds the location."""
+    """Whether nested tables (and lists, by index) hold the location."""
     for part in loc:
-        if not isinstance(table, dict) or part not in table:
+        if isinstance(table, dict) and part in table:
+            table = table[part]
+        elif isinstance(table, list) and isinstance(part, int) and 0 <= part < len(table):
+            table = table[part]
+        else:
             return False
-        table = table[part]
     return True
 
 
