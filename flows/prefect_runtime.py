@@ -127,7 +127,8 @@ def data_free_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every exception, so none carries data into Prefect
-            raise to_stage_failure(fn.__name__, exc) from None
+            failure = to_stage_failure(fn.__name__, exc)
+        raise _detached(failure)
 
     return wrapper  # type: ignore[return-value]
 
@@ -141,9 +142,24 @@ def flow_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - see data_free_errors
-            raise _without_detail(to_stage_failure(fn.__name__, exc)) from None
+            failure = _without_detail(to_stage_failure(fn.__name__, exc))
+        raise _detached(failure)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _detached(failure: StageFailure) -> StageFailure:
+    """The failure without the exception it replaced: no __cause__, __context__ or earlier traceback.
+
+    `raise ... from None` only hides the context from a printed traceback; the original exception (and
+    its message) stays attached, and a pickler that keeps exception chains (tblib's, which `distributed`
+    installs) writes it into Prefect's result storage with the flow's failure. It is raised outside the
+    `except` block, so Python attaches no context either.
+    """
+    failure.__cause__ = None
+    failure.__context__ = None
+    failure.__suppress_context__ = False
+    return failure.with_traceback(None)
 
 
 def _without_detail(failure: StageFailure) -> StageFailure:
@@ -202,27 +218,31 @@ _installed: dict[str, Any] = {}
 
 def quiet_console() -> Path:
     """Route the run's Prefect logs to the debug log and keep failure reports off the terminal; the path."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     path = debug_log_path()
+    root, stacks = logging.getLogger(), logging.getLogger(__name__)
     with _QUIET:
-        if "file" in _installed:
+        previous = _installed.get("file")
+        if previous is not None and Path(previous.baseFilename) == path.resolve():
             return path
+        if previous is not None:  # the debug log moved ($IVIG_AUDIT_DEBUG_LOG changed): follow it
+            for logger in (root, stacks):
+                logger.removeHandler(previous)
+            previous.close()
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = _OwnerOnlyFileHandler(path, maxBytes=_DEBUG_LOG_BYTES, backupCount=_DEBUG_LOG_BACKUPS, encoding="utf-8")
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
-        root = logging.getLogger()
         root.addHandler(handler)
         # The stacks of failures go to the file only (never to the terminal or Prefect's API).
-        stacks = logging.getLogger(__name__)
         stacks.setLevel(logging.DEBUG)
         stacks.addHandler(handler)
         stacks.propagate = False
-        from prefect.logging.handlers import PrefectConsoleHandler
-
         noise = _NoFailureNoise()
         for logger in (root, logging.getLogger("uvicorn"), logging.getLogger("fastapi")):
             for console in logger.handlers:
-                if isinstance(console, PrefectConsoleHandler):
+                if isinstance(console, PrefectConsoleHandler) and not any(isinstance(f, _NoFailureNoise) for f in console.filters):
                     console.addFilter(noise)
         _installed["file"] = handler
     return path

@@ -272,8 +272,15 @@ def _at(table: Any, loc: tuple) -> bool:
     return True
 
 
+#: A parameter every rule takes (docs/rules.md): `enabled = false` switches the rule off.
+RULE_SWITCH = "enabled"
+
+
 def _check_override(override: dict[str, Any], shipped: dict[str, Any], where: str) -> None:
     """Refuse keys the shipped pack does not have (outside the open tables) and params of another type."""
+    shipped = copy.deepcopy(shipped)
+    for spec in shipped["rules"].values():  # every rule may be switched off
+        spec.setdefault("params", {}).setdefault(RULE_SWITCH, True)
     found = unknown_key_problem(override, shipped, OPEN_TABLES)
     if found:
         loc, known = found
