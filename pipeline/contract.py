@@ -80,23 +80,31 @@ def has_offset(layout: str) -> bool:
     return any(code in layout for code in ("%z", "%#z", "%:z"))
 
 
+def _strptime(text: pl.Expr, layout: str) -> pl.Expr:
+    """Text read with one strptime layout as a naive date-time: an offset (%z) gives the UTC instant, a
+    date-only layout midnight; null where the layout does not fit."""
+    if has_offset(layout):
+        return text.str.strptime(pl.Datetime("us", "UTC"), layout, strict=False).dt.replace_time_zone(None)
+    if _has_time(layout):
+        return text.str.strptime(DT, layout, strict=False)
+    return text.str.strptime(pl.Date, layout, strict=False).cast(DT)
+
+
 def parse_with_layouts(text: pl.Expr, layouts: Sequence[str]) -> pl.Expr:
     """Trimmed text read with the first of `layouts` that fits, as a naive date-time (null if none fits).
 
     A layout with an offset (%z) gives the UTC instant; a date-only layout gives midnight.
     """
-    candidates = []
-    for layout in layouts:
-        if has_offset(layout):
-            candidates.append(text.str.strptime(pl.Datetime("us", "UTC"), layout, strict=False).dt.replace_time_zone(None))
-        elif _has_time(layout):
-            candidates.append(text.str.strptime(DT, layout, strict=False))
-        else:
-            candidates.append(text.str.strptime(pl.Date, layout, strict=False).cast(DT))
-    parsed = pl.coalesce(candidates) if candidates else pl.lit(None, dtype=DT)
+    parsed = pl.coalesce([_strptime(text, layout) for layout in layouts]) if layouts else pl.lit(None, dtype=DT)
     # %Y also reads '-2026' and '0000': years no calendar (nor Python's datetime, DuckDB's readers or the
     # report) can represent. Such text is not a date.
     return pl.when(parsed.dt.year().is_between(*REPRESENTABLE_YEARS)).then(parsed)
+
+
+#: How every ISO 8601 date this audit reads begins: a four-digit year 0001-9999, then '-' or, in the basic
+#: layout, four more digits (20260601). Checked on the text once, so the parse needs no year filter
+#: ('-2026-06-01' and '99999-01-01' are not dates).
+ISO_YEAR = r"^(?:[1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])(?:-|\d{4}(?:$|[T\s]))"
 
 
 def parse_datetime_text(text: pl.Expr, time_zone: str) -> pl.Expr:
@@ -106,11 +114,12 @@ def parse_datetime_text(text: pl.Expr, time_zone: str) -> pl.Expr:
     instant is converted to the site's time zone. A bare date is midnight. Any other layout is null:
     a mapping profile converts its declared layouts to ISO text before this reads them.
     """
-    local = parse_with_layouts(text, ISO_DATETIME_LAYOUTS + ISO_DATE_LAYOUTS)
-    instant = parse_with_layouts(text, ISO_OFFSET_LAYOUTS)
+    iso = pl.when(text.str.contains(ISO_YEAR)).then(text)
+    local = pl.coalesce([_strptime(iso, layout) for layout in ISO_DATETIME_LAYOUTS + ISO_DATE_LAYOUTS])
+    instant = pl.coalesce([_strptime(iso, layout) for layout in ISO_OFFSET_LAYOUTS])
     converted = instant.dt.replace_time_zone("UTC").dt.convert_time_zone(time_zone).dt.replace_time_zone(None)
-    parsed = pl.coalesce(local, converted)
-    return pl.when(parsed.dt.year().is_between(*REPRESENTABLE_YEARS)).then(parsed)
+    # Only a conversion can leave the representable years (0001-01-01T00:00+01:00 is in year 0).
+    return pl.coalesce(local, pl.when(converted.dt.year().is_between(*REPRESENTABLE_YEARS)).then(converted))
 
 
 def parse_datetime(column: str, time_zone: str) -> pl.Expr:
@@ -121,11 +130,6 @@ def parse_datetime(column: str, time_zone: str) -> pl.Expr:
 def parse_date(column: str, time_zone: str) -> pl.Expr:
     """A text ISO 8601 date (or date-time) as a Date; unparseable is null."""
     return parse_datetime(column, time_zone).dt.date()
-
-
-def not_a_date(column: str, time_zone: str) -> pl.Expr:
-    """Whether a text date cell holds something (not blank) that is not a date in an accepted layout."""
-    return blank_to_null(column).is_not_null() & parse_datetime(column, time_zone).is_null()
 
 
 def parse_bool(column: str) -> pl.Expr:
@@ -471,12 +475,16 @@ def date_layout_problem(text_rows: pl.LazyFrame, extract: str, time_zone: str, m
     if not columns:
         return None
     per_column = [
-        text_rows.group_by("source_file").agg(
+        # The date is parsed once per row (as a column), then counted.
+        text_rows.select("source_file", text=blank_to_null(column))
+        .with_columns(failed=pl.col("text").is_not_null() & parse_datetime_text(pl.col("text"), time_zone).is_null())
+        .group_by("source_file")
+        .agg(
             pl.lit(column).alias("column"),
             pl.lit(position).alias("position"),
-            blank_to_null(column).is_not_null().sum().alias("filled"),
-            not_a_date(column, time_zone).sum().alias("failed"),
-            blank_to_null(column).filter(not_a_date(column, time_zone)).head(200).alias("examples"),
+            pl.col("text").is_not_null().sum().alias("filled"),
+            pl.col("failed").sum().alias("failed"),
+            pl.col("text").filter(pl.col("failed")).head(200).alias("examples"),
         )
         for position, column in enumerate(columns)
     ]
