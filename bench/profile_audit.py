@@ -83,7 +83,7 @@ def prepare_query_times(path: Path) -> list[tuple[str, float]]:
     source, _ = audit.select_relevant(audit.Extracts(orders=lf), products, pack)
     read = source.orders.collect()
     out.append((f"select_relevant: one streaming pass keeping {read.height} rows, and the count", time.perf_counter() - t))
-    valid, rejected = check_orders(source.orders)
+    valid, rejected = check_orders(source.orders, pack.settings["site_timezone"])
     classified = classify_medications(valid, products)
     split = split_orders(classified)
     queries = {

@@ -65,25 +65,41 @@ EXTRACT_COLUMNS: dict[str, dict[str, bool]] = {
 
 DOSE_UNITS = ("g", "mg", "ml", "g/kg")
 
-#: Plausibility limits of an IVIG order's values (data, documented; a site may change them here).
+#: Plausibility limits of every numeric canonical value (data, documented; a site may change them here).
 #: These live here, not in rulepack.toml, because they decide whether a row can be audited at all
 #: (quarantine), not whether a course is appropriate (findings). A value outside its limits is not
 #: a clinical judgement but an impossible number (a weight in grams or pounds entered as kg, a course
-#: total entered as a daily dose, a volume entered as grams): the IVIG row goes to quarantine with
-#: the reason and the limit, and is never audited on a guessed value.
-#:   weight_kg          actual weight at order, kilograms (0.3 kg: the smallest viable neonate)
-#:   height_cm          height, centimetres
-#:   grams_per_day      grams of one daily dose
+#: total entered as a daily dose, a volume entered as grams): the row goes to quarantine with the
+#: reason and the limit, and is never audited on a guessed value. NaN and inf are never a number.
+#: Limits are inclusive. Checked on IVIG rows unless said otherwise:
+#:   weight_kg, pre_pregnancy_weight_kg  kilograms (0.3 kg: the smallest viable neonate)
+#:   height_cm          centimetres
+#:   age_years          years, as given or from birth_date at the order start
+#:   doses              daily doses of one order, on every row the audit reads (an order is expanded
+#:                      into one row per daily dose: the limit is checked first, so no row can exhaust
+#:                      memory; aspirin orders are read as evidence over their doses too)
+#:   dose               the amount as written, in any unit (above zero)
+#:   grams_per_day      grams of one daily dose after conversion: a dose that rounds to 0 g
+#:                      (1e-323 mg) is below the lower limit
 #:   g_per_kg_per_day   grams per kilogram of actual weight of one daily dose (when the weight is known)
 #:   start_year         calendar year of the order start (a typo such as 0206 or 9999 would otherwise
 #:                      stretch the report's month-by-month trend over thousands of years); wide enough
 #:                      for de-identified research extracts, whose dates are shifted (MIMIC: 2100-2210)
+#:   lab_value          a lab result of a test the audit uses, in the lab's unit (platelets may be
+#:                      written per microlitre: 450000)
+#:   lab_reference      ref_low and ref_high of a lab result
 PLAUSIBILITY: dict[str, tuple[float, float]] = {
     "weight_kg": (0.3, 350.0),
+    "pre_pregnancy_weight_kg": (0.3, 350.0),
     "height_cm": (30.0, 250.0),
-    "grams_per_day": (0.0, 300.0),
+    "age_years": (0.0, 130.0),
+    "doses": (1.0, 366.0),
+    "dose": (0.0, 1_000_000.0),
+    "grams_per_day": (0.01, 300.0),
     "g_per_kg_per_day": (0.0, 3.0),
     "start_year": (1900.0, 2300.0),
+    "lab_value": (0.0, 10_000_000.0),
+    "lab_reference": (0.0, 10_000_000.0),
 }
 LAB_TESTS = ("creatinine", "egfr", "crcl", "hemoglobin", "platelets", "iga", "igg")
 

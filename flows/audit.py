@@ -1,7 +1,9 @@
 """The nightly audit as a Prefect flow: `pipeline.night.run_night` with each step a Prefect task.
 
 Tasks that carry patient rows never cache or persist results (NO_CACHE, persist_result=False),
-and the logs and artifacts carry counts only: patient data stays in DuckDB and the reports.
+and the logs and artifacts carry counts only: patient data stays in DuckDB and the reports. Every task
+and the flow raise only data-free `StageFailure`s (flows/prefect_runtime.py): no exception message,
+which may quote an id or a value, reaches Prefect's database, logs or result storage.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.prefect_runtime import data_free_errors, flow_errors, is_io_failure
 from pipeline.night import NightRequest, NightSummary, run_night
-from pipeline.store import StoreError
 
 PATIENT_ROWS = dict(cache_policy=NO_CACHE, persist_result=False)
 
@@ -24,10 +26,8 @@ def _retry_on_io(task, task_run, state) -> bool:
     """Retry only input/output failures (a locked database, a file still being copied), never bad data."""
     try:
         state.result()
-    except (StoreError, OSError):
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is not worth a retry
-        return False
+    except Exception as exc:  # noqa: BLE001 - only an input/output failure is worth a retry
+        return is_io_failure(exc)
     return False
 
 
@@ -43,7 +43,7 @@ class PrefectSteps:
     """Each step of the night as a Prefect task (mapped steps are submitted and run concurrently)."""
 
     def _task(self, name: str, fn: Callable[..., Any]):
-        return task(fn, name=name, **PATIENT_ROWS, **IO_RETRIES.get(name, {}))
+        return task(data_free_errors(fn), name=name, **PATIENT_ROWS, **IO_RETRIES.get(name, {}))
 
     def __call__(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one step as a task and return its result."""
@@ -87,6 +87,7 @@ def _headline_markdown(summary: NightSummary) -> str:
 
 
 @flow(name="ivig-audit", persist_result=False, log_prints=False)
+@flow_errors
 def audit_flow(
     orders: list[str] | None = None,
     labs: str | list[str] | None = None,

@@ -16,6 +16,12 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+try:  # typer vendors click (typer._click) in the versions we pin; older ones used click itself
+    from typer._click import exceptions as click_errors  # noqa: E402
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors  # type: ignore[no-redef]  # noqa: E402
 
 from pipeline.mapping import load_mapping  # noqa: E402
 from pipeline.normalise import ProductDictionaryError, load_products  # noqa: E402
@@ -25,6 +31,47 @@ from pipeline.store import StoreError  # noqa: E402
 
 EXIT_OK, EXIT_CRITICAL, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
 PREFLIGHT_PARSE_BYTES = 256 * 1024 * 1024
+
+
+class OneLineErrors(TyperGroup):
+    """The command group: every error is one line on stderr with the documented exit status.
+
+    A bad option (typer would draw a multi-line usage box) exits 2; an unexpected exception (a bug,
+    never a user's mistake) exits 3 with its type, its stack going to the debug log without data.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            result = super().main(
+                args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
+            )
+        except click_errors.NoArgsIsHelpError as exc:
+            exc.show()  # the help text, as asked for
+            code = exc.exit_code
+        except click_errors.UsageError as exc:
+            where = f" (see: ivig-audit {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.parent else " (see: ivig-audit --help)"
+            code = _print_error(f"{' '.join(exc.format_message().split())}{where}", EXIT_BAD_INPUT)
+        except click_errors.ClickException as exc:
+            code = _print_error(" ".join(exc.format_message().split()), exc.exit_code)
+        except typer.Abort:
+            code = _print_error("aborted", 130)
+        except Exception as exc:  # noqa: BLE001 - a bug: one line, the stack (frames only) to the debug log
+            from flows.prefect_runtime import quiet_console, to_stage_failure
+
+            quiet_console()
+            failure = to_stage_failure(exc.__class__.__name__, exc)
+            code = _print_error(failure.detail or type(exc).__name__, failure.exit_status)
+        else:
+            code = result if isinstance(result, int) else EXIT_OK
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _print_error(message: str, code: int) -> int:
+    typer.echo(f"ivig-audit: error: {message}", err=True)
+    return code
+
 
 app = typer.Typer(
     help=(
@@ -39,13 +86,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     """Print a one-line error on stderr and exit with the code."""
-    typer.echo(f"ivig-audit: error: {message}", err=True)
-    raise typer.Exit(code)
+    raise typer.Exit(_print_error(" ".join(str(message).split()), code))
 
 
 def default_sample_dir() -> Path:
@@ -123,6 +170,9 @@ def run(
         runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner()
         audit_flow = audit_flow.with_options(task_runner=runner)
         shards = max(shards, 2)
+    from flows.prefect_runtime import StageFailure, failure_detail, prepare_prefect_run
+
+    prepare_prefect_run()
     try:
         summary = audit_flow(
             orders=[str(p) for p in inputs.get("orders", [])],
@@ -139,6 +189,8 @@ def run(
             mapping=mapping,
             lock_timeout_seconds=lock_timeout,
         )
+    except StageFailure as exc:  # raised inside the flow: its message never went through Prefect
+        _fail(failure_detail(exc), exc.exit_status)
     except (ExtractError, RulePackError) as exc:
         _fail(str(exc))
     except StoreError as exc:

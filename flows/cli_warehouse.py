@@ -10,7 +10,7 @@ import typer
 
 from checks.outputs import CATEGORIES, SEVERITIES
 from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app
-from pipeline.exports import write_safe_csv
+from pipeline.exports import terminal_safe, write_safe_csv
 from pipeline.store import DISPOSITION_CODES, REVIEW_STATUSES, StoreError, export_parquet, record_review, worklist
 
 DB_OPTION = typer.Option(help="DuckDB database written by `ivig-audit run`.")
@@ -39,7 +39,7 @@ def review(
         _fail(str(exc), EXIT_BAD_INPUT)
     except StoreError as exc:
         _fail(str(exc), EXIT_FAILURE)
-    typer.echo(f"{event.finding_id}: {event.status}" + (f" ({event.reason_code})" if event.reason_code else ""))
+    typer.echo(f"{terminal_safe(event.finding_id)}: {event.status}" + (f" ({event.reason_code})" if event.reason_code else ""))
 
 
 @app.command()
@@ -72,20 +72,32 @@ def findings(
         return
     for row in rows.select("finding_id", "severity", "start", "patient_id", "message").to_dicts():
         start = row["start"].strftime("%Y-%m-%d") if row["start"] else "-"
-        typer.echo(f"[{row['severity']:<8}] {start} {row['patient_id']}: {row['message']}\n           id: {row['finding_id']}")
+        # Text from the data is shown, never acted on: no escape sequence or bidi override reaches the terminal.
+        typer.echo(
+            f"[{row['severity']:<8}] {start} {terminal_safe(row['patient_id'])}: {terminal_safe(row['message'])}\n"
+            f"           id: {terminal_safe(row['finding_id'])}"
+        )
     typer.echo(f"{rows.height} open findings")
 
 
 @app.command()
 def export(
-    to: Annotated[Path, typer.Option("--to", help="Folder for the Parquet copies.")],
+    to: Annotated[Path, typer.Option("--to", help="Folder for the Parquet copies (made owner-only: 0700, files 0600).")],
     db: Annotated[Path, DB_OPTION] = Path("ivig_audit.duckdb"),
+    pseudonymize: Annotated[bool, typer.Option("--pseudonymize", help="Replace patient ids with a keyed hash (anon-...) in every table, as the report does.")] = False,
+    pseudonym_key: Annotated[Optional[str], typer.Option("--pseudonym-key", help="HMAC key for --pseudonymize (prefer the IVIG_AUDIT_PSEUDONYM_KEY environment variable).")] = None,
 ) -> None:
     """Write Parquet copies of every table and view, for tools that cannot open the database while the audit runs."""
+    from pipeline.report import ReportOptions, ReportOptionsError, resolve_pseudonym_key
+
     try:
-        written = export_parquet(db, to)
+        key = resolve_pseudonym_key(ReportOptions(pseudonymize=pseudonymize, pseudonym_key=pseudonym_key))
+    except ReportOptionsError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    try:
+        written = export_parquet(db, to, pseudonym_key=key)
     except StoreError as exc:
         _fail(str(exc), EXIT_FAILURE)
     except OSError as exc:
         _fail(f"cannot write to {to}: {exc.strerror or exc}", EXIT_FAILURE)
-    typer.echo(f"wrote {len(written)} Parquet files to {to}")
+    typer.echo(f"wrote {len(written)} Parquet files to {to}" + (" (patient ids pseudonymised)" if key else ""))

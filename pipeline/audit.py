@@ -16,6 +16,7 @@ from pipeline.contract import (
     check_labs,
     check_orders,
     check_procedures,
+    date_layout_problem,
     lab_rows_used,
     quarantine_rows,
     with_identity,
@@ -278,6 +279,22 @@ def rejected_corrections(versions: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def refuse_undeclared_date_layouts(source: Extracts, time_zone: str, max_share: float) -> None:
+    """Stop with a one-line ExtractError when one of tonight's files has mostly dates in no accepted layout.
+
+    Checked on the rows the audit reads (immunoglobulin orders, evidence, the labs and procedures of
+    their patients): an extract whose dates are in an undeclared layout fails on all of them.
+    """
+    for name in ("orders", "labs", "procedures"):
+        frame = getattr(source, name)
+        if frame is None:
+            continue
+        arrived_tonight = tonight(frame) if "tonight" in frame.collect_schema().names() else frame
+        problem = date_layout_problem(arrived_tonight, name, time_zone, max_share)
+        if problem:
+            raise ExtractError(problem)
+
+
 def prepare(
     extracts: Extracts, products: ProductDictionary, pack: RulePack, rows_read: int | None = None
 ) -> PreparedOrders:
@@ -288,9 +305,14 @@ def prepare(
     they are already narrowed (tonight's selected rows merged with stored history, pipeline.night)
     and `rows_read` is the count of tonight's order rows.
     """
-    source, rows_read = select_relevant(extracts, products, pack) if rows_read is None else (extracts, rows_read)
+    time_zone = pack.settings["site_timezone"]
+    if rows_read is None:
+        source, rows_read = select_relevant(extracts, products, pack)
+        refuse_undeclared_date_layouts(source, time_zone, float(pack.settings["date_failure_share"]))
+    else:  # the night selected and checked tonight's rows before it touched the database
+        source = extracts
     orders_text = with_identity(source.orders, "orders")
-    valid_orders, rejected_orders = check_orders(orders_text)
+    valid_orders, rejected_orders = check_orders(orders_text, time_zone)
     # Materialise once: every query below starts from these two frames.
     valid_df, rejected_df = pl.collect_all([classify_medications(valid_orders, products), rejected_orders], engine=IN_MEMORY)
     rejected_orders = rejected_df.lazy()
@@ -300,9 +322,9 @@ def prepare(
     procedures_text = with_identity(source.procedures, "procedures") if source.procedures is not None else None
     labs_lazy = rejected_labs = procedures_lazy = rejected_procedures = None
     if labs_text is not None:
-        labs_lazy, rejected_labs = check_labs(labs_text)
+        labs_lazy, rejected_labs = check_labs(labs_text, time_zone)
     if procedures_text is not None:
-        procedures_lazy, rejected_procedures = check_procedures(procedures_text)
+        procedures_lazy, rejected_procedures = check_procedures(procedures_text, time_zone)
     version_keys = ["order_id", "version", *PRECEDENCE, "source_file", "tonight"]
     queries = {
         "ivig": ivig_lazy,
@@ -313,7 +335,7 @@ def prepare(
         "out_of_scope": split.out_of_scope.select(version_keys),
         "rejected_orders": rejected_orders,
         "rejected_ivig": split.quarantine,
-        "ledger_orders": ledger_rows(tonight(orders_text), "orders"),
+        "ledger_orders": ledger_rows(tonight(orders_text), "orders", time_zone),
     }
     if labs_lazy is not None:
         queries |= {"labs": labs_lazy, "rejected_labs": rejected_labs}
@@ -329,12 +351,12 @@ def prepare(
         labs_checked, lab_rejects = _contract_failures(collected["labs"], LAB_ROWS, "labs")
         quarantine_parts += [collected["rejected_labs"], lab_rejects]
         labs = labs_checked.unique("version", keep="first", maintain_order=True)
-        ledger_parts.append(_remembered(labs_text, "labs", [collected["rejected_labs"], lab_rejects]))
+        ledger_parts.append(_remembered(labs_text, "labs", [collected["rejected_labs"], lab_rejects], time_zone))
     if procedures_lazy is not None:
         procedures_checked, procedure_rejects = _contract_failures(collected["procedures"], PROCEDURE_ROWS, "procedures")
         quarantine_parts += [collected["rejected_procedures"], procedure_rejects]
         procedures = procedures_checked.unique("version", keep="first", maintain_order=True)
-        ledger_parts.append(_remembered(procedures_text, "procedures", [collected["rejected_procedures"], procedure_rejects]))
+        ledger_parts.append(_remembered(procedures_text, "procedures", [collected["rejected_procedures"], procedure_rejects], time_zone))
 
     valid_versions = pl.concat(
         [frame.select(version_keys) for frame in (ivig_versions, collected["evidence"], collected["unrecognised_ig"], collected["out_of_scope"])],
@@ -375,7 +397,7 @@ def prepare(
     )
 
 
-def _remembered(text_rows: pl.LazyFrame, extract: str, rejects: list[pl.DataFrame]) -> pl.DataFrame:
+def _remembered(text_rows: pl.LazyFrame, extract: str, rejects: list[pl.DataFrame], time_zone: str) -> pl.DataFrame:
     """Tonight's lab or procedure rows to keep in the ledger: those not quarantined."""
     arrival = ["run_seq", "file_pos", "source_row"]
     bad = pl.concat([r.select(*arrival, "tonight") for r in rejects if r.height], how="vertical_relaxed") \
@@ -383,7 +405,7 @@ def _remembered(text_rows: pl.LazyFrame, extract: str, rejects: list[pl.DataFram
     good = tonight(text_rows)
     if bad is not None:
         good = good.join(bad.lazy().filter(pl.col("tonight")).select(arrival), on=arrival, how="anti")
-    return ledger_rows(good, extract).collect(engine=IN_MEMORY)
+    return ledger_rows(good, extract, time_zone).collect(engine=IN_MEMORY)
 
 
 def courses_with_regimen(
@@ -523,10 +545,12 @@ def shard(extracts: Extracts, index: int, shards: int) -> Extracts:
 def combine(results: list[AuditResult], rows_read: int) -> AuditResult:
     """The shards' results as one run: tables stacked, counts added (`rows_read`: tonight's order rows of all shards)."""
     orders = pl.concat([r.orders for r in results])
-    if orders["order_id"].is_duplicated().any():
+    shared = orders.filter(pl.col("order_id").is_duplicated())["order_id"].n_unique()
+    if shared:
+        # No id in the message: it may reach Prefect's database and logs.
         raise ValueError(
-            "an order_id is in force for patients of different shards; "
-            "audit without shards so its versions are resolved together"
+            f"{shared} order_id(s) are in force for patients of different shards; "
+            "audit without --shards so their versions are resolved together"
         )
     return AuditResult(
         orders=orders,

@@ -11,22 +11,30 @@ from checks.inputs import EXTRACT_COLUMNS, PLAUSIBILITY
 
 DT = pl.Datetime("us")
 
-#: Date-time layouts accepted in extracts, tried in this order.
-DATETIME_FORMATS = (
-    "%Y-%m-%d %H:%M:%S%.f",
-    "%Y-%m-%d %H:%M:%S",
+#: The date-time layouts of the canonical contract: ISO 8601 only, a date and a time with or without
+#: seconds and fraction ('T' or a space between them). Never a day-first or month-first layout:
+#: 05/01/2026 is 5 January in one country and May 1 in another, so any other layout must be declared
+#: by a mapping profile ([dates] formats), never guessed.
+ISO_DATETIME_LAYOUTS = (
     "%Y-%m-%dT%H:%M:%S%.f",
-    "%Y-%m-%dT%H:%M:%S",
-    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d %H:%M:%S%.f",
     "%Y-%m-%dT%H:%M",
-    "%m/%d/%Y %I:%M:%S %p",
-    "%m/%d/%Y %I:%M %p",
-    "%m/%d/%Y %H:%M:%S",
-    "%m/%d/%Y %H:%M",
+    "%Y-%m-%d %H:%M",
 )
-DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y", "%Y%m%d")
+#: The same with a UTC offset: Z, +01:00, +0100 or +01.
+ISO_OFFSET_LAYOUTS = tuple(f"{layout}%#z" for layout in ISO_DATETIME_LAYOUTS)
+#: ISO 8601 dates: extended (2026-06-01) and basic (20260601).
+ISO_DATE_LAYOUTS = ("%Y-%m-%d", "%Y%m%d")
+#: What a date cell was expected to hold, quoted by a quarantine reason and the file-level error.
+EXPECTED_DATE = "expected ISO 8601 such as 2026-06-01 or 2026-06-01T09:30:00+01:00, or a layout declared in the mapping profile"
 #: Years a parsed date may have (inclusive): the range of Python's datetime, which the report reads.
 REPRESENTABLE_YEARS = (1, 9999)
+#: Canonical columns holding a date or date-time, per extract.
+DATE_COLUMNS = {
+    "orders": ("start", "birth_date", "updated_at"),
+    "labs": ("collected_at",),
+    "procedures": ("performed_at",),
+}
 
 #: Spellings of dose units, lower-cased and without spaces, mapped to the canonical unit.
 #: (A per-day g/kg unit is a daily dose: one row is one daily dose, so it is g/kg.)
@@ -58,38 +66,74 @@ def blank_to_null(column: str) -> pl.Expr:
 
 
 def parse_number(column: str) -> pl.Expr:
-    """A text number as Float64: thousands separators removed, anything else non-numeric is null."""
+    """A text number as a finite Float64: thousands separators removed; NaN, inf and anything else non-numeric is null."""
     text = blank_to_null(column)
     grouped = text.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
     cleaned = pl.when(grouped).then(text.str.replace_all(",", "")).otherwise(text)
-    return cleaned.cast(pl.Float64, strict=False)
+    value = cleaned.cast(pl.Float64, strict=False)
+    return pl.when(value.is_finite()).then(value)
 
 
-def parse_datetime_text(text: pl.Expr, formats: Sequence[str] = ()) -> pl.Expr:
-    """A trimmed text expression as a date-time: `formats` first (a mapping profile's), then the accepted layouts."""
-    candidates = []
-    for fmt in formats:
-        has_time = any(code in fmt for code in ("%H", "%I", "%M", "%S", "%T", "%R", "%c"))
-        if has_time:
-            candidates.append(text.str.strptime(DT, fmt, strict=False))
-        else:
-            candidates.append(text.str.strptime(pl.Date, fmt, strict=False).cast(DT))
-    candidates += [text.str.strptime(DT, fmt, strict=False) for fmt in DATETIME_FORMATS]
-    candidates += [text.str.strptime(pl.Date, fmt, strict=False).cast(DT) for fmt in DATE_FORMATS]
-    parsed = pl.coalesce(candidates)
+def _has_time(layout: str) -> bool:
+    """Whether a strptime layout reads a time of day (else it reads a date, taken as midnight)."""
+    return any(code in layout for code in ("%H", "%I", "%M", "%S", "%T", "%R", "%c"))
+
+
+def has_offset(layout: str) -> bool:
+    """Whether a strptime layout reads a UTC offset (Z, +01:00)."""
+    return any(code in layout for code in ("%z", "%#z", "%:z"))
+
+
+def _strptime(text: pl.Expr, layout: str) -> pl.Expr:
+    """Text read with one strptime layout as a naive date-time: an offset (%z) gives the UTC instant, a
+    date-only layout midnight; null where the layout does not fit."""
+    if has_offset(layout):
+        return text.str.strptime(pl.Datetime("us", "UTC"), layout, strict=False).dt.replace_time_zone(None)
+    if _has_time(layout):
+        return text.str.strptime(DT, layout, strict=False)
+    return text.str.strptime(pl.Date, layout, strict=False).cast(DT)
+
+
+def parse_with_layouts(text: pl.Expr, layouts: Sequence[str]) -> pl.Expr:
+    """Trimmed text read with the first of `layouts` that fits, as a naive date-time (null if none fits).
+
+    A layout with an offset (%z) gives the UTC instant; a date-only layout gives midnight.
+    """
+    parsed = pl.coalesce([_strptime(text, layout) for layout in layouts]) if layouts else pl.lit(None, dtype=DT)
     # %Y also reads '-2026' and '0000': years no calendar (nor Python's datetime, DuckDB's readers or the
     # report) can represent. Such text is not a date.
     return pl.when(parsed.dt.year().is_between(*REPRESENTABLE_YEARS)).then(parsed)
 
 
-def parse_datetime(column: str) -> pl.Expr:
-    """A text date-time in any accepted layout (a bare date is midnight); unparseable is null."""
-    return parse_datetime_text(blank_to_null(column))
+#: How every ISO 8601 date this audit reads begins: a four-digit year 0001-9999, then '-' or, in the basic
+#: layout, four more digits (20260601). Checked on the text once, so the parse needs no year filter
+#: ('-2026-06-01' and '99999-01-01' are not dates).
+ISO_YEAR = r"^(?:[1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])(?:-|\d{4}(?:$|[T\s]))"
 
 
-def parse_date(column: str) -> pl.Expr:
-    """A text date (or date-time) as a Date; unparseable is null."""
-    return parse_datetime(column).dt.date()
+def parse_datetime_text(text: pl.Expr, time_zone: str) -> pl.Expr:
+    """Trimmed ISO 8601 text as a naive date-time in the site's time zone (`time_zone`, an IANA name).
+
+    Without an offset the text is the site's local time as written; with one (Z, +01:00, +0100) the
+    instant is converted to the site's time zone. A bare date is midnight. Any other layout is null:
+    a mapping profile converts its declared layouts to ISO text before this reads them.
+    """
+    iso = pl.when(text.str.contains(ISO_YEAR)).then(text)
+    local = pl.coalesce([_strptime(iso, layout) for layout in ISO_DATETIME_LAYOUTS + ISO_DATE_LAYOUTS])
+    instant = pl.coalesce([_strptime(iso, layout) for layout in ISO_OFFSET_LAYOUTS])
+    converted = instant.dt.replace_time_zone("UTC").dt.convert_time_zone(time_zone).dt.replace_time_zone(None)
+    # Only a conversion can leave the representable years (0001-01-01T00:00+01:00 is in year 0).
+    return pl.coalesce(local, pl.when(converted.dt.year().is_between(*REPRESENTABLE_YEARS)).then(converted))
+
+
+def parse_datetime(column: str, time_zone: str) -> pl.Expr:
+    """A text column in ISO 8601 as a date-time in the site's time zone (a bare date is midnight); else null."""
+    return parse_datetime_text(blank_to_null(column), time_zone)
+
+
+def parse_date(column: str, time_zone: str) -> pl.Expr:
+    """A text ISO 8601 date (or date-time) as a Date; unparseable is null."""
+    return parse_datetime(column, time_zone).dt.date()
 
 
 def parse_bool(column: str) -> pl.Expr:
@@ -183,23 +227,49 @@ def quarantine_rows(rows: pl.LazyFrame, extract: str, reason: pl.Expr | str = "r
     )
 
 
-def _unreadable_or_implausible(column: str, unit: str) -> list[tuple[pl.Expr, pl.Expr]]:
-    """IVIG dose problems of a weight or height: text that is not a number, or a value outside PLAUSIBILITY."""
-    low, high = PLAUSIBILITY[column]
+def short_number(value: pl.Expr) -> pl.Expr:
+    """A number as short text for a reason (2 decimals, no trailing .0)."""
+    return value.round(2).cast(pl.String).str.replace(r"\.0$", "")
+
+
+def _implausible(limit: str, unit: str, column: str | None = None) -> tuple[pl.Expr, pl.Expr]:
+    """A value outside its PLAUSIBILITY limits (checks/inputs.py), with the value and the limits as the reason.
+
+    `limit` names the PLAUSIBILITY entry; `column` the value checked (the entry's name by default).
+    """
+    low, high = PLAUSIBILITY[limit]
+    column = column or limit
     value = pl.col(column)
-    return [
-        (
-            pl.col(f"{column}_text").is_not_null() & value.is_null(),
-            pl.format(f"{column} is not a number: '{{}}'", pl.col(f"{column}_text").str.slice(0, 40)),
-        ),
-        (
-            (value > 0) & ((value < low) | (value > high)),
-            pl.format(
-                f"{column} {{}} is outside the plausible {low:g}-{high:g} {unit}",
-                value.round(2).cast(pl.String).str.replace(r"\.0$", ""),
-            ),
-        ),
-    ]
+    return (
+        (value < low) | (value > high),
+        pl.format(f"{column} {{}} is outside the plausible {low:.10g}-{high:.10g} {unit}", short_number(value)),
+    )
+
+
+def _not_a_number(column: str, value: pl.Expr | None = None) -> tuple[pl.Expr, pl.Expr]:
+    """Text in a numeric column that is not a finite number (NaN, inf, '12 stone')."""
+    text = pl.col(f"{column}_text")
+    value = pl.col(column) if value is None else value
+    return (
+        text.is_not_null() & value.is_null(),
+        pl.format(f"{column} is not a number: '{{}}'", text.str.slice(0, 40)),
+    )
+
+
+def _unreadable_or_implausible(column: str, unit: str) -> list[tuple[pl.Expr, pl.Expr]]:
+    """IVIG dose problems of a weight or height: text that is not a number, or a value above zero outside
+    PLAUSIBILITY (zero and below are a structural reason of every row)."""
+    failed, message = _implausible(column, unit)
+    return [_not_a_number(column), ((pl.col(column) > 0) & failed, message)]
+
+
+def _not_a_date_reason(column: str) -> tuple[pl.Expr, pl.Expr]:
+    """A date cell that holds text but no date in an accepted layout: the reason names the layout expected."""
+    text = pl.col(f"{column}_text")
+    return (
+        text.is_not_null() & pl.col(column).is_null(),
+        pl.format(f"{column} is not a date: '{{}}' ({EXPECTED_DATE})", text.str.slice(0, 40)),
+    )
 
 
 def _implausible_start_year() -> tuple[pl.Expr, pl.Expr]:
@@ -212,15 +282,19 @@ def _implausible_start_year() -> tuple[pl.Expr, pl.Expr]:
     )
 
 
-def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Typed order rows that pass the structural checks, and the rejected rows with their reason."""
+def check_orders(text_rows: pl.LazyFrame, time_zone: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Typed order rows that pass the structural checks, and the rejected rows with their reason.
+
+    Dates are read as ISO 8601 in the site's `time_zone` (rule pack setting `site_timezone`).
+    """
+    max_doses = PLAUSIBILITY["doses"][1]
     parsed = with_identity(text_rows, "orders").with_columns(
         raw=raw_json("orders"),
         order_id=blank_to_null("order_id"),
         patient_id=blank_to_null("patient_id"),
         medication=blank_to_null("medication"),
         start_text=blank_to_null("start"),
-        start=parse_datetime("start"),
+        start=parse_datetime("start", time_zone),
         dose_text=blank_to_null("dose"),
         dose=parse_number("dose"),
         dose_unit_text=blank_to_null("dose_unit"),
@@ -231,21 +305,28 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         weight_kg=parse_number("weight_kg"),
         height_cm_text=blank_to_null("height_cm"),
         height_cm=parse_number("height_cm"),
-        age_years=parse_number("age_years"),
-        birth_date=parse_date("birth_date"),
+        age_years_text=blank_to_null("age_years"),
+        age_years_given=parse_number("age_years"),
+        birth_date_text=blank_to_null("birth_date"),
+        birth_date=parse_date("birth_date", time_zone),
+        pre_pregnancy_weight_kg_text=blank_to_null("pre_pregnancy_weight_kg"),
         pre_pregnancy_weight_kg=parse_number("pre_pregnancy_weight_kg"),
         sex=parse_sex("sex"),
         pregnant=parse_bool("pregnant"),
         updated_at_text=blank_to_null("updated_at"),
-        updated_at_order=parse_datetime("updated_at"),
+        updated_at_order=parse_datetime("updated_at", time_zone),
         **{c: blank_to_null(c) for c in (
             "encounter_id", "facility", "route", "indication", "indication_code",
             "justification", "justification_code", "prescriber_id", "service",
         )},
     ).with_columns(
-        doses=pl.col("doses_number").fill_null(1).cast(pl.Int64, strict=False),
+        # Only a count within PLAUSIBILITY is turned into an integer: the range is checked before any
+        # order is expanded into one row per daily dose (10^10 doses would exhaust memory).
+        doses=pl.when(pl.col("doses_number").is_between(1, max_doses)).then(pl.col("doses_number"))
+        .otherwise(pl.when(pl.col("doses_number").is_null()).then(1))
+        .cast(pl.Int64, strict=False),
         age_years=pl.coalesce(
-            pl.col("age_years"),
+            pl.col("age_years_given"),
             ((pl.col("start").dt.date() - pl.col("birth_date")).dt.total_days() / 365.25),
         ),
     )
@@ -262,13 +343,10 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         (pl.col("patient_id").is_null(), "patient_id missing"),
         (pl.col("medication").is_null(), "medication missing"),
         (pl.col("start_text").is_null(), "start missing"),
-        (
-            pl.col("start_text").is_not_null() & pl.col("start").is_null(),
-            pl.format("start is not a date: '{}'", pl.col("start_text").str.slice(0, 40)),
-        ),
+        _not_a_date_reason("start"),
         (
             pl.col("updated_at_text").is_not_null() & pl.col("updated_at_order").is_null(),
-            pl.format("updated_at is not a date: '{}'", pl.col("updated_at_text").str.slice(0, 40)),
+            pl.format(f"updated_at is not a date: '{{}}' ({EXPECTED_DATE})", pl.col("updated_at_text").str.slice(0, 40)),
         ),
         (
             pl.col("order_id").is_not_null() & (pl.col("versions") > 1),
@@ -283,9 +361,14 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
             & ((pl.col("doses_number") < 1) | (pl.col("doses_number") != pl.col("doses_number").round(0))),
             "doses must be a whole number of at least 1",
         ),
+        (
+            pl.col("doses_number") > max_doses,
+            pl.format(f"doses {{}} is above the plausible {max_doses:g} daily doses of one order", short_number(pl.col("doses_number"))),
+        ),
         (pl.col("weight_kg") <= 0, "weight_kg must be above zero"),
         (pl.col("height_cm") <= 0, "height_cm must be above zero"),
     )
+    dose_low, dose_high = PLAUSIBILITY["dose"]
     checked = with_dupes.with_columns(
         reason=reason,
         dose_problem=_reasons(
@@ -300,7 +383,11 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
                 & ~pl.col("dose_text").str.contains(DOSE_RANGE),
                 pl.format("dose is not a number: '{}'", pl.col("dose_text").str.slice(0, 40)),
             ),
-            (pl.col("dose") <= 0, "dose must be above zero"),
+            (pl.col("dose") <= dose_low, "dose must be above zero"),
+            (
+                pl.col("dose") > dose_high,
+                pl.format(f"dose {{}} is above the plausible {dose_high:g} (in any unit)", short_number(pl.col("dose"))),
+            ),
             (pl.col("dose_unit_text").is_null(), "dose_unit missing"),
             (
                 pl.col("dose_unit_text").is_not_null() & pl.col("dose_unit").is_null(),
@@ -312,12 +399,18 @@ def check_orders(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
             ),
             *_unreadable_or_implausible("weight_kg", "kg"),
             *_unreadable_or_implausible("height_cm", "cm"),
+            _not_a_number("pre_pregnancy_weight_kg"),
+            _implausible("pre_pregnancy_weight_kg", "kg"),
+            _not_a_number("age_years", pl.col("age_years_given")),
+            _not_a_date_reason("birth_date"),
+            _implausible("age_years", "years"),
             _implausible_start_year(),
         ),
     )
     valid = checked.filter(pl.col("reason").is_null()).drop(
         "reason", "copies", "versions", "copy_rank", "doses_number", "doses_text", "start_text", "birth_date",
-        "weight_kg_text", "height_cm_text", "updated_at_text",
+        "weight_kg_text", "height_cm_text", "age_years_text", "age_years_given", "birth_date_text",
+        "pre_pregnancy_weight_kg_text", "updated_at_text",
     )
     rejected = quarantine_rows(checked.filter(pl.col("reason").is_not_null()), "orders")
     return valid, rejected
@@ -342,38 +435,41 @@ def lab_rows_used() -> pl.Expr:
     return test.is_null() | test.is_in(list(LAB_TEST_SPELLINGS))
 
 
-def check_labs(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def check_labs(text_rows: pl.LazyFrame, time_zone: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Typed lab results of the tests the audit uses, and rejected rows with their reason."""
+    value = blank_to_null("value").str.replace(r"^[<>]=?\s*", "").cast(pl.Float64, strict=False)
     parsed = with_identity(text_rows, "labs").with_columns(
         raw=raw_json("labs"),
         patient_id=blank_to_null("patient_id"),
-        collected_text=blank_to_null("collected_at"),
-        collected_at=parse_datetime("collected_at"),
+        collected_at_text=blank_to_null("collected_at"),
+        collected_at=parse_datetime("collected_at", time_zone),
         test_text=blank_to_null("test"),
         test=blank_to_null("test").str.to_lowercase().replace_strict(
             LAB_TEST_SPELLINGS, default=None, return_dtype=pl.String
         ),
         value_text=blank_to_null("value"),
-        value=blank_to_null("value").str.replace(r"^[<>]=?\s*", "").pipe(
-            lambda e: e.cast(pl.Float64, strict=False)
-        ),
+        value=pl.when(value.is_finite()).then(value),
         unit=blank_to_null("unit"),
+        ref_low_text=blank_to_null("ref_low"),
         ref_low=parse_number("ref_low"),
+        ref_high_text=blank_to_null("ref_high"),
         ref_high=parse_number("ref_high"),
     )
     checked = parsed.with_columns(
         reason=_reasons(
             (pl.col("patient_id").is_null(), "patient_id missing"),
-            (pl.col("collected_text").is_null(), "collected_at missing"),
-            (
-                pl.col("collected_text").is_not_null() & pl.col("collected_at").is_null(),
-                pl.format("collected_at is not a date: '{}'", pl.col("collected_text").str.slice(0, 40)),
-            ),
+            (pl.col("collected_at_text").is_null(), "collected_at missing"),
+            _not_a_date_reason("collected_at"),
             (pl.col("test_text").is_null(), "test missing"),
             (
                 pl.col("value").is_null(),
                 pl.format("value is not a number: '{}'", pl.col("value_text").fill_null("").str.slice(0, 40)),
             ),
+            _implausible("lab_value", "(in the lab's unit)", "value"),
+            _not_a_number("ref_low"),
+            _implausible("lab_reference", "(in the lab's unit)", "ref_low"),
+            _not_a_number("ref_high"),
+            _implausible("lab_reference", "(in the lab's unit)", "ref_high"),
         )
     )
     # Results of tests the audit does not use are not judged (a lab extract may hold every test).
@@ -385,24 +481,21 @@ def check_labs(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     return valid, rejected
 
 
-def check_procedures(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def check_procedures(text_rows: pl.LazyFrame, time_zone: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Typed procedure rows, and rejected rows with their reason."""
     parsed = with_identity(text_rows, "procedures").with_columns(
         raw=raw_json("procedures"),
         patient_id=blank_to_null("patient_id"),
-        performed_text=blank_to_null("performed_at"),
-        performed_at=parse_datetime("performed_at"),
+        performed_at_text=blank_to_null("performed_at"),
+        performed_at=parse_datetime("performed_at", time_zone),
         procedure=blank_to_null("procedure"),
     )
     checked = parsed.with_columns(
         reason=_reasons(
             (pl.col("patient_id").is_null(), "patient_id missing"),
             (pl.col("procedure").is_null(), "procedure missing"),
-            (pl.col("performed_text").is_null(), "performed_at missing"),
-            (
-                pl.col("performed_text").is_not_null() & pl.col("performed_at").is_null(),
-                pl.format("performed_at is not a date: '{}'", pl.col("performed_text").str.slice(0, 40)),
-            ),
+            (pl.col("performed_at_text").is_null(), "performed_at missing"),
+            _not_a_date_reason("performed_at"),
         )
     )
     valid = checked.filter(pl.col("reason").is_null()).select(
@@ -410,6 +503,77 @@ def check_procedures(text_rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFram
     )
     rejected = quarantine_rows(checked.filter(pl.col("reason").is_not_null()), "procedures")
     return valid, rejected
+
+
+def date_layout_problem(text_rows: pl.LazyFrame, extract: str, time_zone: str, max_share: float) -> str | None:
+    """Why a file of the extract is refused: more than `max_share` of the non-empty values of one of its
+    date columns are not a date in an accepted layout (None when every file is fine).
+
+    A file whose dates are mostly in another layout (a day-first UK extract, a month-first US one) is
+    never read by guessing: one line names the file, the column, the share, the first value and the
+    layout(s) to declare in a mapping profile.
+    """
+    columns = [c for c in DATE_COLUMNS[extract] if c in text_rows.collect_schema().names()]
+    if not columns:
+        return None
+    per_column = [
+        # The date is parsed once per row (as a column), then counted.
+        text_rows.select("source_file", text=blank_to_null(column))
+        .with_columns(failed=pl.col("text").is_not_null() & parse_datetime_text(pl.col("text"), time_zone).is_null())
+        .group_by("source_file")
+        .agg(
+            pl.lit(column).alias("column"),
+            pl.lit(position).alias("position"),
+            pl.col("text").is_not_null().sum().alias("filled"),
+            pl.col("failed").sum().alias("failed"),
+            pl.col("text").filter(pl.col("failed")).head(200).alias("examples"),
+        )
+        for position, column in enumerate(columns)
+    ]
+    refused = (
+        pl.concat(per_column)
+        .filter(pl.col("filled") > 0, pl.col("failed") / pl.col("filled") > max_share)
+        .sort("source_file", "position")
+        .head(1)
+        .collect(engine="in-memory")
+    )
+    if refused.is_empty():
+        return None
+    first = refused.row(0, named=True)
+    return (
+        f"{extract} extract {first['source_file']}: {first['failed'] / first['filled']:.0%} of '{first['column']}' "
+        f"values are not ISO 8601 (first: '{first['examples'][0][:40]}'); {suggest_layout(first['examples'])}"
+    )
+
+
+#: Layouts an error message may suggest for dates that are not ISO 8601 (suggested to the user, who
+#: declares the right one in a mapping profile: never used to read a date).
+SUGGESTED_LAYOUTS = (
+    ("%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S"), ("%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M"),
+    ("%d/%m/%Y %I:%M:%S %p", "%m/%d/%Y %I:%M:%S %p"), ("%d/%m/%Y %I:%M %p", "%m/%d/%Y %I:%M %p"),
+    ("%d/%m/%Y", "%m/%d/%Y"), ("%d.%m.%Y %H:%M", "%m.%d.%Y %H:%M"), ("%d.%m.%Y", "%m.%d.%Y"),
+    ("%d-%m-%Y %H:%M", "%m-%d-%Y %H:%M"), ("%d-%m-%Y", "%m-%d-%Y"), ("%d/%m/%y", "%m/%d/%y"),
+    ("%d-%b-%Y", "%d-%b-%Y"), ("%d %b %Y", "%d %b %Y"), ("%Y/%m/%d", "%Y/%m/%d"),
+)
+
+
+def suggest_layout(examples: Sequence[str]) -> str:
+    """What to declare for dates that are not ISO 8601: the layouts that read every example, or how to find it."""
+    values = pl.Series("x", list(examples), dtype=pl.String).str.strip_chars()
+    fitting: list[str] = []
+    for day_first, month_first in SUGGESTED_LAYOUTS:
+        for layout in dict.fromkeys((day_first, month_first)):
+            parsed = pl.select(parse_with_layouts(pl.lit(values), [layout])).to_series()
+            if parsed.null_count() == 0 and layout not in fitting:
+                fitting.append(layout)
+        if fitting:
+            break
+    if not fitting:
+        return 'declare the layout in a mapping profile: [dates] formats = ["..."] (strptime codes, docs/ingest.md)'
+    declared = [f'["{layout}"]' for layout in fitting]
+    if len(declared) > 1:
+        return f"declare the layout in a mapping profile: [dates] formats = {declared[0]} or {declared[1]} (the values fit both)"
+    return f"declare the layout in a mapping profile: [dates] formats = {declared[0]}"
 
 
 # ------------------------------------------------------------------------------------ accounting

@@ -107,7 +107,7 @@ def merged(tonight: pl.LazyFrame | None, stored: pl.LazyFrame | None) -> pl.Lazy
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
 
 
-def ledger_rows(text_rows: pl.LazyFrame, extract: str) -> pl.LazyFrame:
+def ledger_rows(text_rows: pl.LazyFrame, extract: str, time_zone: str) -> pl.LazyFrame:
     """Rows of one extract in the ledger layout: one row per key and version, at its first arrival.
 
     `kind` says what retention applies: the canonical lab test of a lab ('iga', 'creatinine', ...;
@@ -118,7 +118,7 @@ def ledger_rows(text_rows: pl.LazyFrame, extract: str) -> pl.LazyFrame:
         kind = blank_to_null("test").str.to_lowercase().replace_strict(LAB_TEST_SPELLINGS, default=None, return_dtype=pl.String)
     else:
         kind = pl.lit("procedure" if extract == "procedures" else "order", dtype=pl.String)
-    event = parse_datetime(EVENT_COLUMN[extract])
+    event = parse_datetime(EVENT_COLUMN[extract], time_zone)
     until = event
     if extract == "orders":
         days = parse_number("doses").fill_null(1).clip(1, MAX_DAYS_COVERED) - 1

@@ -25,14 +25,25 @@ import logging
 import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 import polars as pl
+from pydantic import AfterValidator, Field, ValidationError, create_model, model_validator
 
 from checks.inputs import EXTRACT_COLUMNS, required_columns
-from pipeline.contract import blank_to_null, parse_datetime_text
+from pipeline.config import Strict, describe
+from pipeline.contract import (
+    DATE_COLUMNS,
+    ISO_DATE_LAYOUTS,
+    ISO_DATETIME_LAYOUTS,
+    ISO_OFFSET_LAYOUTS,
+    blank_to_null,
+    has_offset,
+    parse_with_layouts,
+)
 from pipeline.read import ExtractError
 
 log = logging.getLogger(__name__)
@@ -40,13 +51,10 @@ log = logging.getLogger(__name__)
 FORMATS = ("table", "fhir")
 ENCODINGS = ("auto", "utf-8", "cp1252", "latin-1")
 FHIR_RESOURCES = ("MedicationRequest", "MedicationAdministration")
-
-#: Canonical columns holding a date or date-time, per extract (re-dated with the profile's formats).
-DATE_COLUMNS = {
-    "orders": ("start", "birth_date"),
-    "labs": ("collected_at",),
-    "procedures": ("performed_at",),
-}
+#: Spellings of the encodings a profile may name, as the reader names them.
+ENCODING_ALIASES = {"utf8": "utf-8", "windows-1252": "cp1252", "latin1": "latin-1", "iso-8859-1": "latin-1"}
+#: The profile every profile extends first (its keys are the defaults: separator, encoding, units, frequencies).
+BASE_PROFILE = "canonical"
 
 #: Weight units (lower-case, no spaces or dots) and the factor to kilograms.
 WEIGHT_UNITS = {
@@ -63,22 +71,148 @@ HEIGHT_UNITS = {
     "m": 100.0, "meter": 100.0, "meters": 100.0, "metre": 100.0, "metres": 100.0,
     "mm": 0.1,
 }
-#: Default frequency spellings of a schedule (upper-case, spaces collapsed); a profile may replace them.
-DAILY_FREQUENCIES = ("DAILY", "Q24H", "Q 24 H", "QD", "EVERY 24 HOURS", "ONCE DAILY", "Q24HR", "EVERY DAY", "1X DAILY")
-ONCE_FREQUENCIES = ("ONCE", "ONE TIME", "X1", "1 TIME", "NOW", "STAT", "ONCE ONLY")
-
-_TOP_KEYS = {"name", "description", "extends", "format", "read", "dates", "orders", "labs", "procedures", "fhir"}
-_EXTRACT_KEYS = {"columns", "templates", "constants", "values", "units", "schedule"}
-_UNIT_KEYS = {"weight", "weight_unit_column", "height", "height_unit_column"}
-_SCHEDULE_KEYS = {"end", "frequency", "daily", "once"}
-_FHIR_KEYS = {
-    "resource", "weight_codes", "height_codes", "observation_max_age_days", "exclude_status", "code_systems",
-}
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
 class MappingError(ExtractError):
     """A mapping profile that cannot be used (one-line, user-facing; the CLI exits 2)."""
+
+
+# ------------------------------------------------------------------------------------ the model
+def _unit_key(text: str) -> str:
+    return re.sub(r"[\s.]", "", str(text).lower())
+
+
+def _frequency_key(text: str) -> str:
+    return re.sub(r"\s+", " ", str(text).strip().upper())
+
+
+def _one_of(known: dict[str, float], hint: str):
+    def check(unit: str) -> str:
+        if _unit_key(unit) not in known:
+            raise ValueError(f"unknown unit ({hint})")
+        return unit
+    return AfterValidator(check)
+
+
+def _separator(text: str) -> str:
+    text = "\t" if text in ("\\t", "tab", "TAB") else text
+    if len(text) != 1:
+        raise ValueError("must be one character (or \"tab\")")
+    return text
+
+
+def _encoding(text: str) -> str:
+    name = ENCODING_ALIASES.get(text.lower().replace("_", "-"), text.lower().replace("_", "-"))
+    if name not in ENCODINGS:
+        raise ValueError(f"must be one of {', '.join(ENCODINGS)}")
+    return name
+
+
+def _date_layout(layout: str) -> str:
+    """A strptime layout that reads back a day, month and year it writes (a typo such as %Q never does)."""
+    moment = datetime(2026, 2, 1, 13, 45, 30)
+    try:
+        text = pl.select(pl.lit(moment).dt.strftime(layout)).item()
+        parsed = pl.select(parse_with_layouts(pl.lit(text), [layout])).item()
+    except pl.exceptions.PolarsError:
+        parsed = None
+    if parsed is None or parsed.date() != moment.date():
+        raise ValueError("not a date layout that reads back the day, month and year it writes (strptime codes)")
+    return layout
+
+
+ColumnNames = str | Annotated[list[str], Field(min_length=1)]
+
+
+class ReadOptions(Strict):
+    """[read]: how the files are read."""
+
+    separator: Annotated[str, AfterValidator(_separator)]
+    encoding: Annotated[str, AfterValidator(_encoding)]
+
+
+class DateOptions(Strict):
+    """[dates]: the layouts of every date column (they replace the non-ISO defaults: there are none)."""
+
+    formats: list[Annotated[str, AfterValidator(_date_layout)]] = Field(min_length=1)
+
+
+class Frequencies(Strict):
+    """[frequencies]: spellings of daily and one-off frequencies (a schedule may replace them)."""
+
+    daily: list[str]
+    once: list[str]
+
+
+class Units(Strict):
+    """[orders.units]: the unit of a plain weight or height number, and optional per-row unit columns."""
+
+    weight: Annotated[str, _one_of(WEIGHT_UNITS, "kg, lb, g, oz")]
+    height: Annotated[str, _one_of(HEIGHT_UNITS, "cm, in, m")]
+    weight_unit_column: Optional[ColumnNames] = None
+    height_unit_column: Optional[ColumnNames] = None
+
+
+class Schedule(Strict):
+    """[orders.schedule]: order-level rows turned into a number of daily doses."""
+
+    frequency: ColumnNames
+    end: Optional[ColumnNames] = None
+    daily: Optional[list[str]] = None
+    once: Optional[list[str]] = None
+
+
+class FhirOptions(Strict):
+    """[fhir]: which resources are the orders, and the codes read from Observations."""
+
+    resource: Literal[FHIR_RESOURCES]  # type: ignore[valid-type]
+    weight_codes: list[str]
+    height_codes: list[str]
+    observation_max_age_days: int = Field(ge=1, le=36500)
+    exclude_status: list[str]
+    code_systems: list[str]
+
+
+def _template(text: str) -> str:
+    if not _PLACEHOLDER.search(text):
+        raise ValueError("expected text with {column} placeholders")
+    return text
+
+
+def _extract_section(extract: str) -> type[Strict]:
+    """The model of one extract's section ([orders], [labs], [procedures]): keys are its canonical columns."""
+    canonical = Literal[tuple(EXTRACT_COLUMNS[extract])]  # type: ignore[valid-type]
+    fields: dict[str, Any] = {
+        "columns": (Optional[dict[canonical, ColumnNames]], None),
+        "templates": (Optional[dict[canonical, Annotated[str, AfterValidator(_template)]]], None),
+        "constants": (Optional[dict[canonical, str]], None),
+        "values": (Optional[dict[canonical, dict[str, str]]], None),
+    }
+    if extract == "orders":
+        fields |= {"units": (Units, ...), "schedule": (Optional[Schedule], None)}
+    return create_model(f"{extract.title()}Section", __base__=Strict, **fields)
+
+
+class MappingFile(Strict):
+    """A mapping profile after its `extends` chain is merged (canonical.toml gives the defaults)."""
+
+    name: str
+    description: str
+    format: Literal[FORMATS]  # type: ignore[valid-type]
+    read: ReadOptions
+    frequencies: Frequencies
+    dates: Optional[DateOptions] = None
+    orders: _extract_section("orders")  # type: ignore[valid-type]
+    labs: Optional[_extract_section("labs")] = None  # type: ignore[valid-type]
+    procedures: Optional[_extract_section("procedures")] = None  # type: ignore[valid-type]
+    fhir: Optional[FhirOptions] = None
+
+    @model_validator(mode="after")
+    def _fhir_needs_its_table(self) -> "MappingFile":
+        if self.format == "fhir" and self.fhir is None:
+            raise ValueError("a fhir profile needs a [fhir] table (resource, weight_codes, ...)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -97,7 +231,7 @@ class ExtractMapping:
     templates: dict[str, str] = field(default_factory=dict)
     constants: dict[str, str] = field(default_factory=dict)
     values: dict[str, dict[str, str]] = field(default_factory=dict)
-    units: dict[str, str] = field(default_factory=dict)
+    units: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,12 +242,13 @@ class Mapping:
     name: str
     description: str
     source: str
-    format: str = "table"
-    separator: str = ","
-    encoding: str = "auto"
+    format: str
+    separator: str
+    encoding: str
     date_formats: tuple[str, ...] = ()
     extracts: dict[str, ExtractMapping] = field(default_factory=dict)
     fhir: dict[str, Any] = field(default_factory=dict)
+    frequencies: dict[str, list[str]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def for_extract(self, extract: str) -> ExtractMapping:
@@ -137,7 +272,7 @@ def shipped_mappings() -> list[str]:
 
 
 def _read_profile(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
-    """The raw TOML of a profile (its `extends` chain merged) and where it came from."""
+    """The raw TOML of a profile (its `extends` chain merged, canonical.toml first) and where it came from."""
     text_name = str(name_or_path)
     path = Path(text_name)
     if path.suffix.lower() == ".toml" or path.exists() or "/" in text_name or "\\" in text_name:
@@ -146,7 +281,7 @@ def _read_profile(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple
         try:
             text = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
-            raise MappingError(f"cannot read mapping profile {path}: {exc}") from None
+            raise MappingError(f"cannot read mapping profile {path}: {getattr(exc, 'strerror', None) or exc}") from None
         where, base_dir = str(path), path.parent
     else:
         key = text_name.strip().lower().replace("-", "_")
@@ -163,11 +298,15 @@ def _read_profile(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple
     except tomllib.TOMLDecodeError as exc:
         raise MappingError(f"mapping profile {where} is not valid TOML: {exc}") from None
     parent = raw.pop("extends", None)
+    if parent is None and where != f"shipped:{BASE_PROFILE}":
+        parent = BASE_PROFILE
     if parent:
         parent_ref = str(parent)
         if base_dir is not None and (parent_ref.endswith(".toml") or "/" in parent_ref):
             parent_ref = str((base_dir / parent_ref).resolve())
         base, _ = _read_profile(parent_ref, (*seen, where))
+        base.pop("name", None)
+        base.pop("description", None)
         raw = _deep_merge(base, raw)
     return raw, where
 
@@ -183,131 +322,70 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _names(value: Any, where: str) -> tuple[str, ...]:
+def _names(value: Any) -> tuple[str, ...]:
     """A source column name or list of names, lower-cased and trimmed."""
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
-        raise MappingError(f"{where}: expected a column name or a list of column names")
     return tuple(v.strip().lstrip("\ufeff").lower() for v in items)
 
 
-def _check_keys(table: Any, allowed: set[str], where: str) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise MappingError(f"{where}: expected a table")
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise MappingError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
-    return table
-
-
-def _extract_mapping(extract: str, table: dict[str, Any], where: str) -> ExtractMapping:
-    """One extract section of a profile, checked against the canonical columns."""
-    _check_keys(table, _EXTRACT_KEYS, f"{where} [{extract}]")
-    canonical = set(EXTRACT_COLUMNS[extract])
-
-    def canonical_keys(section: str) -> dict[str, Any]:
-        values = _check_keys(table.get(section, {}), canonical, f"{where} [{extract}.{section}] (canonical {extract} columns)")
-        return values
-
-    columns = {k: _names(v, f"{where} [{extract}.columns] {k}") for k, v in canonical_keys("columns").items()}
-    templates = {}
-    for key, value in canonical_keys("templates").items():
-        if not isinstance(value, str) or not _PLACEHOLDER.search(value):
-            raise MappingError(f"{where} [{extract}.templates] {key}: expected text with {{column}} placeholders")
-        templates[key] = value
-    constants = {k: str(v) for k, v in canonical_keys("constants").items()}
-    values = {}
-    for key, recode in canonical_keys("values").items():
-        if not isinstance(recode, dict):
-            raise MappingError(f"{where} [{extract}.values.{key}]: expected a table of source value = canonical value")
-        values[key] = {str(k).strip().lower(): str(v) for k, v in recode.items()}
-    units = _check_keys(table.get("units", {}), _UNIT_KEYS, f"{where} [{extract}.units]")
-    if units.get("weight") is not None and _unit_key(units["weight"]) not in WEIGHT_UNITS:
-        raise MappingError(f"{where} [{extract}.units] weight: unknown unit '{units['weight']}' (kg, lb, g, oz)")
-    if units.get("height") is not None and _unit_key(units["height"]) not in HEIGHT_UNITS:
-        raise MappingError(f"{where} [{extract}.units] height: unknown unit '{units['height']}' (cm, in, m)")
-    schedule = dict(_check_keys(table.get("schedule", {}), _SCHEDULE_KEYS, f"{where} [{extract}.schedule]"))
-    if schedule:
-        if extract != "orders":
-            raise MappingError(f"{where} [{extract}.schedule]: only the orders extract has a schedule")
-        if "frequency" not in schedule:
-            raise MappingError(f"{where} [orders.schedule]: needs a frequency column")
-        schedule["frequency"] = _names(schedule["frequency"], f"{where} [orders.schedule] frequency")
-        if "end" in schedule:
-            schedule["end"] = _names(schedule["end"], f"{where} [orders.schedule] end")
-        for key, default in (("daily", DAILY_FREQUENCIES), ("once", ONCE_FREQUENCIES)):
-            schedule[key] = tuple(_frequency_key(v) for v in schedule.get(key, default))
+def _extract_mapping(extract: str, section: Any, frequencies: Frequencies) -> ExtractMapping:
+    """One validated extract section as the ExtractMapping the reader applies."""
+    units: dict[str, Any] = {}
+    schedule: dict[str, Any] = {}
+    if extract == "orders":
+        units = {
+            "weight": section.units.weight,
+            "height": section.units.height,
+            "weight_unit_column": section.units.weight_unit_column,
+            "height_unit_column": section.units.height_unit_column,
+        }
+        if section.schedule is not None:
+            plan = section.schedule
+            schedule = {
+                "frequency": _names(plan.frequency),
+                "daily": tuple(_frequency_key(v) for v in (plan.daily or frequencies.daily)),
+                "once": tuple(_frequency_key(v) for v in (plan.once or frequencies.once)),
+            } | ({"end": _names(plan.end)} if plan.end else {})
     return ExtractMapping(
-        columns=columns,
-        templates=templates,
-        constants=constants,
-        values=values,
-        units={k: str(v) for k, v in units.items()},
+        columns={k: _names(v) for k, v in (section.columns or {}).items()},
+        templates=dict(section.templates or {}),
+        constants=dict(section.constants or {}),
+        values={k: {str(src).strip().lower(): dst for src, dst in recode.items()} for k, recode in (section.values or {}).items()},
+        units=units,
         schedule=schedule,
     )
-
-
-def _unit_key(text: str) -> str:
-    return re.sub(r"[\s.]", "", str(text).lower())
-
-
-def _frequency_key(text: str) -> str:
-    return re.sub(r"\s+", " ", str(text).strip().upper())
 
 
 def load_mapping(name_or_path: str | Path) -> Mapping:
     """A mapping profile by shipped name (`canonical`, `epic_clarity`, `mimic3`, ...) or TOML path.
 
-    Raises MappingError (an ExtractError: one line, exit status 2) for an unknown name, a bad file
-    or a key that is not part of the profile layout (docs/ingest.md).
+    Every profile extends canonical.toml (the defaults) unless its `extends` names another. Raises
+    MappingError (an ExtractError: one line, exit status 2) for an unknown name, a bad file, or a key,
+    type or value the profile layout does not allow (named with its dotted path and the nearest key).
     """
     raw, where = _read_profile(name_or_path)
-    _check_keys(raw, _TOP_KEYS, f"mapping profile {where}")
-    fmt = str(raw.get("format", "table")).lower()
-    if fmt not in FORMATS:
-        raise MappingError(f"mapping profile {where}: format must be one of {', '.join(FORMATS)}, not '{fmt}'")
-    read = _check_keys(raw.get("read", {}), {"separator", "encoding"}, f"mapping profile {where} [read]")
-    separator = str(read.get("separator", ","))
-    if separator in ("\\t", "tab", "TAB"):
-        separator = "\t"
-    if len(separator) != 1:
-        raise MappingError(f"mapping profile {where} [read] separator must be one character, not '{separator}'")
-    encoding = str(read.get("encoding", "auto")).lower().replace("_", "-")
-    encoding = {"utf8": "utf-8", "windows-1252": "cp1252", "latin1": "latin-1", "iso-8859-1": "latin-1"}.get(encoding, encoding)
-    if encoding not in ENCODINGS:
-        raise MappingError(f"mapping profile {where} [read] encoding must be one of {', '.join(ENCODINGS)}")
-    dates = _check_keys(raw.get("dates", {}), {"formats"}, f"mapping profile {where} [dates]")
-    formats = dates.get("formats", [])
-    if isinstance(formats, str):
-        formats = [formats]
+    raw.setdefault("name", Path(str(name_or_path)).stem)
+    raw.setdefault("description", "")
+    try:
+        model = MappingFile.model_validate(raw)
+    except ValidationError as exc:
+        raise MappingError(describe(exc, MappingFile, lambda loc: f"mapping profile {where}")) from None
     extracts = {
-        name: _extract_mapping(name, raw[name], f"mapping profile {where}")
+        name: _extract_mapping(name, getattr(model, name), model.frequencies)
         for name in ("orders", "labs", "procedures")
-        if name in raw
+        if getattr(model, name) is not None
     }
-    fhir = dict(_check_keys(raw.get("fhir", {}), _FHIR_KEYS, f"mapping profile {where} [fhir]"))
-    if fmt == "fhir":
-        resource = fhir.get("resource", "MedicationRequest")
-        if resource not in FHIR_RESOURCES:
-            raise MappingError(f"mapping profile {where} [fhir] resource must be one of {', '.join(FHIR_RESOURCES)}")
-        fhir = {
-            "resource": resource,
-            "weight_codes": [str(c) for c in fhir.get("weight_codes", ["29463-7", "3141-9"])],
-            "height_codes": [str(c) for c in fhir.get("height_codes", ["8302-2", "8306-3"])],
-            "observation_max_age_days": int(fhir.get("observation_max_age_days", 365)),
-            "exclude_status": [str(s) for s in fhir.get("exclude_status", ["entered-in-error", "cancelled", "not-done"])],
-            "code_systems": [str(s) for s in fhir.get("code_systems", ["icd-10", "icd-9", "icd10", "icd9"])],
-        }
     return Mapping(
-        name=str(raw.get("name", Path(str(name_or_path)).stem)),
-        description=str(raw.get("description", "")),
+        name=model.name,
+        description=model.description,
         source=where,
-        format=fmt,
-        separator=separator,
-        encoding=encoding,
-        date_formats=tuple(str(f) for f in formats),
+        format=model.format,
+        separator=model.read.separator,
+        encoding=model.read.encoding,
+        date_formats=tuple(model.dates.formats) if model.dates else (),
         extracts=extracts,
-        fhir=fhir,
+        fhir=model.fhir.model_dump() if model.fhir else {},
+        frequencies=model.frequencies.model_dump(),
         raw=raw,
     )
 
@@ -387,8 +465,9 @@ def _schedule_doses(spec: ExtractMapping, present: set[str], start_text: pl.Expr
         return None
     freq = pl.coalesce([_text(c) for c in freq_cols]).str.to_uppercase().str.replace_all(r"\s+", " ")
     end_cols = [c for c in schedule.get("end", ()) if c in present]
-    start = parse_datetime_text(start_text, formats)
-    end = parse_datetime_text(pl.coalesce([_text(c) for c in end_cols]), formats) if end_cols else pl.lit(None, dtype=pl.Datetime("us"))
+    layouts = formats or ISO_READ
+    start = parse_with_layouts(start_text, layouts)
+    end = parse_with_layouts(pl.coalesce([_text(c) for c in end_cols]), layouts) if end_cols else pl.lit(None, dtype=pl.Datetime("us"))
     days = (end.dt.date() - start.dt.date()).dt.total_days() + 1
     return (
         pl.when(freq.is_null())
@@ -407,10 +486,31 @@ def _schedule_doses(spec: ExtractMapping, present: set[str], start_text: pl.Expr
     )
 
 
-def apply_table_mapping(lf: pl.LazyFrame, extract: str, mapping: Mapping, path: Path | str) -> pl.LazyFrame:
+def source_columns(mapping: Mapping, extract: str) -> set[str]:
+    """The source columns (lower-case) a profile reads for one extract: every other column is never read."""
+    spec = mapping.for_extract(extract)
+    names: set[str] = set()
+    for canonical in EXTRACT_COLUMNS[extract]:
+        if canonical in spec.constants:
+            continue
+        if canonical in spec.templates:
+            names |= {n.strip().lower() for n in _PLACEHOLDER.findall(spec.templates[canonical])}
+        else:
+            names |= set(spec.columns.get(canonical, (canonical,)))
+    for key in ("weight_unit_column", "height_unit_column"):
+        if spec.units.get(key):
+            names |= set(_names(spec.units[key]))
+    names |= set(spec.schedule.get("frequency", ())) | set(spec.schedule.get("end", ()))
+    return names
+
+
+def apply_table_mapping(
+    lf: pl.LazyFrame, extract: str, mapping: Mapping, path: Path | str, header: Sequence[str] | None = None
+) -> pl.LazyFrame:
     """One file's frame (source columns, lower-case names) in the canonical text layout of the extract.
 
     Raises ExtractError naming the source column(s) when a required canonical column cannot be made.
+    `header` is every column name of the file (the frame may hold only those the profile reads).
     """
     spec = mapping.for_extract(extract)
     present = set(lf.collect_schema().names())
@@ -427,7 +527,7 @@ def apply_table_mapping(lf: pl.LazyFrame, extract: str, mapping: Mapping, path: 
             exprs[canonical] = expr.cast(pl.String)
     if missing_required:
         hint = ""
-        source_names = sorted(present - {"source_file", "source_row"})
+        source_names = sorted(set(header) if header is not None else present - {"source_file", "source_row"})
         if len(source_names) == 1 and any(sep in source_names[0] for sep in (";", "\t", "|", ",")):
             hint = " (the file seems to use another delimiter: set [read] separator in the profile)"
         raise ExtractError(
@@ -442,25 +542,45 @@ def apply_table_mapping(lf: pl.LazyFrame, extract: str, mapping: Mapping, path: 
         units = spec.units
         weight_unit = _resolve_optional(units.get("weight_unit_column"), present)
         height_unit = _resolve_optional(units.get("height_unit_column"), present)
-        exprs["weight_kg"] = _measure(exprs["weight_kg"], weight_unit, units.get("weight", "kg"), WEIGHT_UNITS, False)
+        exprs["weight_kg"] = _measure(exprs["weight_kg"], weight_unit, units["weight"], WEIGHT_UNITS, False)
         exprs["pre_pregnancy_weight_kg"] = _measure(
-            exprs["pre_pregnancy_weight_kg"], weight_unit, units.get("weight", "kg"), WEIGHT_UNITS, False
+            exprs["pre_pregnancy_weight_kg"], weight_unit, units["weight"], WEIGHT_UNITS, False
         )
-        exprs["height_cm"] = _measure(exprs["height_cm"], height_unit, units.get("height", "cm"), HEIGHT_UNITS, True)
+        exprs["height_cm"] = _measure(exprs["height_cm"], height_unit, units["height"], HEIGHT_UNITS, True)
         if spec.schedule:
             doses = _schedule_doses(spec, present, _text_of(exprs["start"]), formats)
             if doses is not None:
                 exprs["doses"] = pl.coalesce(doses, exprs["doses"])
     if formats:
+        # The declared layouts are the extract's date layouts, for every date column (date-only ones
+        # too); what none of them reads is left as written, so the contract quarantines the row.
         for column in DATE_COLUMNS[extract]:
-            text = _text_of(exprs[column])
-            parsed = parse_datetime_text(text, formats).dt.strftime("%Y-%m-%d %H:%M:%S")
-            exprs[column] = pl.coalesce(parsed, exprs[column])
+            exprs[column] = pl.coalesce(redated(_text_of(exprs[column]), formats), exprs[column])
     return lf.select(
         *[expr.alias(name) for name, expr in exprs.items()],
         pl.col("source_file"),
         pl.col("source_row"),
     )
+
+
+#: Every ISO 8601 layout, for reading dates inside the reader (day counts, as-of joins): offsets give the
+#: UTC instant. The contract's parse_datetime_text converts to the site's time zone.
+ISO_READ = ISO_DATETIME_LAYOUTS + ISO_OFFSET_LAYOUTS + ISO_DATE_LAYOUTS
+
+
+def redated(text: pl.Expr, formats: Sequence[str]) -> pl.Expr:
+    """Text in one of a profile's declared layouts as canonical ISO 8601 text (null when none reads it).
+
+    A layout with an offset gives the UTC instant, written with its +00:00 offset so the contract
+    converts it to the site's time zone; a layout without one is the site's local time as written.
+    """
+    written = [
+        parse_with_layouts(text, [layout]).dt.strftime(
+            "%Y-%m-%dT%H:%M:%S+00:00" if has_offset(layout) else "%Y-%m-%d %H:%M:%S"
+        )
+        for layout in formats
+    ]
+    return pl.coalesce(written)
 
 
 def _text_of(expr: pl.Expr) -> pl.Expr:
@@ -471,7 +591,7 @@ def _text_of(expr: pl.Expr) -> pl.Expr:
 def _resolve_optional(names: str | None, present: set[str]) -> pl.Expr | None:
     if not names:
         return None
-    found = [n for n in _names(names, "unit column") if n in present]
+    found = [n for n in _names(names) if n in present]
     return pl.coalesce([_text(n) for n in found]) if found else None
 
 
@@ -584,10 +704,9 @@ def _observations(resources_lf: pl.LazyFrame, codes: Sequence[str], factors: dic
         )
         .select(
             patient_id=_ref_id(pl.col("subject").struct.field("reference")),
-            observed_at=parse_datetime_text(
-                blank_to_null_expr(
-                    pl.coalesce(pl.col("effectiveDateTime"), pl.col("effectivePeriod").struct.field("start"))
-                ).str.replace(r"(Z|[+-]\d{2}:\d{2})$", "").str.replace("T", " ")
+            observed_at=parse_with_layouts(
+                blank_to_null_expr(pl.coalesce(pl.col("effectiveDateTime"), pl.col("effectivePeriod").struct.field("start"))),
+                ISO_READ,
             ),
             value=(quantity.struct.field("value").cast(pl.Float64, strict=False) * factor).round(3),
         )
@@ -602,10 +721,9 @@ def _num_text(expr: pl.Expr) -> pl.Expr:
 
 
 def _fhir_time(expr: pl.Expr) -> pl.Expr:
-    """A FHIR dateTime ('2026-06-01T09:00:00+01:00', '2026-06-01') as canonical text (local time as written)."""
-    text = blank_to_null_expr(expr).str.replace(r"(Z|[+-]\d{2}:\d{2})$", "").str.replace("T", " ")
-    parsed = parse_datetime_text(text).dt.strftime("%Y-%m-%d %H:%M:%S")
-    return pl.coalesce(parsed, blank_to_null_expr(expr))
+    """A FHIR dateTime ('2026-06-01T09:00:00+01:00', '2026-06-01') as written: ISO 8601, so the contract
+    reads it and converts an offset to the site's time zone (a partial date such as '2026-06' is quarantined)."""
+    return blank_to_null_expr(expr)
 
 
 def fhir_orders(paths: Sequence[Path], mapping: Mapping) -> pl.LazyFrame:
@@ -638,7 +756,8 @@ def fhir_orders(paths: Sequence[Path], mapping: Mapping) -> pl.LazyFrame:
         bounds = repeat.struct.field("boundsPeriod")
         start_text = _fhir_time(pl.coalesce(bounds.struct.field("start"), pl.col("authoredOn")))
         end_text = _fhir_time(bounds.struct.field("end"))
-        start_dt, end_dt = parse_datetime_text(start_text), parse_datetime_text(end_text)
+        # Instants for the day count and the as-of joins (an offset gives UTC; both ends alike).
+        start_dt, end_dt = parse_with_layouts(start_text, ISO_READ), parse_with_layouts(end_text, ISO_READ)
         days = (end_dt.dt.date() - start_dt.dt.date()).dt.total_days() + 1
         frequency = repeat.struct.field("frequency").cast(pl.Float64, strict=False)
         period = repeat.struct.field("period").cast(pl.Float64, strict=False)
@@ -649,7 +768,7 @@ def fhir_orders(paths: Sequence[Path], mapping: Mapping) -> pl.LazyFrame:
         doses = (
             pl.when(status_problem.is_not_null()).then(status_problem)
             .when(count.is_not_null()).then(count)
-            .when(timing_code.is_in(list(ONCE_FREQUENCIES))).then(pl.lit("1"))
+            .when(timing_code.is_in([_frequency_key(f) for f in mapping.frequencies["once"]])).then(pl.lit("1"))
             .when(daily & end_dt.is_not_null() & start_dt.is_not_null()).then(days.cast(pl.String))
             .when(daily).then(pl.lit("daily order without an end date: number of doses unknown"))
             .when(repeat.is_not_null() & (frequency.is_not_null() | period.is_not_null()))
@@ -664,7 +783,7 @@ def fhir_orders(paths: Sequence[Path], mapping: Mapping) -> pl.LazyFrame:
         dosage = pl.col("dosage")
         quantity = dosage.struct.field("dose")
         start_text = _fhir_time(pl.coalesce(pl.col("effectiveDateTime"), pl.col("effectivePeriod").struct.field("start")))
-        start_dt = parse_datetime_text(start_text)
+        start_dt = parse_with_layouts(start_text, ISO_READ)
         doses = pl.when(status_problem.is_not_null()).then(status_problem).otherwise(pl.lit("1"))
         route = _codeable_text(dosage.struct.field("route"))
         encounter = pl.coalesce(pl.col("context").struct.field("reference"), pl.col("encounter").struct.field("reference"))

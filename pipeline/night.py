@@ -147,14 +147,9 @@ def find_new_inputs(
     done, sizes = (set(), set()) if force else store.audited_inputs(db)
     new: dict[str, list[Path]] = {}
     skipped: list[dict[str, Any]] = []
-    seen_paths: set[Path] = set()
     seen_content: dict[str, str] = {}
-    for extract, paths in inputs.items():
-        for path in discover(paths):
-            real = path.resolve()
-            if real in seen_paths:
-                continue
-            seen_paths.add(real)
+    for extract, paths in input_files(inputs).items():
+        for path in paths:
             size = path.stat().st_size
             if sizes is None or size in sizes or any(s == size for s in _sizes_of(seen_content)):
                 digest = content_sha256(path)
@@ -165,6 +160,18 @@ def find_new_inputs(
                 seen_content[digest] = str(path)
             new.setdefault(extract, []).append(path)
     return new, skipped
+
+
+def input_files(inputs: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """The files of each extract given (folders expanded), each file once (a path given twice is read once)."""
+    seen: set[Path] = set()
+    files: dict[str, list[Path]] = {}
+    for extract, paths in inputs.items():
+        for path in discover(paths):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                files.setdefault(extract, []).append(path)
+    return files
 
 
 def _sizes_of(seen_content: dict[str, str]) -> list[int]:
@@ -196,11 +203,29 @@ def tonight_frames(
     return frames, sources
 
 
-def select_tonight(
-    frames: dict[str, pl.LazyFrame], products: ProductDictionary, pack: RulePack
-) -> tuple[stages.Extracts, int]:
-    """Tonight's rows the audit reads (in memory), and the number of order rows read tonight."""
-    return stages.select_relevant(stages.Extracts(frames.get("orders"), frames.get("labs"), frames.get("procedures")), products, pack)
+def select_new_rows(
+    new: dict[str, list[Path]], read: dict[str, tuple[pl.LazyFrame, list[SourceFile]]], products: ProductDictionary, pack: RulePack
+) -> tuple[stages.Extracts, int, list[SourceFile]]:
+    """Tonight's rows the audit reads (in memory, with their arrival), the number of order rows read
+    tonight and the files they came from; a file whose dates are mostly in an undeclared layout stops
+    the night here (before the database is touched)."""
+    frames, sources = tonight_frames({e: [read[str(p)] for p in paths] for e, paths in new.items()}, PROVISIONAL_SEQ)
+    selected, rows_read = stages.select_relevant(
+        stages.Extracts(frames.get("orders"), frames.get("labs"), frames.get("procedures")), products, pack
+    )
+    stages.refuse_undeclared_date_layouts(selected, pack.settings["site_timezone"], float(pack.settings["date_failure_share"]))
+    return selected, rows_read, sources
+
+
+#: The run sequence number tonight's rows carry until the writer lock says which run this is.
+PROVISIONAL_SEQ = -1
+
+
+def _arrived_as(selected: stages.Extracts, run_seq: int) -> stages.Extracts:
+    """Tonight's selected rows with this run's sequence number."""
+    return stages.Extracts(
+        *(None if f is None else f.with_columns(run_seq=pl.lit(run_seq, dtype=pl.Int64)) for f in selected.frames().values())
+    )
 
 
 def tonight_keys(selected: stages.Extracts, products: ProductDictionary) -> tuple[pl.Series, pl.Series, pl.Series]:
@@ -291,11 +316,24 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
         clock = now
 
     pack, products = steps("load rule pack and dictionaries", load_configuration, request.rules, request.profile, request.products)
+    # The new inputs are read (headers, and every row of a small file) before the database is
+    # written or locked: a bad extract stops the night with its one line and leaves nothing behind.
+    files = steps("find input files", input_files, request.inputs)
+    unread, _ = steps("find new input files", find_new_inputs, files, db, request.force)
+    calls = [([path], extract, request.mapping) for extract in EXTRACTS for path in unread.get(extract, [])]
+    read_files = dict(zip((str(args[0][0]) for args in calls), steps.map("read extract", read_extract, calls)))
+    lap("read")
+    tonight = steps("select tonight's rows", select_new_rows, unread, read_files, products, pack) if unread else None
+    lap("select")
     with store.writer_lock(db, request.lock_timeout_seconds):
         lap("wait_for_lock")
         steps("upgrade database", store.upgrade_database, db)
-        state = store.read_night_state(db)
-        new, skipped = steps("find new input files", find_new_inputs, request.inputs, db, request.force)
+        state = steps("read database state", store.read_night_state, db)
+        # Again under the lock: a run that finished meanwhile may have audited some of the files.
+        new, skipped = steps("find new input files", find_new_inputs, files, db, request.force)
+        if new != unread:
+            missing = {str(p): read_extract([p], e, request.mapping) for e, paths in new.items() for p in paths if str(p) not in read_files}
+            tonight = steps("select tonight's rows", select_new_rows, new, read_files | missing, products, pack) if new else None
         reason = _reaudit_reason(state, pack, products)
         base = dict(
             run_id=run_id, started_at=started, profile=pack.profile_name, rule_pack_version=pack.version,
@@ -312,20 +350,15 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
             steps("record run", store.write_run_record, db, run)
             summary = NightSummary(run_id=run_id, db=str(db), status="nothing_new", audit_scope="none", skipped_files=len(skipped))
         else:
-            calls = [([path], extract, request.mapping) for extract in EXTRACTS for path in new.get(extract, [])]
-            results = steps.map("read extract", read_extract, calls)
-            read: dict[str, list] = {}
-            for (_, extract, _), result in zip(calls, results):
-                read.setdefault(extract, []).append(result)
-            frames, sources = tonight_frames(read, state.last_seq + 1)
-            lap("read")
-            selected, rows_read = steps("select tonight's rows", select_tonight, frames, products, pack)
+            selected, rows_read, sources = tonight if tonight is not None else (stages.Extracts(None), 0, [])
+            # Tonight's rows take this run's sequence number (the arrival they are versions by).
+            selected = _arrived_as(selected, state.last_seq + 1)
             patients, order_ids, ig = tonight_keys(selected, products)
             given = state.extracts_given | set(new)
             if state.has_history and set(new) - state.extracts_given and reason is None:
                 kinds = " and ".join(sorted(set(new) - state.extracts_given))
                 reason = f"the first {kinds} extract: rules that read it now judge every patient"
-            labs_through = _labs_through(state.labs_through, selected)
+            labs_through = _labs_through(state.labs_through, selected, pack.settings["site_timezone"])
             ended = _follow_ups_due(state.labs_through, labs_through, pack)
             history = dataclasses.replace(
                 steps("load history", store.read_history, db, patients, order_ids, ig, reason is not None, ended),
@@ -382,11 +415,11 @@ def _audit(steps: Steps, selected, rows_read, history, products, pack, run_id, s
         raise ExtractError(str(exc)) from None
 
 
-def _labs_through(stored: datetime | None, selected: stages.Extracts) -> datetime | None:
+def _labs_through(stored: datetime | None, selected: stages.Extracts, time_zone: str) -> datetime | None:
     """The date the labs extract runs to after tonight: its newest result, stored or tonight's."""
     if selected.labs is None:
         return stored
-    tonight = selected.labs.select(parse_datetime("collected_at").max()).collect().item()
+    tonight = selected.labs.select(parse_datetime("collected_at", time_zone).max()).collect().item()
     return max((d for d in (stored, tonight) if d is not None), default=None)
 
 

@@ -8,12 +8,14 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
 
 import polars as pl
+from pydantic import Field, ValidationError
 
 from checks.inputs import PLAUSIBILITY
-from pipeline.contract import quarantine_rows
+from pipeline.config import Regex, Strict, describe
+from pipeline.contract import quarantine_rows, short_number
 from pipeline.rulepack import RulePack
 
 SCOPES = ("ivig", "subcutaneous", "other_ig", "unrecognised_ig", "other")
@@ -43,11 +45,11 @@ class ProductDictionary:
                 "product": [p["name"] for p in self.products],
                 "scope": [p["scope"] for p in self.products],
                 "concentration_g_per_ml": [p.get("concentration_g_per_ml") for p in self.products],
-                "contains_sucrose": [bool(p.get("contains_sucrose", False)) for p in self.products],
-                "iga_depleted": [bool(p.get("iga_depleted", False)) for p in self.products],
-                "vial_sizes_g": [[float(v) for v in p.get("vial_sizes_g", [])] for p in self.products],
-                "product_route": [p.get("route", "IV") for p in self.products],
-                "ndc_prefixes": [[normalise_ndc_prefix(n) for n in p.get("ndc_prefixes", [])] for p in self.products],
+                "contains_sucrose": [p["contains_sucrose"] for p in self.products],
+                "iga_depleted": [p["iga_depleted"] for p in self.products],
+                "vial_sizes_g": [[float(v) for v in p["vial_sizes_g"]] for p in self.products],
+                "product_route": [p["route"] for p in self.products],
+                "ndc_prefixes": [[normalise_ndc_prefix(n) for n in p["ndc_prefixes"]] for p in self.products],
             },
             schema_overrides={
                 "concentration_g_per_ml": pl.Float64,
@@ -61,25 +63,85 @@ class ProductDictionaryError(Exception):
     """A product dictionary file that cannot be used (one-line, user-facing)."""
 
 
-def load_products(path: Path | None = None) -> ProductDictionary:
-    """The shipped product dictionary, or a site's own file."""
+class ProductDefaults(Strict):
+    """[product_defaults]: what a product that does not say otherwise is (data, not code)."""
+
+    contains_sucrose: bool
+    iga_depleted: bool
+    route: str
+    vial_sizes_g: list[Annotated[float, Field(gt=0)]]
+    ndc_prefixes: list[str]
+
+
+class Product(Strict):
+    """One [[product]] of the dictionary (absent optional keys take [product_defaults])."""
+
+    name: str
+    pattern: Regex
+    scope: Literal["ivig", "subcutaneous", "other_ig"]
+    concentration_g_per_ml: Optional[float] = Field(default=None, gt=0, le=1)
+    contains_sucrose: Optional[bool] = None
+    iga_depleted: Optional[bool] = None
+    route: Optional[str] = None
+    vial_sizes_g: Optional[list[Annotated[float, Field(gt=0)]]] = None
+    ndc_prefixes: Optional[list[Annotated[str, Field(pattern=r"^\d{4,5}(-\d{3,4}(-\d{1,2})?)?$|^\d{9,11}$")]]] = None
+
+
+class ProductFile(Strict):
+    """A product dictionary file: its version, the immunoglobulin look-alike pattern, the products."""
+
+    version: str
+    looks_like_immunoglobulin: Regex
+    product_defaults: Optional[ProductDefaults] = None
+    product: list[Product] = Field(min_length=1)
+
+
+def _read_product_file(path: Path | None) -> tuple[dict[str, Any], str]:
+    """The TOML of the shipped dictionary or of a site's file, and how to name it in an error."""
+    if path is None:
+        text = resources.files("pipeline").joinpath("data/products.toml").read_text(encoding="utf-8")
+        return tomllib.loads(text), "shipped product dictionary pipeline/data/products.toml"
+    where = f"product dictionary {path}"
     try:
-        if path is None:
-            text = resources.files("pipeline").joinpath("data/products.toml").read_text(encoding="utf-8")
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-        raw = tomllib.loads(text)
-        return ProductDictionary(
-            version=str(raw.get("version", "")),
-            looks_like_immunoglobulin=raw["looks_like_immunoglobulin"],
-            products=list(raw["product"]),
-        )
+        return tomllib.loads(Path(path).read_text(encoding="utf-8")), where
     except FileNotFoundError:
         raise ProductDictionaryError(f"product dictionary not found: {path}") from None
+    except IsADirectoryError:
+        raise ProductDictionaryError(f"{where} is a folder, not a TOML file") from None
+    except OSError as exc:
+        raise ProductDictionaryError(f"cannot read {where}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ProductDictionaryError(f"product dictionary {path} is not valid TOML: {exc}") from None
-    except KeyError as exc:
-        raise ProductDictionaryError(f"product dictionary {path} lacks {exc}") from None
+        raise ProductDictionaryError(f"{where} is not valid TOML: {exc}") from None
+
+
+def _validated(raw: dict[str, Any], where: str) -> ProductFile:
+    try:
+        return ProductFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ProductDictionaryError(describe(exc, ProductFile, lambda loc: where)) from None
+
+
+def load_products(path: Path | None = None) -> ProductDictionary:
+    """The shipped product dictionary, or a site's own file (validated: one line naming the key on a mistake).
+
+    A site file without [product_defaults] takes the shipped file's.
+    """
+    raw, where = _read_product_file(path)
+    model = _validated(raw, where)
+    defaults = model.product_defaults
+    if defaults is None:
+        shipped_raw, shipped_where = _read_product_file(None)
+        defaults = _validated(shipped_raw, shipped_where).product_defaults
+    if defaults is None:
+        raise ProductDictionaryError(f"{where}: missing key product_defaults")
+    products = [
+        defaults.model_dump() | product.model_dump(exclude_none=True) for product in model.product
+    ]
+    return ProductDictionary(
+        version=model.version,
+        looks_like_immunoglobulin=model.looks_like_immunoglobulin,
+        products=products,
+    )
 
 
 def normalise_ndc_prefix(text: str) -> str:
@@ -244,19 +306,21 @@ def grams_per_dose() -> pl.Expr:
 
 def implausible_grams() -> pl.Expr:
     """Why a daily dose in grams is impossible (PLAUSIBILITY of checks/inputs.py), null when plausible."""
-    _, max_g = PLAUSIBILITY["grams_per_day"]
+    min_g, max_g = PLAUSIBILITY["grams_per_day"]
     _, max_g_per_kg = PLAUSIBILITY["g_per_kg_per_day"]
     grams = pl.col("grams_per_dose")
     per_kg = grams / pl.col("weight_kg")
-    short = lambda e: e.round(2).cast(pl.String).str.replace(r"\.0$", "")  # noqa: E731
     return (
         pl.when(grams > max_g)
-        .then(pl.format(f"daily dose {{}} g is above the plausible {max_g:g} g", short(grams)))
+        .then(pl.format(f"daily dose {{}} g is above the plausible {max_g:g} g", short_number(grams)))
+        .when(grams < min_g)
+        .then(pl.format(f"daily dose {{}} g ({{}} {{}}) is below the plausible {min_g:g} g", short_number(grams),
+                        pl.col("dose").cast(pl.String), pl.col("dose_unit")))
         .when(per_kg > max_g_per_kg)
         .then(
             pl.format(
                 f"daily dose {{}} g on {{}} kg is {{}} g/kg, above the plausible {max_g_per_kg:g} g/kg",
-                short(grams), short(pl.col("weight_kg")), short(per_kg),
+                short_number(grams), short_number(pl.col("weight_kg")), short_number(per_kg),
             )
         )
         .otherwise(None)

@@ -31,7 +31,7 @@ import vl_convert as vlc
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from pipeline.exports import spreadsheet_safe
+from pipeline.exports import private_folder, spreadsheet_safe, write_owner_only
 from pipeline.levers import LEVER_RANK, LEVERS, lever_expr
 
 logger = logging.getLogger(__name__)
@@ -503,9 +503,9 @@ def pseudonym_map(ids: pl.Series, key: bytes) -> pl.DataFrame:
 def pseudonymize_tables(tables: dict[str, pl.DataFrame], key: bytes) -> dict[str, pl.DataFrame]:
     """Every patient id replaced by its keyed pseudonym, also inside course and finding ids.
 
-    `patient_id` columns are replaced by a join; ids embedded in other text (course_id is
-    'patient:indication:date', finding_id 'rule|course_id') by one Aho-Corasick pass
-    (`str.replace_many`, longest id first so 'P1' never rewrites part of 'P12').
+    `patient_id` columns are replaced by a join; ids embedded in other text (a quarantined row's raw
+    text, a ledger row's version, messages; course ids written before schema v5 held the patient id)
+    by one Aho-Corasick pass (`str.replace_many`, longest id first so 'P1' never rewrites part of 'P12').
     """
     frames = [df.select(pl.col("patient_id").cast(pl.String)) for df in tables.values()
               if isinstance(df, pl.DataFrame) and "patient_id" in df.columns]
@@ -519,7 +519,8 @@ def pseudonymize_tables(tables: dict[str, pl.DataFrame], key: bytes) -> dict[str
     long_ids = by_len.filter(pl.col("patient_id").str.len_chars() >= PSEUDONYM_MIN_TEXT_LEN)
     text_ids, text_anon = long_ids["patient_id"].to_list(), long_ids["pseudonym"].to_list()
     id_cols = {"course_id", "finding_id"}
-    text_cols = {"message", "expected", "observed", "action", "evidence", "raw", "order_ids"}
+    text_cols = {"message", "expected", "observed", "action", "evidence", "raw", "version", "order_ids", "reason",
+                 "rejected_corrections"}
 
     out: dict[str, pl.DataFrame] = {}
     for name, df in tables.items():
@@ -1364,15 +1365,23 @@ def render_html(data: ReportData) -> str:
 # --------------------------------------------------------------------------- Markdown
 
 _MD_ENTITY = re.compile(r"&(?=#?\w+;)")
+#: What turns data into live Markdown besides HTML: link and image brackets, and what GitHub-flavoured
+#: Markdown links by itself (a scheme's colon as in javascript: or https:, www., an e-mail's @).
+_MD_LINK_SYNTAX = re.compile(r"[\[\]@]|(?<=[A-Za-z]):|(?i:(?<=\bwww)\.)")
 
 
 def md_escape(value: Any) -> str:
-    """Text safe inside a Markdown table cell: escapes \\ | ` < > and entity-like &."""
+    """Text from the data made inert inside a Markdown table cell: no HTML, link, image or autolink.
+
+    Escapes \\ | ` < > and entity-like & as before, and [ ] @, a colon after a word (javascript:,
+    https:) and the dot of www. with a backslash (CommonMark shows the character itself).
+    """
     text = "" if value is None else str(value)
     text = text.replace("\\", "\\\\")
     text = _MD_ENTITY.sub("&amp;", text)
     text = text.replace("<", "&lt;").replace(">", "&gt;")
     text = text.replace("|", "\\|").replace("`", "\\`")
+    text = _MD_LINK_SYNTAX.sub(lambda m: "\\" + m.group(0), text)
     return " ".join(text.split())  # no line breaks inside a cell
 
 
@@ -1579,18 +1588,6 @@ def worklist_frame(data: ReportData) -> pl.DataFrame:
 # --------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o600)  # patient data: owner only, before the file takes its final name
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def build_report(
     tables: dict[str, pl.DataFrame], out_dir: Path, options: ReportOptions = ReportOptions()
 ) -> tuple[list[Path], ReportData]:
@@ -1599,16 +1596,14 @@ def build_report(
     The data gives the Prefect artifacts: `headline_markdown(data)`, `aggregate_table(data)`.
     """
     data = summarise(tables, options)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(out_dir, 0o700)  # also when the folder existed (mkdir's mode is masked by the umask anyway)
+    out_dir = private_folder(out_dir)
     html_path, md_path, csv_path = out_dir / "index.html", out_dir / "summary.md", out_dir / "worklist.csv"
     html, md = render_html(data), render_markdown(data)
-    _write_atomic(html_path, lambda p: p.write_text(html, encoding="utf-8"))
-    _write_atomic(md_path, lambda p: p.write_text(md, encoding="utf-8"))
+    write_owner_only(html_path, lambda p: p.write_text(html, encoding="utf-8"))
+    write_owner_only(md_path, lambda p: p.write_text(md, encoding="utf-8"))
     # UTF-8 with a byte-order mark so that Excel shows accented text correctly.
     worklist = worklist_frame(data)
-    _write_atomic(csv_path, lambda p: worklist.write_csv(p, include_bom=True, date_format="%Y-%m-%d"))
+    write_owner_only(csv_path, lambda p: worklist.write_csv(p, include_bom=True, date_format="%Y-%m-%d"))
     logger.info("report: wrote %s, %s and %s", html_path, md_path, csv_path)
     return [html_path, md_path, csv_path], data
 

@@ -109,12 +109,23 @@ _LEDGER_SELECT = (
     "patient_id", "kind", "event_at", "event_until", "source_file", "source_row", "run_seq", "file_pos",
 )
 _LEDGER_STATE = "CASE WHEN extract = 'orders' THEN 'in_force' ELSE 'kept' END"
-#: An incoming ledger row (alias i) not stored yet: its extract, key and content are new. (No key
-#: index: on long text keys DuckDB's index was four times the table, and every write paid for it.)
+#: An incoming ledger row (alias i) not stored yet: its extract, key and content are new. The
+#: ledger is first narrowed to the content numbers coming in (`known_versions`: a semi-join built
+#: on the few incoming rows), so a night never hashes the whole ledger. (No key index: on long text
+#: keys DuckDB's index was four times the table, and every write paid for it.)
 _LEDGER_UNSEEN = (
-    "NOT EXISTS (SELECT 1 FROM ledger AS l WHERE l.extract = i.extract AND l.version_hash = md5_number(i.version) "
-    "AND l.row_key IS NOT DISTINCT FROM (CASE WHEN i.extract = 'orders' THEN i.row_key END))"
+    "NOT EXISTS (SELECT 1 FROM known_versions AS l WHERE l.extract = i.extract AND l.version_hash = md5_number(i.version) "
+    "AND l.row_key = COALESCE(CASE WHEN i.extract = 'orders' THEN i.row_key END, ''))"
 )
+
+
+def _known_versions_sql(incoming: str) -> str:
+    """SQL of the temporary `known_versions`: the stored rows whose content number an incoming frame
+    (a registered name of this module) also holds."""
+    return (
+        "CREATE OR REPLACE TEMP TABLE known_versions AS SELECT extract, COALESCE(row_key, '') AS row_key, version_hash "
+        f"FROM ledger WHERE version_hash IN (SELECT md5_number(version) FROM {incoming})"
+    )
 
 MIGRATIONS: list[tuple[int, str, list]] = [
     (
@@ -352,8 +363,10 @@ def _ledger_from_source_rows(con: duckdb.DuckDBPyConnection) -> None:
         part = stored.filter(pl.col("extract") == extract)
         if part.is_empty():
             continue
-        rows = ledger_rows(stored_text_rows(part, extract), extract).collect().join(runs, on="run_seq", how="left")
+        # Stored text is as read: a date with an offset is read in UTC (the site's zone is not known here).
+        rows = ledger_rows(stored_text_rows(part, extract), extract, "UTC").collect().join(runs, on="run_seq", how="left")
         con.register("migrated_ledger", rows)
+        con.execute(_known_versions_sql("migrated_ledger"))
         con.execute(
             f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
                 SELECT {', '.join(_LEDGER_SELECT)}, run_id, {_LEDGER_STATE}, run_id FROM migrated_ledger AS i
@@ -1169,6 +1182,7 @@ def _write_quarantine(con: duckdb.DuckDBPyConnection) -> None:
 def _write_ledger(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     """Remember tonight's rows (a version already known keeps its first arrival) and the state of every
     order version the audit saw (in_force, superseded, rejected)."""
+    con.execute(_known_versions_sql("incoming_ledger"))
     con.execute(
         f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
             SELECT {', '.join(_LEDGER_SELECT)}, ?, {_LEDGER_STATE}, ? FROM incoming_ledger AS i
@@ -1771,10 +1785,15 @@ def worklist(
         con.close()
 
 
-def export_parquet(db_path: Path, out_dir: Path) -> list[Path]:
-    """Parquet copies of every table and view, for tools that cannot open the file while the audit runs."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def export_parquet(db_path: Path, out_dir: Path, pseudonym_key: bytes | None = None) -> list[Path]:
+    """Parquet copies of every table and view, for tools that cannot open the file while the audit runs.
+
+    The folder is 0700 and every file 0600 (they hold patient ids and raw history). With a
+    `pseudonym_key`, patient ids are replaced as the report does (pipeline.report.pseudonymize_tables).
+    """
+    from pipeline.exports import private_folder, write_owner_only
+
+    out_dir = private_folder(Path(out_dir))
     con = connect_read_only(Path(db_path))
     written = []
     try:
@@ -1786,10 +1805,25 @@ def export_parquet(db_path: Path, out_dir: Path) -> list[Path]:
                 "ORDER BY 1"
             ).fetchall()
         ]
+        if pseudonym_key is not None:
+            from pipeline.report import pseudonymize_tables
+
+            # Every patient id of the database, so that ids inside other columns (finding_id, raw JSON)
+            # of a table without a patient_id column are replaced too; tables are then done one by one.
+            holders = [
+                r[0] for r in con.execute(
+                    "SELECT table_name FROM duckdb_columns() WHERE schema_name = 'main' AND column_name = 'patient_id'"
+                ).fetchall()
+            ]
+            ids = pl.concat(
+                [con.sql(f"SELECT DISTINCT CAST(patient_id AS VARCHAR) AS patient_id FROM {_q(name)}").pl() for name in holders]
+                or [pl.DataFrame(schema={"patient_id": pl.String})]
+            ).unique()
         for name in names:
-            path = out_dir / f"{name}.parquet"
-            con.sql(f"SELECT * FROM {_q(name)}").pl().write_parquet(path)
-            written.append(path)
+            frame = con.sql(f"SELECT * FROM {_q(name)}").pl()
+            if pseudonym_key is not None:
+                frame = pseudonymize_tables({name: frame, "_every_patient_id": ids}, pseudonym_key)[name]
+            written.append(write_owner_only(out_dir / f"{name}.parquet", frame.write_parquet))
     finally:
         con.close()
     return written

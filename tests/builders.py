@@ -84,6 +84,11 @@ def pack(profile: str | None = None) -> RulePack:
     return load_rule_pack(profile=profile)
 
 
+def site_time_zone() -> str:
+    """The shipped rule pack's site time zone (what the contract reads dates in)."""
+    return pack().settings["site_timezone"]
+
+
 def audit(
     orders: Iterable[dict[str, Any]],
     labs: Iterable[dict[str, Any]] | None = None,

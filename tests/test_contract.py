@@ -12,7 +12,7 @@ from checks.inputs import ORDER_COLUMNS, required_columns
 from pipeline.contract import canonical_unit, check_orders, parse_datetime, parse_number
 from pipeline.read import ExtractError, scan_extract
 from pipeline.audit import Extracts, prepare
-from tests.builders import ivig_order, order_rows, pack, products
+from tests.builders import ivig_order, order_rows, pack, products, site_time_zone
 
 
 def _apply(expr_factory, values: list[str | None]) -> list:
@@ -50,21 +50,42 @@ def test_parse_number(text, expected):
         ("2026-06-01T09:30:00", datetime(2026, 6, 1, 9, 30)),
         ("2026-06-01 09:30", datetime(2026, 6, 1, 9, 30)),
         ("2026-06-01 09:30:00.250", datetime(2026, 6, 1, 9, 30, 0, 250000)),
-        ("8/29/2022 1:34:00 PM", datetime(2022, 8, 29, 13, 34)),
-        ("08/29/2022 01:34 AM", datetime(2022, 8, 29, 1, 34)),
         ("2026-06-01", datetime(2026, 6, 1)),
-        ("6/1/2026", datetime(2026, 6, 1)),
         ("20260601", datetime(2026, 6, 1)),
         (" 2026-06-01 ", datetime(2026, 6, 1)),
+        # an offset is converted to the site's time zone (the shipped pack: UTC)
+        ("2026-06-01T09:30:00Z", datetime(2026, 6, 1, 9, 30)),
+        ("2026-06-01T09:30:00+01:00", datetime(2026, 6, 1, 8, 30)),
+        ("2026-06-01T09:30:00.5-05:00", datetime(2026, 6, 1, 14, 30, 0, 500000)),
+        ("2026-06-01 09:30:00+0100", datetime(2026, 6, 1, 8, 30)),
+        # never guessed: month-first and day-first layouts must be declared by a mapping profile
+        ("05/01/2026", None),
+        ("8/29/2022 1:34:00 PM", None),
+        ("08/29/2022 01:34 AM", None),
+        ("6/1/2026", None),
         ("yesterday", None),
         ("31/31/2026", None),
         ("2026-13-45", None),
+        ("2026-06-01 09:30:00 BST", None),
         ("", None),
         (None, None),
     ],
 )
 def test_parse_datetime(text, expected):
-    assert _apply(parse_datetime, [text]) == [expected]
+    assert _apply(lambda c: parse_datetime(c, site_time_zone()), [text]) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("text", "zone", "expected"),
+    [
+        ("2026-06-01T09:30:00Z", "Europe/London", datetime(2026, 6, 1, 10, 30)),    # BST
+        ("2026-01-15T09:30:00Z", "Europe/London", datetime(2026, 1, 15, 9, 30)),    # GMT
+        ("2026-06-01T09:30:00+02:00", "America/Toronto", datetime(2026, 6, 1, 3, 30)),
+        ("2026-06-01 09:30:00", "America/Toronto", datetime(2026, 6, 1, 9, 30)),    # no offset: local as written
+    ],
+)
+def test_offsets_are_converted_to_the_site_time_zone(text, zone, expected):
+    assert _apply(lambda c: parse_datetime(c, zone), [text]) == [expected]
 
 
 @pytest.mark.parametrize(
@@ -83,13 +104,13 @@ def test_canonical_unit(text, expected):
 
 # ------------------------------------------------------------------------------------ check_orders
 def _check(*rows) -> tuple[pl.DataFrame, pl.DataFrame]:
-    valid, rejected = check_orders(order_rows(*rows))
+    valid, rejected = check_orders(order_rows(*rows), site_time_zone())
     return valid.collect(), rejected.collect()
 
 
 def test_good_rows_pass_with_typed_columns():
     valid, rejected = _check(
-        ivig_order("O1", dose="10,000", dose_unit="mg", start="8/29/2026 1:34:00 PM"),
+        ivig_order("O1", dose="10,000", dose_unit="mg", start="2026-08-29T13:34:00"),
         ivig_order("O2", doses=None, weight_kg=" 82.5 "),
     )
     assert rejected.height == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -86,7 +87,8 @@ def test_fhir_medication_request_fixture():
     assert (mr1["indication_code"], mr1["indication"]) == ("G61.0", "Guillain-Barre syndrome")
     assert mr1["weight_kg"] == "80"  # as of the order: the 85 kg weighed after it is not used
     assert mr1["height_cm"] == "177.8"  # 70 [in_i]
-    assert (mr1["sex"], mr1["birth_date"], mr1["doses"], mr1["start"]) == ("male", "1980-01-01", "5", "2026-06-01 09:00:00")
+    # FHIR dateTimes stay as written (ISO 8601): the contract converts the offset to the site's time zone
+    assert (mr1["sex"], mr1["birth_date"], mr1["doses"], mr1["start"]) == ("male", "1980-01-01", "5", "2026-06-01T09:00:00Z")
     mr2 = text.row(1, named=True)
     assert (mr2["weight_kg"], mr2["height_cm"], mr2["indication"]) == ("19.958", "110", "Kawasaki disease")  # 44 [lb_av]
     assert text.row(5, named=True)["weight_kg"] is None  # entered-in-error weight is not used
@@ -94,6 +96,7 @@ def test_fhir_medication_request_fixture():
     ivig = prepared.ivig.sort("order_id")
     assert ivig["order_id"].to_list() == ["mr1", "mr2"]
     assert ivig["total_g"].to_list() == pytest.approx([160.0, 2 * 19.958])
+    assert ivig["start"][0] == datetime(2026, 6, 1, 9, 0)  # 09:00Z in the shipped pack's site zone (UTC)
     reasons = _reasons(prepared)
     assert "entered-in-error" in reasons["mr4"]
     assert "timing 2 per 1 d is not daily or once" in reasons["mr6"]

@@ -121,7 +121,7 @@ def test_a_bad_site_vocabulary_is_a_one_line_error(tmp_path: Path):
     with pytest.raises(RulePackError, match="not a valid regular expression"):
         load_rule_pack(site)
     site.write_text("[rules.\"repeat_justification.repeat_without_justification\".params]\njustified_by = ['vibes']\n", encoding="utf-8")
-    with pytest.raises(RulePackError, match="unknown justification kinds: vibes"):
+    with pytest.raises(RulePackError, match="'vibes' is not a justification kind"):
         load_rule_pack(site)
 
 

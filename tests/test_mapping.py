@@ -13,7 +13,7 @@ from pipeline.mapping import MappingError, load_mapping, shipped_mappings
 from pipeline.normalise import classify_medications, normalise_ndc_prefix
 from pipeline.contract import check_orders
 from pipeline.read import ExtractError, scan_extract
-from tests.builders import ivig_order, order_rows, products
+from tests.builders import ivig_order, order_rows, products, site_time_zone
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -49,6 +49,19 @@ def test_unknown_profile_name_lists_the_shipped_ones():
         ("[read]\nencoding = 'ebcdic'\n", "encoding"),
         ("[orders]\ncolumn = {}\n", "unknown key"),
         ("not toml at all [", "TOML"),
+        # issue 14: the dotted key and the nearest known key
+        ("[orders.columns]\nordr_id = 'X'\n", "unknown key orders.columns.ordr_id (did you mean order_id?)"),
+        ("[ordres.columns]\norder_id = 'X'\n", "unknown key ordres (did you mean orders?)"),
+        ("[read]\nseperator = ';'\n", "unknown key read.seperator (did you mean separator?)"),
+        ("[read]\nseparator = ';;'\n", "read.separator: must be one character"),
+        ("[dates]\nformats = ['%Q/%m']\n", "dates.formats.0: not a date layout"),
+        ("[dates]\nformats = '%d/%m/%Y'\n", "dates.formats: input should be a valid list"),
+        ("[orders.units]\nweight = 'stone'\n", "orders.units.weight: unknown unit (kg, lb, g, oz) (got 'stone')"),
+        ("[orders.schedule]\nend = 'E'\n", "missing key orders.schedule.frequency"),
+        ("[orders.values.dose_unit]\n'3' = 3\n", "orders.values.dose_unit.3: input should be a valid string"),
+        ("format = 'fhir'\n", "a fhir profile needs a [fhir] table"),
+        ("extends = 'fhir_medication_request'\n[fhir]\nobservation_max_age_days = '1 year'\n",
+         "fhir.observation_max_age_days: input should be a valid integer"),
     ],
 )
 def test_bad_profile_is_a_one_line_error(tmp_path: Path, toml: str, message: str):
@@ -193,7 +206,7 @@ def test_ndc_prefix_normalisation(text, digits):
     ],
 )
 def test_products_by_ndc_then_name(medication, ndc, product, scope):
-    valid, _ = check_orders(order_rows(ivig_order(medication=medication, ndc=ndc)))
+    valid, _ = check_orders(order_rows(ivig_order(medication=medication, ndc=ndc)), site_time_zone())
     row = classify_medications(valid, products()).collect().row(0, named=True)
     assert (row["product"], row["scope"]) == (product, scope)
 

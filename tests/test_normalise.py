@@ -7,19 +7,19 @@ from datetime import datetime, timedelta
 import polars as pl
 import pytest
 
-from tests.builders import ivig_order, order_rows, pack, products
+from tests.builders import ivig_order, order_rows, pack, products, site_time_zone
 from pipeline.contract import check_orders
 from pipeline.normalise import classify_medications, expand_daily_doses, map_indications, split_orders
 
 
 def _classified(*rows) -> pl.DataFrame:
-    valid, rejected = check_orders(order_rows(*rows))
+    valid, rejected = check_orders(order_rows(*rows), site_time_zone())
     assert rejected.collect().height == 0
     return classify_medications(valid, products()).collect()
 
 
 def _split(*rows):
-    valid, _ = check_orders(order_rows(*rows))
+    valid, _ = check_orders(order_rows(*rows), site_time_zone())
     return split_orders(classify_medications(valid, products()))
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -85,6 +87,30 @@ def assert_csv_formula_safe(path: Path) -> int:
     return len(rows) - 1
 
 
+def assert_markdown_inert(markdown: str) -> None:
+    """summary.md parsed as CommonMark: no link, image or HTML from the data, and nothing GitHub would
+    autolink (a scheme's colon, www., an e-mail @ are escaped)."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
+    found = []
+    for token in tokens:
+        for child in [token, *(token.children or [])]:
+            if child.type in ("link_open", "image", "html_inline", "html_block"):
+                found.append((child.type, child.content or child.attrs))
+            if child.type == "text" and re.search(r"(?i)\b(https?|ftp|javascript|data|vbscript|mailto):|\bwww\.|\S@\S", child.content):
+                # the text node keeps the character, the source has it escaped: check the source line
+                line = markdown.splitlines()[token.map[0]] if token.map else ""
+                if re.search(r"(?i)\b(https?|ftp|javascript|data|vbscript|mailto):|\bwww\.|[^\\]@", line):
+                    found.append(("autolink", line[:80]))
+    assert not found, found[:5]
+
+
+#: What a terminal acts on: escape sequences, control characters (but the line breaks between findings)
+#: and bidirectional overrides.
+TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 AUDITED = sorted(n for n, spec in MANIFEST.items() if spec["outcome"] == "audited")
 REFUSED = sorted(n for n, spec in MANIFEST.items() if spec["outcome"] == "refused")
 
@@ -128,6 +154,7 @@ def test_hostile_file_is_accounted_for_stored_and_reported_safely(name: str, tmp
         if "<" in payload:
             assert payload not in summary, f"payload unescaped in summary.md: {payload!r}"
     assert "<script" not in summary.lower()
+    assert_markdown_inert(summary)
     assert_csv_formula_safe(reports / "worklist.csv")
     assert len(paths) == 3
 
@@ -138,6 +165,10 @@ def test_hostile_file_is_accounted_for_stored_and_reported_safely(name: str, tmp
     cli = CliRunner().invoke(app, ["findings", "--db", str(db), "--csv", str(out)])
     assert cli.exit_code == 0, cli.output
     exported = assert_csv_formula_safe(out)
+    # The worklist on the terminal: text from the data is shown, never acted on.
+    shown = CliRunner().invoke(app, ["findings", "--db", str(db)])
+    assert shown.exit_code == 0, shown.output
+    assert not TERMINAL_CONTROL.search(shown.stdout), repr(TERMINAL_CONTROL.findall(shown.stdout)[:5])
     open_findings = tables["findings"].filter(
         (tables["findings"]["status"] == "open") & tables["findings"]["resolved_run"].is_null()
     ).height
@@ -180,7 +211,9 @@ def test_impossible_dates_are_quarantined_with_a_reason(tmp_path: Path):
     assert "outside the plausible years" in reasons["D1"] and "outside the plausible years" in reasons["D2"]
     assert "outside the plausible years" in reasons["D3"] and "outside the plausible years" in reasons["D8"]
     assert "is not a date" in reasons["D11"]
-    assert set(result.orders["order_id"].to_list()) >= {"D9", "D10", "D12"}
+    # born in year 1: an age of 2025 years is not a number the audit may use (age_years was empty)
+    assert "age_years 2025" in reasons["D10"] and "outside the plausible 0-130 years" in reasons["D10"]
+    assert set(result.orders["order_id"].to_list()) >= {"D9", "D12", "D13"}
     assert accounting_of(result).balanced
 
 
@@ -236,10 +269,10 @@ ALLOWED_INTERPOLATIONS = {
     "cols", "course_cols", "select", "assignments", "order", "audited", "' AND '.join(conditions)",
     "', '.join((_q(c) for c in cols))", "', '.join((_q(n) for n in names))", "', '.join(('?' for _ in names))",
     "_AUDITED", "cleared", "facts", "new", "', '.join(_LEDGER_INSERT)", "', '.join(_LEDGER_SELECT)", "_LEDGER_STATE",
-    "_LEDGER_READ", "_LEDGER_UNSEEN",
+    "_LEDGER_READ", "_LEDGER_UNSEEN", "incoming",
 }
 #: Functions returning SQL built from constants only (read by hand).
-ALLOWED_SQL_BUILDERS = {"_summary_view", "_history_sql"}
+ALLOWED_SQL_BUILDERS = {"_summary_view", "_history_sql", "_known_versions_sql"}
 
 
 def _sql_calls(tree):
@@ -292,3 +325,98 @@ def test_sql_is_parameterised_everywhere():
                 problems.append(f"{where}: unexpected SQL argument {ast.unparse(query)[:80]}")
     assert checked > 30
     assert not problems, problems
+
+
+# ------------------------------------------------------------------------------ issue 14: never guess, never crash
+
+
+def _reasons_by_order(name: str, tmp_path: Path) -> tuple[dict[str, str], object]:
+    _, result, _ = compute_night(tmp_path / "x.duckdb", HOSTILE / name, "hostile")
+    assert accounting_of(result).balanced, accounting_of(result).describe()
+    return dict(zip(result.quarantine["order_id"].to_list(), result.quarantine["reason"].to_list())), result
+
+
+def test_day_first_and_month_first_files_are_refused_naming_the_layout_to_declare():
+    """05/01/2026 was read as May 1 (days 13-31 quarantined): now no non-ISO layout is guessed, and a file
+    of such dates is refused with the layout(s) to declare in a mapping profile."""
+    for name, suggestion in (
+        ("uk_day_first_dates.csv", '["%d/%m/%Y %H:%M"] or ["%m/%d/%Y %H:%M"] (the values fit both)'),
+        ("us_month_first_dates.csv", '["%m/%d/%Y %I:%M:%S %p"]'),
+    ):
+        with pytest.raises(ExtractError) as caught:
+            compute_night(Path("/nonexistent/never-written.duckdb"), HOSTILE / name, "hostile")
+        message = str(caught.value)
+        assert "values are not ISO 8601" in message and f"[dates] formats = {suggestion}" in message, message
+
+
+def test_iso_offsets_are_converted_to_the_site_time_zone(tmp_path: Path):
+    reasons, result = _reasons_by_order("iso_offsets.csv", tmp_path)
+    starts = dict(zip(result.orders["order_id"].to_list(), result.orders["start"].to_list()))
+    assert starts == {
+        "Z1": datetime(2026, 6, 1, 9), "Z2": datetime(2026, 6, 2, 9), "Z3": datetime(2026, 6, 3, 9),
+        "Z4": datetime(2026, 6, 4, 8, 0, 0, 500000),
+    }  # the shipped pack's site_timezone is UTC
+    assert "start is not a date: '2026-06-01 09:00:00 BST' (expected ISO 8601" in reasons["Z5"]
+
+
+def test_nan_inf_and_impossible_values_are_quarantined_not_a_crash(tmp_path: Path):
+    """NaN or inf in age_years or pre_pregnancy_weight_kg crashed the run with a Polars traceback (exit 1)."""
+    reasons, result = _reasons_by_order("nan_inf_values.csv", tmp_path)
+    assert result.orders["order_id"].to_list() == ["V11"]
+    assert "age_years is not a number: 'NaN'" in reasons["V1"]
+    assert "age_years is not a number: 'inf'" in reasons["V2"] and "age_years is not a number: '-inf'" in reasons["V3"]
+    assert "pre_pregnancy_weight_kg is not a number: 'NaN'" in reasons["V4"]
+    assert "pre_pregnancy_weight_kg is not a number: 'inf'" in reasons["V5"]
+    assert "weight_kg is not a number: 'NaN'" in reasons["V6"] and "height_cm is not a number: 'inf'" in reasons["V6"]
+    assert "age_years 200 is outside the plausible 0-130 years" in reasons["V7"]
+    assert "pre_pregnancy_weight_kg 900 is outside the plausible 0.3-350 kg" in reasons["V8"]
+    assert "age_years -" in reasons["V9"] and "outside the plausible 0-130 years" in reasons["V9"]
+    assert "birth_date is not a date: '05/03/1950'" in reasons["V10"]
+
+
+def test_a_dose_that_rounds_to_zero_grams_is_quarantined_not_a_crash(tmp_path: Path):
+    """1e-323 mg is 0 g after conversion: it crashed the run with a Pandera traceback."""
+    reasons, result = _reasons_by_order("zero_after_conversion.csv", tmp_path)
+    assert result.orders["order_id"].to_list() == ["T5"]
+    for order in ("T1", "T2", "T3", "T4"):
+        assert "is below the plausible 0.01 g" in reasons[order], reasons[order]
+    assert "(1e-323 mg)" in reasons["T1"]
+
+
+def test_ten_billion_daily_doses_are_quarantined_before_any_expansion(tmp_path: Path):
+    """doses = 10000000000 grew the process to all the machine's memory: the count is range-checked before
+    an order is expanded into daily doses (an aspirin order too: rules read its doses as evidence)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reasons, result = _reasons_by_order("huge_doses_count.csv", tmp_path)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert "doses 10000000000 is above the plausible 366 daily doses of one order" in reasons["C1"]
+    assert "doses 367 is above the plausible 366" in reasons["C2"]
+    assert "doses 9999999999 is above the plausible 366" in reasons["C4"]
+    assert sorted(result.orders["order_id"].to_list()) == ["C3", "C5"]
+    assert result.courses.filter(result.courses["patient_id"] == "PDC3")["doses"].to_list() == [366]
+    assert grown_mb < 500, f"the audit of five rows grew the process by {grown_mb:.0f} MB"
+
+
+def test_time_zone_aware_and_nested_parquet_columns_are_read(tmp_path: Path):
+    """A time-zone-aware Parquet start quarantined every row; an unused list/struct column refused the file."""
+    reasons, result = _reasons_by_order("tz_aware_start.parquet", tmp_path)
+    # 09:00 in London in June is 08:00 UTC (the shipped pack's site time zone)
+    assert sorted(result.orders["start"].to_list()) == [datetime(2026, 6, d, 8) for d in (1, 2, 3)]
+    assert not reasons
+    reasons, nested = _reasons_by_order("unused_nested_columns.parquet", tmp_path)
+    assert nested.orders.height == 3 and not reasons
+
+
+def test_shape_problems_are_one_line_errors_naming_the_problem():
+    """A second `dose` column was silently dropped, a NUL byte after 64 KiB was stored in the database."""
+    expected = {
+        "duplicate_dose_column.csv": "names column(s) dose more than once",
+        "duplicate_column_other_case.csv": "names column(s) patient_id more than once",
+        "nul_after_64k.csv": "holds a NUL byte at offset",
+    }
+    for name, text in expected.items():
+        with pytest.raises(ExtractError) as caught:
+            compute_night(Path("/nonexistent/never-written.duckdb"), HOSTILE / name, "hostile")
+        assert text in str(caught.value), (name, str(caught.value))

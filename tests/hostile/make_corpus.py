@@ -47,6 +47,15 @@ HTML = [
     "{{ 7*7 }}{% raw %}",
 ]
 SQL = ["'; DROP TABLE findings; --", "x' OR '1'='1", 'Robert"); DELETE FROM runs; --']
+MARKDOWN = [
+    "[click me](javascript:alert(1))",
+    "![pixel](https://evil.example/track.png)",
+    "<https://evil.example/autolink>",
+    "see https://evil.example/bare",
+    "www.evil.example",
+    "mail me@evil.example",
+    "[ref]: https://evil.example/refdef",
+]
 
 BASE = {
     "encounter_id": "E1", "facility": "North General", "medication": "Privigen 10%", "dose": "28", "dose_unit": "g",
@@ -85,8 +94,17 @@ def payload_rows(prefix: str, payloads: list[str]) -> list[dict[str, str]]:
     return rows
 
 
+def parquet_bytes(frame) -> bytes:
+    """A Parquet file of a frame, written without statistics or compression so the bytes are stable."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="uncompressed", statistics=False)
+    return buffer.getvalue()
+
+
 def corpus() -> dict[str, tuple[bytes, str, list[str]]]:
     """file name -> (bytes, expected outcome, planted payloads)."""
+    import polars as pl
+
     files: dict[str, tuple[bytes, str, list[str]]] = {}
 
     def add(name: str, data: str | bytes, outcome: str = "audited", payloads: list[str] | None = None) -> None:
@@ -201,6 +219,68 @@ def corpus() -> dict[str, tuple[bytes, str, list[str]]]:
     add("unterminated_quote.csv", csv_text([row("Q1", "PQ1")]) + 'Q2,"PQ2,never closed\n', "refused")
     add("only_blank_cells.csv", ",".join(COLUMNS) + "\n" + ",".join([""] * len(COLUMNS)) + "\n")
     add("utf16_with_bom.csv", csv_text([row("W1", "PW1", indication="Guillain–Barré")]).encode("utf-16"))
+
+    # ---- issue 14: never guess, never crash
+    add("markdown_payloads.csv", csv_text(payload_rows("K", MARKDOWN)), payloads=MARKDOWN)
+    # 5 January in a UK extract: never read month-first; the file is refused naming the layout to declare
+    add("uk_day_first_dates.csv", csv_text([
+        row(f"UK{d}", "PUK1", start=f"{d:02d}/01/2026 09:00", birth_date="05/03/1950") for d in range(1, 6)
+    ]), "refused")
+    add("us_month_first_dates.csv", csv_text([
+        row(f"US{d}", "PUS1", start=f"1/{d}/2026 9:00:00 AM") for d in range(13, 18)
+    ] + [row("US9", "PUS1", start="2026-01-09 09:00")]), "refused")
+    add("iso_offsets.csv", csv_text([
+        row("Z1", "PZZ1", start="2026-06-01T09:00:00Z"),
+        row("Z2", "PZZ1", start="2026-06-02T10:00:00+01:00"),
+        row("Z3", "PZZ1", start="2026-06-03T04:00:00-05:00"),
+        row("Z4", "PZZ1", start="2026-06-04T09:00:00.5+0100"),
+        row("Z5", "PZZ2", start="2026-06-01 09:00:00 BST"),              # not ISO: quarantined
+    ]))
+    add("nan_inf_values.csv", csv_text([
+        row("V1", "PV1", age_years="NaN"),
+        row("V2", "PV2", age_years="inf"),
+        row("V3", "PV3", age_years="-inf"),
+        row("V4", "PV4", sex="F", pregnant="yes", pre_pregnancy_weight_kg="NaN"),
+        row("V5", "PV5", sex="F", pregnant="yes", pre_pregnancy_weight_kg="inf"),
+        row("V6", "PV6", weight_kg="NaN", height_cm="inf"),
+        row("V7", "PV7", age_years="200"),
+        row("V8", "PV8", sex="F", pregnant="yes", pre_pregnancy_weight_kg="900"),
+        row("V9", "PV9", birth_date="2030-01-01", age_years=""),          # born after the order
+        row("V10", "PV10", birth_date="05/03/1950", age_years=""),        # not ISO: not guessed
+        row("V11", "PV11"),                                               # a good row among them
+    ]))
+    add("zero_after_conversion.csv", csv_text([
+        row("T1", "PT1", dose="1e-323", dose_unit="mg"),
+        row("T2", "PT2", dose="0.000001", dose_unit="g"),
+        row("T3", "PT3", dose="1e-300", dose_unit="g/kg"),
+        row("T4", "PT4", dose="5e-324", dose_unit="mL"),
+        row("T5", "PT5"),
+    ]))
+    add("huge_doses_count.csv", csv_text([
+        row("C1", "PDC1", doses="10000000000"),      # ten billion daily doses: would exhaust memory
+        row("C2", "PDC2", doses="367"),
+        row("C3", "PDC3", doses="366"),
+        row("C4", "PDC4", medication="Aspirin 81 mg", dose="81", dose_unit="mg", doses="9999999999",
+            indication="Kawasaki disease"),
+        row("C5", "PDC4", dose="2", dose_unit="g/kg", weight_kg="20", height_cm="110", age_years="4",
+            indication="Kawasaki disease"),
+    ]))
+    header = ",".join(COLUMNS + ["dose"]) + "\n"
+    add("duplicate_dose_column.csv", header + ",".join(
+        [row("DD1", "PDD1").get(c, "") for c in COLUMNS] + ["5600"]) + "\n", "refused")
+    add("duplicate_column_other_case.csv", csv_text([row("DC1", "PDC1")]).replace("order_id,", "order_id,Patient_ID,", 1)
+        .replace("\nDC1,", "\nDC1,PX,", 1), "refused")
+    big = csv_text([row(f"B{i}", f"PB{i}") for i in range(1000)])
+    assert len(big.encode()) > 65536
+    add("nul_after_64k.csv", big[:-20] + "\x00" + big[-20:], "refused")
+    base = pl.DataFrame([row(f"PQ{i}", f"PPQ{i}", start=f"2026-06-0{i + 1} 09:00:00") for i in range(3)])
+    add("tz_aware_start.parquet", parquet_bytes(base.with_columns(
+        pl.col("start").str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S").dt.replace_time_zone("Europe/London"),
+        pl.col("weight_kg").cast(pl.Float64), pl.col("doses").cast(pl.Int64),
+    )))
+    add("unused_nested_columns.parquet", parquet_bytes(base.with_columns(
+        tags=pl.lit(["a", "b"]), meta=pl.struct(source=pl.lit("pharmacy"), n=pl.lit(1)), blob=pl.lit(b"\x00\x01"),
+    )))
     return files
 
 
