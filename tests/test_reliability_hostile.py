@@ -269,7 +269,7 @@ ALLOWED_INTERPOLATIONS = {
     "cols", "course_cols", "select", "assignments", "order", "audited", "' AND '.join(conditions)",
     "', '.join((_q(c) for c in cols))", "', '.join((_q(n) for n in names))", "', '.join(('?' for _ in names))",
     "_AUDITED", "cleared", "facts", "new", "', '.join(_LEDGER_INSERT)", "', '.join(_LEDGER_SELECT)", "_LEDGER_STATE",
-    "_LEDGER_READ", "_LEDGER_UNSEEN", "incoming",
+    "_LEDGER_READ", "_LEDGER_UNSEEN", "incoming", "merged", "stored", "listed",
 }
 #: Functions returning SQL built from constants only (read by hand).
 ALLOWED_SQL_BUILDERS = {"_summary_view", "_history_sql", "_known_versions_sql"}
