@@ -113,7 +113,7 @@ def ours(path: Path, write_db: bool = False) -> dict:
     if write_db:
         from datetime import datetime, timezone
 
-        from pipeline.store import RunRecord, write_run
+        from pipeline.warehouse import RunRecord, write_run
 
         t1 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
@@ -295,7 +295,7 @@ def run_child(name: str, path: Path) -> None:
         if name.startswith("ours"):
             sys.path.insert(0, str(SRC))
             import pipeline.audit  # noqa: F401
-            import pipeline.store  # noqa: F401
+            import pipeline.warehouse  # noqa: F401
     t0 = time.perf_counter()
     detail = funcs[name](path)
     print(json.dumps({"work_s": time.perf_counter() - t0, "detail": detail}))

@@ -27,7 +27,7 @@ from pipeline.mapping import load_mapping  # noqa: E402
 from pipeline.normalise import ProductDictionaryError, load_products  # noqa: E402
 from pipeline.read import ExtractError, discover, scan_extract  # noqa: E402
 from pipeline.rulepack import RulePackError, load_rule_pack  # noqa: E402
-from pipeline.store import StoreError  # noqa: E402
+from pipeline.warehouse import StoreError  # noqa: E402
 
 EXIT_OK, EXIT_CRITICAL, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
 PREFLIGHT_PARSE_BYTES = 256 * 1024 * 1024

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app
-from pipeline.store import StoreError
+from pipeline.warehouse import StoreError
 
 
 def _date_option(value: str | None, flag: str) -> date | None:
@@ -56,7 +56,7 @@ def report(
     report cannot be written.
     """
     from pipeline.report import DEFAULT_COST_SOURCE, ReportOptions, ReportOptionsError, write_report
-    from pipeline.store import read_tables
+    from pipeline.warehouse import read_tables
 
     start = _date_option(period_from, "--from")
     end = _date_option(period_to, "--to")

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app, configuration
-from pipeline.store import StoreError
+from pipeline.warehouse import StoreError
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -124,7 +124,7 @@ def measure(
     Example: ivig-audit measure --db ivig_audit.duckdb --from 2026-01-01 --to 2026-03-31 --out q1.json
     """
     from pipeline.measure import build_measure_report, rule_packs_of
-    from pipeline.store import read_tables
+    from pipeline.warehouse import read_tables
 
     start, end = _date(from_, "--from"), _date(to, "--to")
     if end < start:
@@ -197,7 +197,7 @@ def replay(
 
     from pipeline.read import ExtractError
     from pipeline.scenario import default_scenario_name, is_scenario_id, new_scenario_id, replay_audit
-    from pipeline.store import ScenarioRecord, read_ledger_as_of, read_run, write_scenario
+    from pipeline.warehouse import ScenarioRecord, read_ledger_as_of, read_run, write_scenario
 
     _require_db(db)
     if is_scenario_id(run_id):
@@ -281,7 +281,7 @@ def diff_command(
     import duckdb
 
     from pipeline.scenario import diff_findings, diff_to_json, format_diff, is_scenario_id
-    from pipeline.store import read_run_findings, read_scenario_findings
+    from pipeline.warehouse import read_run_findings, read_scenario_findings
 
     _require_db(db)
     sides = []
@@ -303,7 +303,7 @@ def scenarios(
     """List the stored scenarios (ivig-audit replay), oldest first."""
     import duckdb
 
-    from pipeline.store import read_scenarios
+    from pipeline.warehouse import read_scenarios
 
     _require_db(db)
     try:

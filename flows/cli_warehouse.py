@@ -11,7 +11,7 @@ import typer
 from checks.outputs import CATEGORIES, SEVERITIES
 from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app
 from pipeline.exports import terminal_safe, write_safe_csv
-from pipeline.store import DISPOSITION_CODES, REVIEW_STATUSES, StoreError, export_parquet, record_review, worklist
+from pipeline.warehouse import DISPOSITION_CODES, REVIEW_STATUSES, StoreError, export_parquet, record_review, worklist
 
 DB_OPTION = typer.Option(help="DuckDB database written by `ivig-audit run`.")
 

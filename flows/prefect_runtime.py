@@ -80,7 +80,7 @@ def _kind_and_detail(stage: str, exc: BaseException) -> tuple[str, str]:
     from pipeline.normalise import ProductDictionaryError
     from pipeline.read import ExtractError
     from pipeline.rulepack import RulePackError
-    from pipeline.store import StoreError
+    from pipeline.warehouse import StoreError
 
     if isinstance(exc, (ExtractError, RulePackError, ProductDictionaryError)):
         return BAD_INPUT, _one_line(str(exc))
@@ -185,7 +185,7 @@ def failure_detail(failure: StageFailure) -> str:
 
 def is_io_failure(exc: BaseException) -> bool:
     """Whether a task failed on input/output (worth a retry: a locked database, a file still being copied)."""
-    from pipeline.store import StoreError
+    from pipeline.warehouse import StoreError
 
     if isinstance(exc, StageFailure):
         return exc.kind == IO

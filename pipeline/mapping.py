@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal, Optional, Sequence
 import polars as pl
 from pydantic import AfterValidator, Field, ValidationError, create_model, model_validator
 
-from checks.inputs import EXTRACT_COLUMNS, required_columns
+from checks.inputs import EXTRACT_COLUMNS
 from pipeline.config import Strict, describe
 from pipeline.contract import (
     DATE_COLUMNS,

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from pipeline import audit as stages
-from pipeline import store
+from pipeline import warehouse
 from pipeline.history import arrived, empty_text_rows, merged, retention_days, stored_text_rows, touched_patients
 from pipeline.contract import parse_datetime
 from pipeline.normalise import ProductDictionary, immunoglobulin_rows, load_products
@@ -144,7 +144,7 @@ def find_new_inputs(
     tonight. A file of a size no audited input had is new without hashing it first: its hash is
     computed in the background while the audit parses it.
     """
-    done, sizes = (set(), set()) if force else store.audited_inputs(db)
+    done, sizes = (set(), set()) if force else warehouse.audited_inputs(db)
     new: dict[str, list[Path]] = {}
     skipped: list[dict[str, Any]] = []
     seen_content: dict[str, str] = {}
@@ -245,7 +245,7 @@ def tonight_keys(selected: stages.Extracts, products: ProductDictionary) -> tupl
 def audit_tonight(
     selected: stages.Extracts,
     rows_read: int,
-    history: store.History,
+    history: warehouse.History,
     products: ProductDictionary,
     pack: RulePack,
     run_id: str,
@@ -265,9 +265,9 @@ def audit_tonight(
     return stages.output_tables(prepared, courses, order_course, findings, run_id, patients)
 
 
-def commit(db: Path, run: store.RunRecord, result: stages.AuditResult, pack: RulePack) -> None:
+def commit(db: Path, run: warehouse.RunRecord, result: stages.AuditResult, pack: RulePack) -> None:
     """Write the night in one transaction: what the ledger learned, the judged patients' tables, the run."""
-    store.write_run(
+    warehouse.write_run(
         db, run, result.orders, result.courses, result.findings, result.quarantine,
         patients=result.patients, ledger=result.ledger, versions=result.versions,
         retention=retention_days(pack), grace_days=int(pack.settings["late_arrival_days"]),
@@ -288,14 +288,14 @@ def report_is_current(db: Path, report_dir: Path) -> bool:
 
 def _report_state(db: Path) -> dict[str, Any]:
     """What a report shows: the database and its latest audit."""
-    return {"db": str(Path(db).resolve()), "audit_seq": store.latest_audit_seq(db)}
+    return {"db": str(Path(db).resolve()), "audit_seq": warehouse.latest_audit_seq(db)}
 
 
 def write_report(db: Path, report_dir: Path, cost_per_gram: float) -> WrittenReport:
     """The manager summary from what the database holds, then the stamp saying which state it shows."""
     from pipeline.report import ReportOptions, aggregate_table, build_report, headline_markdown
 
-    paths, data = build_report(store.read_tables(db), report_dir, ReportOptions(cost_per_gram=cost_per_gram))
+    paths, data = build_report(warehouse.read_tables(db), report_dir, ReportOptions(cost_per_gram=cost_per_gram))
     (report_dir / REPORT_STAMP).write_text(json.dumps(_report_state(db)), encoding="utf-8")
     return WrittenReport([str(p) for p in paths], headline_markdown(data), aggregate_table(data))
 
@@ -325,10 +325,10 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
     lap("read")
     tonight = steps("select tonight's rows", select_new_rows, unread, read_files, products, pack) if unread else None
     lap("select")
-    with store.writer_lock(db, request.lock_timeout_seconds):
+    with warehouse.writer_lock(db, request.lock_timeout_seconds):
         lap("wait_for_lock")
-        steps("upgrade database", store.upgrade_database, db)
-        state = steps("read database state", store.read_night_state, db)
+        steps("upgrade database", warehouse.upgrade_database, db)
+        state = steps("read database state", warehouse.read_night_state, db)
         # Again under the lock: a run that finished meanwhile may have audited some of the files.
         new, skipped = steps("find new input files", find_new_inputs, files, db, request.force)
         if new != unread:
@@ -342,12 +342,12 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
             report_status=None if request.report_dir is not None else "not_requested",
         )
         if not new and reason is None:
-            run = store.RunRecord(
+            run = warehouse.RunRecord(
                 **base, finished_at=datetime.now(timezone.utc), status="nothing_new", inputs=[], rows_read=0,
                 rows_quarantined=0, rows_ivig=0, rows_passed_through=0, rows_out_of_scope=0, courses=0, findings=0,
                 audit_scope="none", timings=timings,
             )
-            steps("record run", store.write_run_record, db, run)
+            steps("record run", warehouse.write_run_record, db, run)
             summary = NightSummary(run_id=run_id, db=str(db), status="nothing_new", audit_scope="none", skipped_files=len(skipped))
         else:
             selected, rows_read, sources = tonight if tonight is not None else (stages.Extracts(None), 0, [])
@@ -361,13 +361,13 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
             labs_through = _labs_through(state.labs_through, selected, pack.settings["site_timezone"])
             ended = _follow_ups_due(state.labs_through, labs_through, pack)
             history = dataclasses.replace(
-                steps("load history", store.read_history, db, patients, order_ids, ig, reason is not None, ended),
+                steps("load history", warehouse.read_history, db, patients, order_ids, ig, reason is not None, ended),
                 extracts_given=frozenset(given), labs_through=labs_through,
             )
             lap("history")
             result = _audit(steps, selected, rows_read, history, products, pack, run_id, request.shards)
             lap("audit")
-            run = store.RunRecord(
+            run = warehouse.RunRecord(
                 **base, finished_at=datetime.now(timezone.utc), status="succeeded",
                 inputs=[s.record() for s in sources], **result.counts(), courses=result.courses.height,
                 findings=result.findings.height, audit_scope="full" if reason else "incremental",
@@ -437,7 +437,7 @@ def _judged(result: stages.AuditResult) -> int:
     return pl.concat(frames).unique().height
 
 
-def _shard_history(history: store.History, index: int, shards: int) -> store.History:
+def _shard_history(history: warehouse.History, index: int, shards: int) -> warehouse.History:
     """The part of the stored history of one shard's patients."""
     keep = stages.shard_of_patient(shards) == index
     return dataclasses.replace(
@@ -445,7 +445,7 @@ def _shard_history(history: store.History, index: int, shards: int) -> store.His
     )
 
 
-def _reaudit_reason(state: store.NightState, pack: RulePack, products: ProductDictionary) -> str | None:
+def _reaudit_reason(state: warehouse.NightState, pack: RulePack, products: ProductDictionary) -> str | None:
     """Why every patient must be judged again tonight (None: only those tonight's rows touch)."""
     if state.rule_pack_hash is None:
         return None
@@ -460,8 +460,8 @@ def _reaudit_reason(state: store.NightState, pack: RulePack, products: ProductDi
 def _record_report_status(db: Path, run_id: str, status: str) -> None:
     """Record what happened to the run's report; a failure to record it is logged, never raised over the report's own error."""
     try:
-        store.set_report_status(db, run_id, status)
-    except (store.StoreError, OSError) as exc:
+        warehouse.set_report_status(db, run_id, status)
+    except (warehouse.StoreError, OSError) as exc:
         log.warning("could not record the report status of run %s: %s", run_id, exc)
 
 

@@ -80,7 +80,7 @@ def replay_audit(
     id in the findings (first_seen_run, last_seen_run).
     """
     from pipeline.night import audit_tonight
-    from pipeline.store import History
+    from pipeline.warehouse import History
 
     patients = ledger.select("patient_id").drop_nulls().unique().sort("patient_id")
     nothing_tonight = Extracts(orders=None)

@@ -3,7 +3,7 @@
 `nightly()` runs one night as the flow does, without Prefect (`pipeline.night.run_night` in this
 process); the warehouse, scenario and analyst-docs tests use it too. Every stage is looked up
 through its module at call time, so a test can monkeypatch a stage (`pipeline.audit.prepare`,
-`pipeline.store._write_findings`, ...) to inject a fault.
+`pipeline.warehouse.night_write._write_findings`, ...) to inject a fault.
 
 Run as a script (`python -m tests.reliability_helpers MODE ...`) it is the *child* of the fault tests:
 a separate process that runs a night and SIGKILLs itself at an injected point inside `write_run`, or
@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,9 +219,12 @@ def row_counts(snapshot: dict[str, Any] | None) -> dict[str, int]:
 #: Points inside write_run where the child kills itself (after the named step has executed).
 KILL_POINTS = ("migrate", "ledger", "orders", "courses", "findings", "quarantine", "runs",
                "before_commit", "after_commit")
-_STEP_FUNCTIONS = {"migrate": "_migrate", "runs": "_write_runs", "orders": "_write_orders",
-                   "courses": "_write_courses", "findings": "_write_findings", "quarantine": "_write_quarantine",
-                   "ledger": "_write_ledger"}
+#: The function of each step, as the module that calls it looks it up (the schema migration runs in
+#: pipeline.warehouse.connection's transaction; the writes in pipeline.warehouse.night_write).
+_STEP_FUNCTIONS = {"migrate": ("connection", "_migrate"), "runs": ("night_write", "_write_runs"),
+                   "orders": ("night_write", "_write_orders"), "courses": ("night_write", "_write_courses"),
+                   "findings": ("night_write", "_write_findings"), "quarantine": ("night_write", "_write_quarantine"),
+                   "ledger": ("night_write", "_write_ledger")}
 
 
 class _Connection:
@@ -243,7 +246,7 @@ class _Connection:
 
 
 class _DuckDB:
-    """Stands in for the duckdb module inside pipeline.store: connect() returns a hooked connection."""
+    """Stands in for the duckdb module inside pipeline.warehouse.base: connect() returns a hooked connection."""
 
     def __init__(self, before=None, after=None):
         self._before, self._after = before, after
@@ -273,7 +276,8 @@ def child_main(argv: list[str]) -> None:
     hold-run DB EXTRACT RUN_ID FLAG  run a night; inside the write transaction print 'holding' and wait for FLAG
     hold-review DB FINDING FLAG      record a review; inside its transaction print 'holding' and wait for FLAG
     """
-    from pipeline import store
+    from pipeline import warehouse
+    from pipeline.warehouse import base, connection, night_write
 
     mode = argv[0]
     if mode == "night":
@@ -284,18 +288,19 @@ def child_main(argv: list[str]) -> None:
     if mode == "kill":
         point, db, extract, run_id = argv[1:5]
         if point in _STEP_FUNCTIONS:
-            name = _STEP_FUNCTIONS[point]
-            original = getattr(store, name)
+            module_name, name = _STEP_FUNCTIONS[point]
+            module = {"connection": connection, "night_write": night_write}[module_name]
+            original = getattr(module, name)
 
             def killed_after(*args, **kwargs):
                 original(*args, **kwargs)
                 _die()
 
-            setattr(store, name, killed_after)
+            setattr(module, name, killed_after)
         elif point == "before_commit":
-            store.duckdb = _DuckDB(before=lambda q: _die() if q == "COMMIT" else None)
+            base.duckdb = _DuckDB(before=lambda q: _die() if q == "COMMIT" else None)
         elif point == "after_commit":
-            store.duckdb = _DuckDB(after=lambda q: _die() if q == "COMMIT" else None)
+            base.duckdb = _DuckDB(after=lambda q: _die() if q == "COMMIT" else None)
         else:
             raise SystemExit(f"unknown kill point {point}")
         nightly(Path(db), Path(extract), run_id)
@@ -303,14 +308,14 @@ def child_main(argv: list[str]) -> None:
         return
     if mode == "hold-run":
         db, extract, run_id, flag = argv[1:5]
-        original = store._write_findings
+        original = night_write._write_findings
 
         def holding(*args, **kwargs):
             original(*args, **kwargs)
             print("holding", flush=True)
             _wait_for(Path(flag))
 
-        store._write_findings = holding
+        night_write._write_findings = holding
         nightly(Path(db), Path(extract), run_id)
         print("done", flush=True)
         return
@@ -322,8 +327,8 @@ def child_main(argv: list[str]) -> None:
                 print("holding", flush=True)
                 _wait_for(Path(flag))
 
-        store.duckdb = _DuckDB(before=pause)
-        store.record_review(Path(db), finding_id, "actioned", "B. Pharmacist", reason_code="dose_changed",
+        base.duckdb = _DuckDB(before=pause)
+        warehouse.record_review(Path(db), finding_id, "actioned", "B. Pharmacist", reason_code="dose_changed",
                             reviewed_at=FIXED_REVIEW_TIME)
         print("done", flush=True)
         return

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipeline.store import record_review, read_tables
+from pipeline.warehouse import record_review, read_tables
 from tests.conftest import REPO
 from tests.reliability_helpers import nightly, write_extract
 from tests.test_warehouse import gbs_dose

@@ -133,7 +133,7 @@ def test_empty_period_is_still_valid(frames):
 def test_cli_writes_the_report(frames, tmp_path: Path, monkeypatch):
     courses, findings = frames
     runs = pl.DataFrame({"run_id": ["R1"], "rule_pack_version": ["2026.11.1"], "profile": ["default"]})
-    monkeypatch.setattr("pipeline.store.read_tables", lambda db, tables: {"courses": courses, "findings": findings, "runs": runs})
+    monkeypatch.setattr("pipeline.warehouse.read_tables", lambda db, tables: {"courses": courses, "findings": findings, "runs": runs})
     db = tmp_path / "audit.duckdb"
     db.touch()
     out = tmp_path / "measure.json"

@@ -124,7 +124,7 @@ def test_a_correction_that_fails_the_contract_leaves_the_last_good_version_in_fo
 def test_a_dose_charted_late_keeps_the_course_and_its_reviewed_finding(tmp_path: Path):
     """An earlier dose charted a day late makes it the course's first: the course keeps its id, so
     does the finding, with its review; its facts changed since, and it says so (not reopened)."""
-    from pipeline.store import record_review
+    from pipeline.warehouse import record_review
 
     db = tmp_path / "audit.duckdb"
     night(db, orders=write_rows(tmp_path / "n1.csv", "orders", [dose(f"SC-A{d}", ADULT, d, 45.0) for d in range(2, 6)]))
@@ -147,7 +147,7 @@ def test_a_dose_charted_late_keeps_the_course_and_its_reviewed_finding(tmp_path:
 
 
 def test_a_reviewed_finding_whose_facts_do_not_change_is_not_marked(tmp_path: Path):
-    from pipeline.store import record_review
+    from pipeline.warehouse import record_review
 
     db = tmp_path / "audit.duckdb"
     night(db, orders=write_rows(tmp_path / "n1.csv", "orders", [dose(f"SC-A{d}", ADULT, d, 45.0) for d in range(1, 6)]))

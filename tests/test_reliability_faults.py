@@ -28,8 +28,9 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import audit, read, store
-from pipeline.store import StoreError, read_tables, record_review
+from pipeline import audit, read, warehouse
+from pipeline.warehouse import connection, night_write
+from pipeline.warehouse import StoreError, read_tables, record_review
 from tests.reliability_helpers import (
     FIXED_REVIEW_TIME,
     KILL_POINTS,
@@ -177,7 +178,7 @@ def _after_original(module, name: str, exc: BaseException):
 
 def _sql_error_after(name: str):
     """A real DuckDB error inside the open transaction, after the named step ran."""
-    original = getattr(store, name)
+    original = getattr(night_write, name)
 
     def failing(con, *args, **kwargs):
         original(con, *args, **kwargs)
@@ -191,18 +192,18 @@ DISK_FULL = duckdb.IOException('IO Error: Could not write file "audit.duckdb.wal
 
 STAGE_FAULTS = {
     "read": lambda: (read, "scan_extract", _raise(RuntimeError("injected: read"))),
-    "history": lambda: (store, "read_history", _raise(StoreError("injected: history"))),
+    "history": lambda: (warehouse, "read_history", _raise(StoreError("injected: history"))),
     "contract_normalise": lambda: (audit, "prepare", _raise(RuntimeError("injected: contract"))),
     "courses": lambda: (audit, "courses_with_regimen", _raise(RuntimeError("injected: courses"))),
     "rules": lambda: (audit, "judge", _raise(RuntimeError("injected: rules"))),
     "output_tables": lambda: (audit, "output_tables", _raise(ValueError("injected: output contract"))),
     "ledger_rows": lambda: (audit, "ledger_rows", _raise(RuntimeError("injected: ledger rows"))),
-    "store_frame_check": lambda: (store, "_check_frame", _raise(ValueError("injected: frame contract"))),
-    "store_migrate": lambda: (store, "_migrate", _after_original(store, "_migrate", RuntimeError("injected"))),
-    "store_orders": lambda: (store, "_write_orders", _after_original(store, "_write_orders", RuntimeError("injected"))),
-    "store_findings_sql_error": lambda: (store, "_write_findings", _sql_error_after("_write_findings")),
-    "store_disk_full": lambda: (store, "_write_ledger", _after_original(store, "_write_ledger", DISK_FULL)),
-    "store_interrupted": lambda: (store, "_write_quarantine", _after_original(store, "_write_quarantine", KeyboardInterrupt())),
+    "store_frame_check": lambda: (night_write, "_check_frame", _raise(ValueError("injected: frame contract"))),
+    "store_migrate": lambda: (connection, "_migrate", _after_original(connection, "_migrate", RuntimeError("injected"))),
+    "store_orders": lambda: (night_write, "_write_orders", _after_original(night_write, "_write_orders", RuntimeError("injected"))),
+    "store_findings_sql_error": lambda: (night_write, "_write_findings", _sql_error_after("_write_findings")),
+    "store_disk_full": lambda: (night_write, "_write_ledger", _after_original(night_write, "_write_ledger", DISK_FULL)),
+    "store_interrupted": lambda: (night_write, "_write_quarantine", _after_original(night_write, "_write_quarantine", KeyboardInterrupt())),
 }
 
 
@@ -310,7 +311,7 @@ def test_cli_run_failing_on_the_disk_prints_one_line_and_exits_3(world, tmp_path
     def flow_with_a_fault(**kwargs):
         with pytest.MonkeyPatch.context() as patch:
             if where == "store":
-                patch.setattr(store, "_write_findings", _after_original(store, "_write_findings", failure))
+                patch.setattr(night_write, "_write_findings", _after_original(night_write, "_write_findings", failure))
             else:
                 patch.setattr(Path, "write_text", _raise(failure))
             nightly(Path(kwargs["db"]), world["n2"], "night2", report_dir=Path(kwargs["report_dir"]))

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from pipeline.contract import accounting_of
 from pipeline.read import ExtractError
-from pipeline.store import read_tables
+from pipeline.warehouse import read_tables
 from tests.reliability_helpers import compute_night, write_night
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
@@ -228,7 +228,7 @@ def test_logs_of_a_whole_audit_carry_no_patient_data(tmp_path: Path, caplog):
     holds no patient id, order id or free-text indication/justification of the input."""
     import logging
 
-    from pipeline.store import record_review
+    from pipeline.warehouse import record_review
     from tests.reliability_helpers import FREE_TEXT, PATIENTS, night_rows, nightly, write_extract
 
     rows = night_rows(1) + night_rows(2)

@@ -462,11 +462,11 @@ def _cli(args: list[str]):
 @pytest.fixture()
 def fake_db(tmp_path: Path, monkeypatch) -> Path:
     """An existing database path whose tables are the fixture's (read_tables patched)."""
-    import pipeline.store
+    import pipeline.warehouse
 
     db = tmp_path / "audit.duckdb"
     db.write_bytes(b"")
-    monkeypatch.setattr(pipeline.store, "read_tables", lambda path: make_tables())
+    monkeypatch.setattr(pipeline.warehouse, "read_tables", lambda path: make_tables())
     return db
 
 

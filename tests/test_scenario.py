@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 
 import flows.cli_tools  # noqa: F401 - registers replay, diff and scenarios on the app
 from flows.cli import app
-from pipeline import store
+from pipeline import warehouse as store
+from pipeline.warehouse import base
 from pipeline.scenario import diff_findings, format_diff, is_scenario_id
-from pipeline.store import read_tables, record_review
+from pipeline.warehouse import read_tables, record_review
 from tests.reliability_helpers import nightly, write_extract
 
 runner = CliRunner()
@@ -292,7 +293,7 @@ def test_bad_rule_pack_or_profile_is_exit_2(audited, tmp_path: Path):
 
 def test_locked_database_is_exit_3(audited, monkeypatch):
     db, _ = audited
-    monkeypatch.setattr(store, "LOCK_RETRY_SECONDS", 0.5)  # how long an open waits for a short transaction
+    monkeypatch.setattr(base, "LOCK_RETRY_SECONDS", 0.5)  # how long an open waits for a short transaction
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(30)",

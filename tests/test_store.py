@@ -15,8 +15,9 @@ import polars as pl
 import pytest
 
 from checks.outputs import COURSES, FINDINGS, ORDERS, QUARANTINE
-from pipeline import store
-from pipeline.store import RunRecord, StoreError, read_tables, write_run
+from pipeline import warehouse as store
+from pipeline.warehouse import night_write
+from pipeline.warehouse import RunRecord, StoreError, read_tables, write_run
 
 T0 = datetime(2026, 11, 1, 8, 0)
 
@@ -264,7 +265,7 @@ def test_failure_mid_write_rolls_back(db: Path, monkeypatch: pytest.MonkeyPatch)
         assert con.sql("SELECT count(*) FROM orders WHERE run_id = 'r2'").fetchall() == [(2,)]
         raise RuntimeError("boom after orders and courses")
 
-    monkeypatch.setattr(store, "_write_findings", boom)
+    monkeypatch.setattr(night_write, "_write_findings", boom)
     changed = frame(ORDERS, [order_row("O1", "P1", "C1", dose=99.0), order_row("O7", "P7", "C7")])
     with pytest.raises(RuntimeError, match="boom"):
         write(db, "r2", orders=changed)

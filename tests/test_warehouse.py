@@ -8,8 +8,9 @@ import duckdb
 import polars as pl
 import pytest
 
-from pipeline import store
-from pipeline.store import (
+from pipeline import warehouse as store
+from pipeline.warehouse import schema
+from pipeline.warehouse import (
     StoreError,
     export_parquet,
     processed_hashes,
@@ -105,7 +106,7 @@ def test_bad_review_is_refused(db: Path, tmp_path: Path, status, reason, message
 
 def test_version_1_database_upgrades_in_place(db: Path, tmp_path: Path):
     with duckdb.connect(str(db)) as con:
-        con.execute(store._SCHEMA_VERSION_DDL)
+        con.execute(schema._SCHEMA_VERSION_DDL)
         for statement in store.MIGRATIONS[0][2]:
             con.execute(statement)
         con.execute("INSERT INTO schema_version VALUES (1, now())")

@@ -1,0 +1,241 @@
+"""The history ledger in the database (pipeline.domain.history has the model): what a night reads back, what it remembers, what it prunes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from pipeline.warehouse.base import _has_table
+from pipeline.warehouse.connection import _open_existing, connect_read_only
+from pipeline.warehouse.runs import RunRecord
+
+#: Ledger columns an incoming frame (pipeline.history.ledger_rows) fills, and how.
+_LEDGER_INSERT = ("extract", "row_key", "version_hash", "version", "patient_id", "kind", "event_at", "event_until",
+                  "source_file", "source_row", "run_seq", "file_pos")
+
+
+_LEDGER_SELECT = (
+    "extract", "CASE WHEN extract = 'orders' THEN row_key END", "md5_number(version)", "version",
+    "patient_id", "kind", "event_at", "event_until", "source_file", "source_row", "run_seq", "file_pos",
+)
+
+
+_LEDGER_STATE = "CASE WHEN extract = 'orders' THEN 'in_force' ELSE 'kept' END"
+
+
+#: An incoming ledger row (alias i) not stored yet: its extract, key and content are new. The
+#: ledger is first narrowed to the content numbers coming in (`known_versions`: a semi-join built
+#: on the few incoming rows), so a night never hashes the whole ledger. (No key index: on long text
+#: keys DuckDB's index was four times the table, and every write paid for it.)
+_LEDGER_UNSEEN = (
+    "NOT EXISTS (SELECT 1 FROM known_versions AS l WHERE l.extract = i.extract AND l.version_hash = md5_number(i.version) "
+    "AND l.row_key = COALESCE(CASE WHEN i.extract = 'orders' THEN i.row_key END, ''))"
+)
+
+
+def _known_versions_sql(incoming: str) -> str:
+    """SQL of the temporary `known_versions`: the stored rows whose content number an incoming frame
+    (a registered name of this module) also holds."""
+    return (
+        "CREATE OR REPLACE TEMP TABLE known_versions AS SELECT extract, COALESCE(row_key, '') AS row_key, version_hash "
+        f"FROM ledger WHERE version_hash IN (SELECT md5_number(version) FROM {incoming})"
+    )
+
+
+def ledger_from_source_rows(con: duckdb.DuckDBPyConnection) -> None:
+    """v5: the IVIG patients' rows of `source_rows` become ledger rows, first seen by the run that stored them."""
+    from pipeline.history import ledger_rows, stored_text_rows
+
+    if not _has_table(con, "source_rows"):
+        return
+    stored = con.sql(
+        "SELECT s.extract, s.raw AS version, s.source_file, s.source_row, COALESCE(r.seq, 0) AS run_seq, "
+        "0 AS file_pos, s.first_run AS run_id FROM source_rows AS s LEFT JOIN runs AS r ON r.run_id = s.first_run"
+    ).pl()
+    runs = stored.select("run_seq", "run_id").unique("run_seq")
+    for extract in ("orders", "labs", "procedures"):
+        part = stored.filter(pl.col("extract") == extract)
+        if part.is_empty():
+            continue
+        # Stored text is as read: a date with an offset is read in UTC (the site's zone is not known here).
+        rows = ledger_rows(stored_text_rows(part, extract), extract, "UTC").collect().join(runs, on="run_seq", how="left")
+        con.register("migrated_ledger", rows)
+        con.execute(_known_versions_sql("migrated_ledger"))
+        con.execute(
+            f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
+                SELECT {', '.join(_LEDGER_SELECT)}, run_id, {_LEDGER_STATE}, run_id FROM migrated_ledger AS i
+                WHERE {_LEDGER_UNSEEN}"""
+        )
+        con.unregister("migrated_ledger")
+    con.execute("DROP TABLE source_rows")
+
+
+def _write_ledger(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+    """Remember tonight's rows (a version already known keeps its first arrival) and the state of every
+    order version the audit saw (in_force, superseded, rejected)."""
+    con.execute(_known_versions_sql("incoming_ledger"))
+    con.execute(
+        f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
+            SELECT {', '.join(_LEDGER_SELECT)}, ?, {_LEDGER_STATE}, ? FROM incoming_ledger AS i
+            WHERE {_LEDGER_UNSEEN}""",
+        [run.run_id, run.run_id],
+    )
+    con.execute(
+        """UPDATE ledger SET state = v.state, reason = v.reason, state_run = ?
+           FROM incoming_versions AS v
+           WHERE ledger.extract = 'orders' AND ledger.row_key = v.order_id AND ledger.version_hash = md5_number(v.version)
+             AND (ledger.state IS DISTINCT FROM v.state OR ledger.reason IS DISTINCT FROM v.reason)""",
+        [run.run_id],
+    )
+
+
+def _prune_ledger(con: duckdb.DuckDBPyConnection, retention: dict[str, int | None], grace_days: int) -> None:
+    """Forget evidence no rule can reach any more (pipeline.history.retention_days).
+
+    A row is kept while it is within its kind's retention of the newest result of the history
+    (data time, not the clock: a lab or procedure, which is never dated ahead as a scheduled order
+    may be), or, for a patient with IVIG, of that patient's first course. Versions of
+    IVIG orders, and evidence a rule reads at any distance (retention None), are never pruned.
+    """
+    kinds = pl.DataFrame(
+        {"kind": list(retention), "days": [d for d in retention.values()], "forever": [d is None for d in retention.values()]},
+        schema={"kind": pl.String, "days": pl.Int64, "forever": pl.Boolean},
+    )
+    con.register("incoming_retention", kinds)
+    con.execute(
+        """DELETE FROM ledger AS l USING (
+               SELECT l2.extract, l2.row_key, l2.version_hash
+               FROM ledger AS l2
+               LEFT JOIN incoming_retention AS r ON r.kind = l2.kind
+               LEFT JOIN (SELECT patient_id, MIN(start) AS first_start FROM courses GROUP BY patient_id) AS c
+                      ON c.patient_id = l2.patient_id
+               CROSS JOIN (
+                   -- Results (labs, procedures) are never dated ahead, unlike a scheduled order.
+                   SELECT COALESCE(MAX(event_at) FILTER (WHERE extract <> 'orders'), MAX(event_at)) AS newest FROM ledger
+               ) AS h
+               WHERE NOT COALESCE(r.forever, false)
+                 AND NOT (l2.extract = 'orders' AND l2.row_key IN (SELECT order_id FROM orders))
+                 AND (COALESCE(l2.event_until, l2.event_at) IS NULL
+                      OR COALESCE(l2.event_until, l2.event_at)
+                         < COALESCE(c.first_start, h.newest) - to_days(CAST(COALESCE(r.days, ?) AS INTEGER)))
+           ) AS gone
+           WHERE l.extract = gone.extract AND l.row_key IS NOT DISTINCT FROM gone.row_key AND l.version_hash = gone.version_hash""",
+        [grace_days],
+    )
+    con.unregister("incoming_retention")
+
+
+
+
+#: The ledger columns a night reads back (pipeline.history.stored_text_rows).
+_LEDGER_READ = "extract, version, patient_id, source_file, source_row, run_seq, file_pos"
+
+
+@dataclass(frozen=True)
+class History:
+    """What a night audits together with tonight's rows.
+
+    ledger    stored rows (pipeline.history layout) of the patients judged tonight, and every stored
+              version of tonight's order_ids
+    courses   course_id, patient_id, start, order_ids of the stored courses of those patients
+    patients  the patients whose orders, courses and findings tonight's audit replaces
+    extracts_given  the extracts any run (tonight's included) has read: a rule that needs labs is
+              judged for every patient once a labs extract was given, even one with no lab
+    labs_through  the date the labs extract runs to after tonight (its newest result, any patient)
+    """
+
+    ledger: pl.DataFrame
+    courses: pl.DataFrame
+    patients: pl.DataFrame
+    extracts_given: frozenset[str] = frozenset({"orders"})
+    labs_through: datetime | None = None
+
+
+def read_history(
+    db_path: Path,
+    tonight_patients: pl.Series,
+    tonight_orders: pl.Series,
+    tonight_immunoglobulin: pl.Series,
+    everyone: bool = False,
+    ended_between: tuple[datetime, datetime] | None = None,
+) -> History:
+    """The stored rows and courses a night needs: those of every patient it judges.
+
+    A patient is judged tonight when a row of theirs arrived (or a row reusing one of their
+    order_ids) and they have IVIG orders or open findings stored, or when tonight brought an
+    immunoglobulin row of theirs; `everyone` judges every patient with stored IVIG again (the
+    rule pack or product dictionary changed). A patient with a course that ended in
+    `ended_between` (both inclusive) is judged too: tonight's labs carried the data past a
+    follow-up window of that course (rules.FOLLOW_UP). Every stored version of tonight's order_ids
+    is read too, whoever its patient, so the version in force is decided among all of them.
+    """
+    empty = History(
+        ledger=pl.DataFrame(schema={c.strip(): pl.String for c in _LEDGER_READ.split(",")}),
+        courses=pl.DataFrame(schema={"course_id": pl.String, "patient_id": pl.String, "start": pl.Datetime("us"), "order_ids": pl.String}),
+        patients=pl.DataFrame({"patient_id": pl.concat([tonight_patients, tonight_immunoglobulin]).unique().sort()}),
+    )
+    con = _open_existing(db_path)
+    if con is None:
+        return empty
+    try:
+        con.register("tonight_patients", pl.DataFrame({"patient_id": tonight_patients.cast(pl.String)}))
+        con.register("tonight_orders", pl.DataFrame({"order_id": tonight_orders.cast(pl.String)}))
+        con.register("tonight_ig", pl.DataFrame({"patient_id": tonight_immunoglobulin.cast(pl.String)}))
+        audited = "SELECT patient_id FROM judged" if everyone else \
+            "SELECT patient_id FROM candidates WHERE patient_id IN (SELECT patient_id FROM judged)"
+        if ended_between is not None and not everyone:
+            audited += ' UNION SELECT patient_id FROM courses WHERE "end" >= $ended_after AND "end" <= $ended_by'
+        params = {"ended_after": ended_between[0], "ended_by": ended_between[1]} if ended_between and not everyone else {}
+        con.execute(
+            f"""CREATE TEMP TABLE night_patients AS
+                WITH linked AS (
+                    SELECT DISTINCT patient_id FROM ledger
+                    WHERE extract = 'orders' AND row_key IN (SELECT order_id FROM tonight_orders) AND patient_id IS NOT NULL
+                ),
+                candidates AS (SELECT patient_id FROM tonight_patients UNION SELECT patient_id FROM linked),
+                judged AS (SELECT patient_id FROM orders UNION SELECT patient_id FROM findings WHERE resolved_run IS NULL),
+                audited AS ({audited} UNION SELECT patient_id FROM tonight_ig)
+                SELECT patient_id, true AS audited FROM audited
+                UNION ALL
+                SELECT patient_id, false FROM candidates WHERE patient_id NOT IN (SELECT patient_id FROM audited)""",
+            params,
+        )
+        ledger = con.sql(
+            f"""SELECT {_LEDGER_READ} FROM ledger
+                WHERE patient_id IN (SELECT patient_id FROM night_patients WHERE audited)
+                   OR (extract = 'orders' AND row_key IN (SELECT order_id FROM tonight_orders))
+                ORDER BY extract, run_seq, file_pos, source_row"""
+        ).pl()
+        courses = con.sql(
+            """SELECT course_id, patient_id, start, order_ids FROM courses
+               WHERE patient_id IN (SELECT patient_id FROM night_patients WHERE audited)"""
+        ).pl()
+        patients = con.sql("SELECT DISTINCT patient_id FROM night_patients ORDER BY patient_id").pl()
+    finally:
+        con.close()
+    return History(ledger=ledger, courses=courses, patients=patients)
+
+
+def read_ledger_as_of(db_path: Path, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The history a past run could see (every row that arrived by then) and today's courses (for their ids).
+
+    Rows pruned since are not there: only evidence no rule could reach from any course is pruned.
+    ValueError when there is no such run.
+    """
+    con = connect_read_only(Path(db_path))
+    try:
+        found = con.execute("SELECT seq FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        if not found:
+            raise ValueError(f"no run with id '{run_id}'")
+        ledger = con.sql(
+            f"SELECT {_LEDGER_READ} FROM ledger WHERE run_seq <= ? ORDER BY extract, run_seq, file_pos, source_row",
+            params=[found[0][0]],
+        ).pl()
+        courses = con.sql("SELECT course_id, patient_id, start, order_ids FROM courses").pl()
+    finally:
+        con.close()
+    return ledger, courses

@@ -1,0 +1,82 @@
+"""Whole tables and views read back (the report, the measure) and Parquet copies of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from pipeline.warehouse.base import StoreError, _one_line, _q
+from pipeline.warehouse.connection import connect_read_only
+from pipeline.warehouse.schema import _ORDER_BY, TABLES, VIEWS
+
+
+def read_tables(
+    db_path: Path,
+    tables: Sequence[str] = ("runs", "orders", "courses", "findings", "quarantine"),
+) -> dict[str, pl.DataFrame]:
+    """Read whole tables read-only as Polars frames (for the report)."""
+    if isinstance(tables, str):
+        tables = (tables,)
+    known = set(TABLES) | set(VIEWS) | {"schema_version"}
+    unknown = [t for t in tables if t not in known]
+    if unknown:
+        raise ValueError(f"unknown table or view: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    con = connect_read_only(Path(db_path))
+    try:
+        out: dict[str, pl.DataFrame] = {}
+        for name in tables:
+            order = f" ORDER BY {_ORDER_BY[name]}" if name in _ORDER_BY else ""
+            try:
+                out[name] = con.sql(f"SELECT * FROM {_q(name)}{order}").pl()
+            except duckdb.CatalogException as exc:
+                raise StoreError(f"database {db_path} has no {name}: {_one_line(exc)}") from exc
+        return out
+    finally:
+        con.close()
+
+
+def export_parquet(db_path: Path, out_dir: Path, pseudonym_key: bytes | None = None) -> list[Path]:
+    """Parquet copies of every table and view, for tools that cannot open the file while the audit runs.
+
+    The folder is 0700 and every file 0600 (they hold patient ids and raw history). With a
+    `pseudonym_key`, patient ids are replaced as the report does (pipeline.report.pseudonymize_tables).
+    """
+    from pipeline.exports import private_folder, write_owner_only
+
+    out_dir = private_folder(Path(out_dir))
+    con = connect_read_only(Path(db_path))
+    written = []
+    try:
+        names = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' "
+                "UNION ALL SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal "
+                "ORDER BY 1"
+            ).fetchall()
+        ]
+        if pseudonym_key is not None:
+            from pipeline.report import pseudonymize_tables
+
+            # Every patient id of the database, so that ids inside other columns (finding_id, raw JSON)
+            # of a table without a patient_id column are replaced too; tables are then done one by one.
+            holders = [
+                r[0] for r in con.execute(
+                    "SELECT table_name FROM duckdb_columns() WHERE schema_name = 'main' AND column_name = 'patient_id'"
+                ).fetchall()
+            ]
+            ids = pl.concat(
+                [con.sql(f"SELECT DISTINCT CAST(patient_id AS VARCHAR) AS patient_id FROM {_q(name)}").pl() for name in holders]
+                or [pl.DataFrame(schema={"patient_id": pl.String})]
+            ).unique()
+        for name in names:
+            frame = con.sql(f"SELECT * FROM {_q(name)}").pl()
+            if pseudonym_key is not None:
+                frame = pseudonymize_tables({name: frame, "_every_patient_id": ids}, pseudonym_key)[name]
+            written.append(write_owner_only(out_dir / f"{name}.parquet", frame.write_parquet))
+    finally:
+        con.close()
+    return written
