@@ -54,8 +54,8 @@ def run_polars(texts: list[str], repeat: int) -> tuple[dict[str, bool], dict[str
     import polars as pl
 
     started = time.perf_counter()
-    from pipeline.justification import with_readings
-    from pipeline.rulepack import load_rule_pack
+    from pipeline.domain.justification import with_readings
+    from pipeline.config.rulepack import load_rule_pack
     from pipeline.rules import documents
 
     pack = load_rule_pack()

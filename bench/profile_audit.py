@@ -35,10 +35,11 @@ sys.path.insert(0, str(SRC))
 import polars as pl  # noqa: E402
 
 from pipeline import audit  # noqa: E402
-from pipeline.contract import check_orders  # noqa: E402
-from pipeline.normalise import classify_medications, load_products, map_indications, split_orders  # noqa: E402
-from pipeline.read import scan_extract  # noqa: E402
-from pipeline.rulepack import load_rule_pack  # noqa: E402
+from pipeline.contract.rows import check_orders  # noqa: E402
+from pipeline.domain.normalise import classify_medications, map_indications, split_orders  # noqa: E402
+from pipeline.config.products import load_products  # noqa: E402
+from pipeline.ingest.tables import scan_extract  # noqa: E402
+from pipeline.config.rulepack import load_rule_pack  # noqa: E402
 
 
 def _peak_mb() -> float:

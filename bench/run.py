@@ -94,9 +94,9 @@ def parse_parquet(path: Path) -> dict:
 def ours(path: Path, write_db: bool = False) -> dict:
     sys.path.insert(0, str(SRC))
     from pipeline.audit import Extracts, run_audit
-    from pipeline.normalise import load_products
-    from pipeline.read import scan_extract
-    from pipeline.rulepack import load_rule_pack
+    from pipeline.config.products import load_products
+    from pipeline.ingest.tables import scan_extract
+    from pipeline.config.rulepack import load_rule_pack
 
     products, pack = load_products(), load_rule_pack(None, None)
     t0 = time.perf_counter()

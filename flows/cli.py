@@ -23,10 +23,12 @@ try:  # typer vendors click (typer._click) in the versions we pin; older ones us
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]  # noqa: E402
 
-from pipeline.mapping import load_mapping  # noqa: E402
-from pipeline.normalise import ProductDictionaryError, load_products  # noqa: E402
-from pipeline.read import ExtractError, discover, scan_extract  # noqa: E402
-from pipeline.rulepack import RulePackError, load_rule_pack  # noqa: E402
+from pipeline.ingest.mappings import load_mapping  # noqa: E402
+from pipeline.config.products import ProductDictionaryError, load_products  # noqa: E402
+from pipeline.ingest.errors import ExtractError  # noqa: E402
+from pipeline.ingest.files import discover  # noqa: E402
+from pipeline.ingest.tables import scan_extract  # noqa: E402
+from pipeline.config.rulepack import RulePackError, load_rule_pack  # noqa: E402
 from pipeline.warehouse import StoreError  # noqa: E402
 
 EXIT_OK, EXIT_CRITICAL, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3

@@ -195,7 +195,7 @@ def replay(
     """
     import duckdb
 
-    from pipeline.read import ExtractError
+    from pipeline.ingest.errors import ExtractError
     from pipeline.scenario import default_scenario_name, is_scenario_id, new_scenario_id, replay_audit
     from pipeline.warehouse import ScenarioRecord, read_ledger_as_of, read_run, write_scenario
 

@@ -11,32 +11,14 @@ import polars as pl
 
 from checks import outputs
 from checks.inputs import IVIG_ORDER_ROWS, LAB_ROWS, PROCEDURE_ROWS
-from pipeline.contract import (
-    QUARANTINE_COLUMNS,
-    check_labs,
-    check_orders,
-    check_procedures,
-    date_layout_problem,
-    lab_rows_used,
-    quarantine_rows,
-    with_identity,
-)
-from pipeline.courses import build_courses, regimen_table
-from pipeline.history import PRECEDENCE, ledger_rows
-from pipeline.identity import COURSE_PREFIX, lasting_course_ids, with_digest, with_finding_ids
-from pipeline.normalise import (
-    VERSION_COLUMNS,
-    ProductDictionary,
-    candidate_rows,
-    classify_medications,
-    expand_daily_doses,
-    evidence_rows,
-    immunoglobulin_rows,
-    map_indications,
-    split_orders,
-)
-from pipeline.read import ExtractError
-from pipeline.rulepack import RulePack
+from pipeline.contract.rows import QUARANTINE_COLUMNS, check_labs, check_orders, check_procedures, date_layout_problem, lab_rows_used, quarantine_rows, with_identity
+from pipeline.domain.courses import build_courses, regimen_table
+from pipeline.domain.history import PRECEDENCE, ledger_rows
+from pipeline.domain.identity import COURSE_PREFIX, lasting_course_ids, with_digest, with_finding_ids
+from pipeline.domain.normalise import VERSION_COLUMNS, candidate_rows, classify_medications, expand_daily_doses, evidence_rows, immunoglobulin_rows, map_indications, split_orders
+from pipeline.config.products import ProductDictionary
+from pipeline.ingest.errors import ExtractError
+from pipeline.config.rulepack import RulePack
 from pipeline.rules import AuditContext, evaluate_rules
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,11 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.courses import regimen_key, regimen_table
-from pipeline.normalise import ProductDictionary, map_indications, matched_product
-from pipeline.rulepack import RulePack
-from pipeline.weights import PRE_PREGNANCY, with_actual_weight, with_dosing_weight
+from pipeline.domain.courses import regimen_key, regimen_table
+from pipeline.config.products import ProductDictionary
+from pipeline.domain.normalise import map_indications, matched_product
+from pipeline.config.rulepack import RulePack
+from pipeline.domain.weights import PRE_PREGNANCY, with_actual_weight, with_dosing_weight
 
 PHASES = ("first", "later")
 # Vial sizes and doses are handled in units of 0.1 g so the knapsack works on integers.

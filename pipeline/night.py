@@ -28,12 +28,14 @@ import polars as pl
 
 from pipeline import audit as stages
 from pipeline import warehouse
-from pipeline.history import arrived, empty_text_rows, merged, retention_days, stored_text_rows, touched_patients
-from pipeline.contract import parse_datetime
-from pipeline.normalise import ProductDictionary, immunoglobulin_rows, load_products
-from pipeline import read as readers
-from pipeline.read import ExtractError, SourceFile, content_sha256, discover
-from pipeline.rulepack import RulePack, load_rule_pack
+from pipeline.domain.history import arrived, empty_text_rows, merged, retention_days, stored_text_rows, touched_patients
+from pipeline.contract.parse import parse_datetime
+from pipeline.config.products import ProductDictionary, load_products
+from pipeline.domain.normalise import immunoglobulin_rows
+from pipeline.ingest import tables as readers
+from pipeline.ingest.errors import ExtractError
+from pipeline.ingest.files import SourceFile, content_sha256, discover
+from pipeline.config.rulepack import RulePack, load_rule_pack
 from pipeline.rules import longest_follow_up
 
 log = logging.getLogger(__name__)

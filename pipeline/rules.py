@@ -14,8 +14,8 @@ from typing import Callable
 
 import polars as pl
 
-from pipeline.justification import AFFIRMED, NEGATED, NO_KIND, UNCERTAIN, Vocabulary
-from pipeline.rulepack import RulePack, RuleSpec
+from pipeline.domain.justification import AFFIRMED, NEGATED, NO_KIND, UNCERTAIN, Vocabulary
+from pipeline.config.rulepack import RulePack, RuleSpec
 
 DT = pl.Datetime("us")
 

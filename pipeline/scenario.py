@@ -24,8 +24,8 @@ from typing import Any
 import polars as pl
 
 from pipeline.audit import AuditResult, Extracts
-from pipeline.normalise import ProductDictionary
-from pipeline.rulepack import RulePack
+from pipeline.config.products import ProductDictionary
+from pipeline.config.rulepack import RulePack
 
 SCENARIO_PREFIX = "scn-"
 

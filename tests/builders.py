@@ -1,4 +1,4 @@
-"""Builders of in-memory extracts (all-text canonical columns, as `pipeline.read.scan_extract` yields).
+"""Builders of in-memory extracts (all-text canonical columns, as `pipeline.ingest.tables.scan_extract` yields).
 
 Every value is turned into text (None stays null) so the frames look exactly like a CSV read with
 `infer_schema=False`; missing canonical columns are filled with nulls; `source_file` and
@@ -14,8 +14,8 @@ import polars as pl
 
 from checks.inputs import EXTRACT_COLUMNS
 from pipeline.audit import AuditResult, Extracts, run_audit
-from pipeline.normalise import ProductDictionary, load_products
-from pipeline.rulepack import RulePack, load_rule_pack
+from pipeline.config.products import ProductDictionary, load_products
+from pipeline.config.rulepack import RulePack, load_rule_pack
 
 SEVERE = ("warning", "critical")
 

@@ -12,13 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline import rulepack
-from pipeline.mapping import load_mapping, shipped_mappings
-from pipeline.normalise import ProductDictionaryError, load_products
-from pipeline.rulepack import RulePackError, load_rule_pack
+from pipeline.config import rulepack
+from pipeline.ingest.mappings import load_mapping, shipped_mappings
+from pipeline.config.products import ProductDictionaryError, load_products
+from pipeline.config.rulepack import RulePackError, load_rule_pack
 from tests.conftest import SAMPLE
 
-SHIPPED_PACK = Path(rulepack.__file__).parent / "data" / "rulepack.toml"
+SHIPPED_PACK = Path(rulepack.__file__).parents[1] / "data" / "rulepack.toml"
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

@@ -9,8 +9,10 @@ import polars as pl
 import pytest
 
 from checks.inputs import ORDER_COLUMNS, required_columns
-from pipeline.contract import canonical_unit, check_orders, parse_datetime, parse_number
-from pipeline.read import ExtractError, scan_extract
+from pipeline.contract.parse import canonical_unit, parse_datetime, parse_number
+from pipeline.contract.rows import check_orders
+from pipeline.ingest.errors import ExtractError
+from pipeline.ingest.tables import scan_extract
 from pipeline.audit import Extracts, prepare
 from tests.builders import ivig_order, order_rows, pack, products, site_time_zone
 

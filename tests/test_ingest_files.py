@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 
 from checks.inputs import ORDER_COLUMNS
-from pipeline.read import ExtractError, scan_extract
+from pipeline.ingest.errors import ExtractError
+from pipeline.ingest.tables import scan_extract
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ingest"
 HEADER = ",".join(ORDER_COLUMNS)
@@ -189,7 +190,7 @@ def test_the_background_hash_is_the_files_sha256_and_survives_pickling(tmp_path:
 
 
 def test_a_file_gone_before_its_hash_is_read_is_an_extract_error(tmp_path: Path):
-    from pipeline.read import file_sha256
+    from pipeline.ingest.files import file_sha256
 
     with pytest.raises(ExtractError, match="cannot read"):
         file_sha256(tmp_path / "gone.csv")

@@ -8,11 +8,11 @@ import polars as pl
 import pytest
 
 from pipeline.audit import Extracts, prepare, run_audit
-from pipeline.contract import accounting_of
-from pipeline.mapping import load_mapping
-from pipeline.normalise import load_products
-from pipeline.read import scan_extract
-from pipeline.rulepack import load_rule_pack
+from pipeline.contract.accounting import accounting_of
+from pipeline.ingest.mappings import load_mapping
+from pipeline.config.products import load_products
+from pipeline.ingest.tables import scan_extract
+from pipeline.config.rulepack import load_rule_pack
 
 # The project's shared/ folder sits beside the checkout (CI lays a copy there too).
 MIMIC = next(

@@ -10,9 +10,9 @@ import pytest
 
 from checks.inputs import ORDER_COLUMNS
 from pipeline.audit import Extracts, prepare, run_audit
-from pipeline.contract import accounting_of
-from pipeline.mapping import load_mapping
-from pipeline.read import scan_extract
+from pipeline.contract.accounting import accounting_of
+from pipeline.ingest.mappings import load_mapping
+from pipeline.ingest.tables import scan_extract
 from tests.builders import pack, products
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ingest"
@@ -117,7 +117,7 @@ def test_fhir_medication_administration_fixture():
 def test_fhir_broken_line_is_an_extract_error(tmp_path: Path):
     path = tmp_path / "MedicationRequest.ndjson"
     path.write_text('{"resourceType": "MedicationRequest", "id": "x"}\n{"resourceType": "Medicat\n')
-    from pipeline.read import ExtractError
+    from pipeline.ingest.errors import ExtractError
 
     with pytest.raises(ExtractError) as err:
         scan_extract([path], "orders", mapping="fhir_medication_request")

@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.justification import read_justifications, with_readings
-from pipeline.rulepack import RulePackError, load_rule_pack
+from pipeline.domain.justification import read_justifications, with_readings
+from pipeline.config.rulepack import RulePackError, load_rule_pack
 from pipeline.rules import documents, why_not_documented
 from tests.builders import audit, ivig_order, pack
 

@@ -8,11 +8,14 @@ import polars as pl
 import pytest
 
 from checks.inputs import ORDER_COLUMNS
-from pipeline.contract import OrderAccounting, accounting
-from pipeline.mapping import MappingError, load_mapping, shipped_mappings
-from pipeline.normalise import classify_medications, normalise_ndc_prefix
-from pipeline.contract import check_orders
-from pipeline.read import ExtractError, scan_extract
+from pipeline.contract.accounting import OrderAccounting, accounting
+from pipeline.ingest.errors import MappingError
+from pipeline.ingest.mappings import load_mapping, shipped_mappings
+from pipeline.domain.normalise import classify_medications
+from pipeline.config.products import normalise_ndc_prefix
+from pipeline.contract.rows import check_orders
+from pipeline.ingest.errors import ExtractError
+from pipeline.ingest.tables import scan_extract
 from tests.builders import ivig_order, order_rows, products, site_time_zone
 
 
@@ -230,8 +233,8 @@ def _every_dictionary_ndc() -> list[str]:
 def test_the_pass_over_every_row_keeps_whatever_the_exact_tests_keep():
     """`candidate_rows` (cheap, run on every row of an extract) must never drop a row the exact
     immunoglobulin or evidence tests would keep."""
-    from pipeline.normalise import candidate_rows, evidence_rows, immunoglobulin_rows
-    from pipeline.rulepack import load_rule_pack
+    from pipeline.domain.normalise import candidate_rows, evidence_rows, immunoglobulin_rows
+    from pipeline.config.rulepack import load_rule_pack
 
     pack = load_rule_pack(None, None)
     names = [p["name"] for p in products().products] + [

@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 from checks.inputs import EXTRACT_COLUMNS, PLAUSIBILITY
 from flows.cli import app
 from pipeline.audit import Extracts, prepare
-from pipeline.contract import accounting_of
-from pipeline.mapping import load_mapping
-from pipeline.read import ExtractError, scan_extract
-from pipeline.rulepack import load_rule_pack
+from pipeline.contract.accounting import accounting_of
+from pipeline.ingest.mappings import load_mapping
+from pipeline.ingest.errors import ExtractError
+from pipeline.ingest.tables import scan_extract
+from pipeline.config.rulepack import load_rule_pack
 from tests.builders import ivig_order, lab_rows, order_rows, pack, products
 from tests.reliability_helpers import PATIENTS, night_rows, nightly, write_extract
 
@@ -129,7 +130,7 @@ def test_every_numeric_canonical_column_has_a_plausibility_range_in_one_place():
 
 
 def test_lab_values_that_are_not_finite_or_implausible_are_quarantined():
-    from pipeline.contract import check_labs
+    from pipeline.contract.rows import check_labs
     from tests.builders import site_time_zone
 
     labs = lab_rows(

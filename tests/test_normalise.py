@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from tests.builders import ivig_order, order_rows, pack, products, site_time_zone
-from pipeline.contract import check_orders
-from pipeline.normalise import classify_medications, expand_daily_doses, map_indications, split_orders
+from pipeline.contract.rows import check_orders
+from pipeline.domain.normalise import classify_medications, expand_daily_doses, map_indications, split_orders
 
 
 def _classified(*rows) -> pl.DataFrame:

@@ -95,7 +95,7 @@ def test_profile_is_recorded_on_the_courses(audited):
 
 
 def test_docs_list_every_rule():
-    from pipeline.rulepack import load_rule_pack
+    from pipeline.config.rulepack import load_rule_pack
     from tests.conftest import REPO
 
     page = (REPO / "docs" / "rules.md").read_text(encoding="utf-8")

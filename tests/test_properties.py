@@ -16,16 +16,8 @@ import polars as pl
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.contract import (
-    ISO_DATETIME_LAYOUTS,
-    UNIT_SPELLINGS,
-    canonical_unit,
-    parse_bool,
-    parse_datetime,
-    parse_number,
-    parse_sex,
-)
-from pipeline.normalise import grams_per_dose, matched_product
+from pipeline.contract.parse import ISO_DATETIME_LAYOUTS, UNIT_SPELLINGS, canonical_unit, parse_bool, parse_datetime, parse_number, parse_sex
+from pipeline.domain.normalise import grams_per_dose, matched_product
 from tests.builders import audit, ivig_order, pack, products, site_time_zone
 
 SCALE = max(1, int(os.environ.get("IVIG_PROPERTY_SCALE", "1")))

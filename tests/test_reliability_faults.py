@@ -28,7 +28,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import audit, read, warehouse
+from pipeline import audit, warehouse
+from pipeline.ingest import tables as read
 from pipeline.warehouse import connection, night_write
 from pipeline.warehouse import StoreError, read_tables, record_review
 from tests.reliability_helpers import (

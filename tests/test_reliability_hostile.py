@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.contract import accounting_of
-from pipeline.read import ExtractError
+from pipeline.contract.accounting import accounting_of
+from pipeline.ingest.errors import ExtractError
 from pipeline.warehouse import read_tables
 from tests.reliability_helpers import compute_night, write_night
 

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from pipeline.audit import AuditResult, Extracts, run_audit
-from pipeline.read import scan_extract
+from pipeline.ingest.tables import scan_extract
 from tests.builders import SEVERE, pack, products
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"

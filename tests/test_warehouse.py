@@ -124,7 +124,7 @@ def test_version_1_database_upgrades_in_place(db: Path, tmp_path: Path):
 def test_processed_hashes_worklist_and_export(db: Path, tmp_path: Path):
     extract = write_extract(tmp_path / "n1.csv", [gbs_dose(f"O{d}", d, 56.0) for d in range(1, 6)])
     nightly(db, extract, "run1")
-    from pipeline.read import file_sha256
+    from pipeline.ingest.files import file_sha256
 
     assert processed_hashes(db) == {file_sha256(extract)}
     assert worklist(db, severity="critical").height == 1
@@ -138,7 +138,7 @@ def test_processed_hashes_worklist_and_export(db: Path, tmp_path: Path):
 
 def test_audited_inputs_skip_same_content_under_any_name_and_record_sizes(db: Path, tmp_path: Path):
     from pipeline.night import find_new_inputs
-    from pipeline.read import file_sha256
+    from pipeline.ingest.files import file_sha256
 
     audited = write_extract(tmp_path / "n1.csv", [gbs_dose(f"O{d}", d) for d in range(1, 3)])
     nightly(db, audited, "run1")

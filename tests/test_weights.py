@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from pipeline.rulepack import load_rule_pack
-from pipeline.weights import with_dosing_weight
+from pipeline.config.rulepack import load_rule_pack
+from pipeline.domain.weights import with_dosing_weight
 
 
 def _weigh(profile: str | None = None, **patient) -> dict:

@@ -48,7 +48,7 @@ def _known_versions_sql(incoming: str) -> str:
 
 def ledger_from_source_rows(con: duckdb.DuckDBPyConnection) -> None:
     """v5: the IVIG patients' rows of `source_rows` become ledger rows, first seen by the run that stored them."""
-    from pipeline.history import ledger_rows, stored_text_rows
+    from pipeline.domain.history import ledger_rows, stored_text_rows
 
     if not _has_table(con, "source_rows"):
         return

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.identity import fresh_course_key
-from pipeline.justification import with_readings
-from pipeline.rulepack import RulePack
-from pipeline.weights import with_actual_weight, with_dosing_weight
+from pipeline.domain.identity import fresh_course_key
+from pipeline.domain.justification import with_readings
+from pipeline.config.rulepack import RulePack
+from pipeline.domain.weights import with_actual_weight, with_dosing_weight
 
 COURSE_KEY = ["patient_id", "indication_group"]
 

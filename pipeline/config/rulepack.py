@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 
 from checks.outputs import CATEGORIES, SEVERITIES
-from pipeline.config import Regex, Strict, TimeZone, describe, did_you_mean, dotted, unknown_key_problem, valid_regex
-from pipeline.justification import NO_KIND, Vocabulary
+from pipeline.config.validation import Regex, Strict, TimeZone, describe, did_you_mean, dotted, unknown_key_problem, valid_regex
+from pipeline.domain.justification import NO_KIND, Vocabulary
 
 SHIPPED = "shipped rule pack pipeline/data/rulepack.toml"
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import polars as pl
 
 from checks.inputs import EXTRACT_COLUMNS
-from pipeline.contract import LAB_TEST_SPELLINGS, blank_to_null, parse_datetime, parse_number, version_text
-from pipeline.rulepack import RulePack
+from pipeline.contract.rows import LAB_TEST_SPELLINGS, version_text
+from pipeline.contract.parse import blank_to_null, parse_datetime, parse_number
+from pipeline.config.rulepack import RulePack
 
 LEDGER_EXTRACTS = ("orders", "labs", "procedures")
 
