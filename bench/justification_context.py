@@ -56,7 +56,7 @@ def run_polars(texts: list[str], repeat: int) -> tuple[dict[str, bool], dict[str
     started = time.perf_counter()
     from pipeline.domain.justification import with_readings
     from pipeline.config.rulepack import load_rule_pack
-    from pipeline.rules import documents
+    from pipeline.rules.engine import documents
 
     pack = load_rule_pack()
     ready = time.perf_counter() - started

@@ -18,7 +18,7 @@ Contenders (``--only`` / ``--skip`` take these names):
 ``parse_csv_stream`` the same parse streamed: every column touched (sum of byte lengths),
                     nothing kept - the memory floor of a streaming design
 ``ours_csv``        ``scan_extract`` + ``pipeline.audit.run_audit`` (no Prefect, no DuckDB)
-``ours_csv_db``     the same plus ``pipeline.store.write_run`` into a new temp DuckDB file
+``ours_csv_db``     the same plus ``pipeline.warehouse.write_run`` into a new temp DuckDB file
 ``polars_core``     a hand-written lazy Polars audit of the core checks, streaming collect
 ``duckdb_sql``      the core checks as one DuckDB SQL query over ``read_csv``
 ``pandas``          the core checks in pandas (``read_csv(dtype=str)``)

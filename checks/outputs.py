@@ -18,7 +18,7 @@ CATEGORIES = (
 SEVERITIES = ("info", "warning", "critical")
 STATUSES = ("open", "acknowledged", "actioned", "dismissed")
 WEIGHT_BASES = ("actual", "adjusted", "ibw", "unknown")
-#: What stands for the actual weight of a course (pipeline.weights.with_actual_weight).
+#: What stands for the actual weight of a course (pipeline.domain.weights.with_actual_weight).
 ACTUAL_WEIGHT_SOURCES = ("current weight", "pre-pregnancy weight")
 
 DT = pl.Datetime("us")

@@ -55,7 +55,7 @@ def report(
     Exit status: 0 written; 2 bad option or missing database; 3 the database cannot be read or the
     report cannot be written.
     """
-    from pipeline.report import DEFAULT_COST_SOURCE, ReportOptions, ReportOptionsError, write_report
+    from pipeline.reporting import DEFAULT_COST_SOURCE, ReportOptions, ReportOptionsError, write_report
     from pipeline.warehouse import read_tables
 
     start = _date_option(period_from, "--from")

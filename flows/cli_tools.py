@@ -80,7 +80,7 @@ def dose(
     Exit status: 0 calculated (or the indication is not routine, which is explained); 2 bad input
     (an unrecognised indication, a number out of range, days outside the regimen).
     """
-    from pipeline.dose import DoseError, DoseRequest, calculate_dose, format_dose
+    from pipeline.tools.dose import DoseError, DoseRequest, calculate_dose, format_dose
 
     request_days = _number(days, "--days")
     if request_days is not None and request_days != int(request_days):
@@ -123,7 +123,7 @@ def measure(
 
     Example: ivig-audit measure --db ivig_audit.duckdb --from 2026-01-01 --to 2026-03-31 --out q1.json
     """
-    from pipeline.measure import build_measure_report, rule_packs_of
+    from pipeline.tools.measure import build_measure_report, rule_packs_of
     from pipeline.warehouse import read_tables
 
     start, end = _date(from_, "--from"), _date(to, "--to")
@@ -196,7 +196,7 @@ def replay(
     import duckdb
 
     from pipeline.ingest.errors import ExtractError
-    from pipeline.scenario import default_scenario_name, is_scenario_id, new_scenario_id, replay_audit
+    from pipeline.tools.replay import default_scenario_name, is_scenario_id, new_scenario_id, replay_audit
     from pipeline.warehouse import ScenarioRecord, read_ledger_as_of, read_run, write_scenario
 
     _require_db(db)
@@ -280,7 +280,7 @@ def diff_command(
     """
     import duckdb
 
-    from pipeline.scenario import diff_findings, diff_to_json, format_diff, is_scenario_id
+    from pipeline.tools.replay import diff_findings, diff_to_json, format_diff, is_scenario_id
     from pipeline.warehouse import read_run_findings, read_scenario_findings
 
     _require_db(db)

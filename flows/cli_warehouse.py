@@ -10,7 +10,7 @@ import typer
 
 from checks.outputs import CATEGORIES, SEVERITIES
 from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app
-from pipeline.exports import terminal_safe, write_safe_csv
+from pipeline.reporting.files import terminal_safe, write_safe_csv
 from pipeline.warehouse import DISPOSITION_CODES, REVIEW_STATUSES, StoreError, export_parquet, record_review, worklist
 
 DB_OPTION = typer.Option(help="DuckDB database written by `ivig-audit run`.")
@@ -88,7 +88,7 @@ def export(
     pseudonym_key: Annotated[Optional[str], typer.Option("--pseudonym-key", help="HMAC key for --pseudonymize (prefer the IVIG_AUDIT_PSEUDONYM_KEY environment variable).")] = None,
 ) -> None:
     """Write Parquet copies of every table and view, for tools that cannot open the database while the audit runs."""
-    from pipeline.report import ReportOptions, ReportOptionsError, resolve_pseudonym_key
+    from pipeline.reporting import ReportOptions, ReportOptionsError, resolve_pseudonym_key
 
     try:
         key = resolve_pseudonym_key(ReportOptions(pseudonymize=pseudonymize, pseudonym_key=pseudonym_key))

@@ -295,7 +295,7 @@ def _report_state(db: Path) -> dict[str, Any]:
 
 def write_report(db: Path, report_dir: Path, cost_per_gram: float) -> WrittenReport:
     """The manager summary from what the database holds, then the stamp saying which state it shows."""
-    from pipeline.report import ReportOptions, aggregate_table, build_report, headline_markdown
+    from pipeline.reporting import ReportOptions, aggregate_table, build_report, headline_markdown
 
     paths, data = build_report(warehouse.read_tables(db), report_dir, ReportOptions(cost_per_gram=cost_per_gram))
     (report_dir / REPORT_STAMP).write_text(json.dumps(_report_state(db)), encoding="utf-8")

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import flows.cli
 import flows.cli_tools  # noqa: F401 - registers `dose` and `measure` on the app until cli.py imports it
-from pipeline.dose import DoseError, DoseRequest, calculate_dose, daily_split, fewest_vials, format_dose, round_course
+from pipeline.tools.dose import DoseError, DoseRequest, calculate_dose, daily_split, fewest_vials, format_dose, round_course
 from pipeline.config.products import load_products
 from pipeline.config.rulepack import load_rule_pack
 

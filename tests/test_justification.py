@@ -1,4 +1,4 @@
-"""Reading justification text (pipeline/justification.py): negation scope, placeholders, uncertainty,
+"""Reading justification text (pipeline/domain/justification.py): negation scope, placeholders, uncertainty,
 measured changes, codes, and the labelled set's precision and recall per kind."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.domain.justification import read_justifications, with_readings
 from pipeline.config.rulepack import RulePackError, load_rule_pack
-from pipeline.rules import documents, why_not_documented
+from pipeline.rules.engine import documents, why_not_documented
 from tests.builders import audit, ivig_order, pack
 
 LABELLED = Path(__file__).resolve().parent / "data" / "justification_labelled.csv"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import flows.cli
 import flows.cli_tools  # noqa: F401 - registers `dose` and `measure` on the app until cli.py imports it
 from checks.outputs import CATEGORIES, COURSES, FINDINGS
-from pipeline.measure import MEASURE_URL, build_measure_report
+from pipeline.tools.measure import MEASURE_URL, build_measure_report
 
 runner = CliRunner()
 START, END = date(2026, 1, 1), date(2026, 3, 31)

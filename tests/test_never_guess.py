@@ -250,7 +250,7 @@ def test_export_pseudonymized_holds_no_patient_id_anywhere(audited_db: Path, tmp
         leaked = [p for p in PATIENTS if p in text]
         assert not leaked, (path.name, leaked)
     # the same key gives the report's pseudonyms
-    from pipeline.report import pseudonym_map
+    from pipeline.reporting import pseudonym_map
 
     expected = pseudonym_map(pl.Series([PATIENTS[0]]), b"site-secret")["pseudonym"][0]
     assert expected in courses["patient_id"].to_list()

@@ -452,7 +452,7 @@ def test_database_file_is_private_after_write_run(world, tmp_path):
 
 
 def test_report_folder_and_files_are_private(world, tmp_path):
-    from pipeline.report import write_report
+    from pipeline.reporting import write_report
 
     old = os.umask(0o022)
     try:

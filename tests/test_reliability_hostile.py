@@ -128,7 +128,7 @@ def test_refused_file_is_a_one_line_extract_error(name: str, tmp_path: Path):
 
 @pytest.mark.parametrize("name", AUDITED)
 def test_hostile_file_is_accounted_for_stored_and_reported_safely(name: str, tmp_path: Path):
-    from pipeline.report import write_report
+    from pipeline.reporting import write_report
 
     db, reports = tmp_path / "audit.duckdb", tmp_path / "reports"
     computed = compute_night(db, HOSTILE / name, "hostile")
@@ -191,10 +191,10 @@ def test_payloads_reach_findings_so_the_escaping_is_exercised(tmp_path: Path):
 
 
 def test_formula_safe_export_prefixes_every_dangerous_cell(tmp_path: Path):
-    """pipeline.exports.write_safe_csv on the payloads directly (every spreadsheet trigger character)."""
+    """pipeline.reporting.files.write_safe_csv on the payloads directly (every spreadsheet trigger character)."""
     import polars as pl
 
-    from pipeline.exports import write_safe_csv
+    from pipeline.reporting.files import write_safe_csv
 
     values = MANIFEST["formula_payloads.csv"]["payloads"] + ["\r=1", "@x", "-cmd", "+x", "plain", "", None]
     frame = pl.DataFrame({"text": values, "number": [-1.5] * len(values)})

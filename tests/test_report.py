@@ -1,4 +1,4 @@
-"""Tests of the manager report (pipeline/report.py) and the `ivig-audit report` command."""
+"""Tests of the manager report (pipeline/reporting) and the `ivig-audit report` command."""
 
 from __future__ import annotations
 
@@ -14,22 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from checks.outputs import COURSES, FINDINGS, QUARANTINE
-from pipeline.report import (
-    PSEUDONYM_ENV,
-    ReportOptions,
-    ReportOptionsError,
-    aggregate_table,
-    build_report,
-    course_levers,
-    headline_markdown,
-    md_escape,
-    pseudonym_map,
-    render_html,
-    render_markdown,
-    summarise,
-    worklist_frame,
-    write_report,
-)
+from pipeline.reporting import PSEUDONYM_ENV, ReportOptions, ReportOptionsError, aggregate_table, build_report, course_levers, headline_markdown, md_escape, pseudonym_map, render_html, render_markdown, summarise, worklist_frame, write_report
 
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=alert(1)>"
@@ -399,7 +384,7 @@ def test_worklist_is_formula_safe_and_keeps_numbers():
 
 
 def test_write_report_files(tables, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("pipeline.report.CHART_BUILDERS", ())  # charts are tested elsewhere
+    monkeypatch.setattr("pipeline.reporting.charts.CHART_BUILDERS", ())  # charts are tested elsewhere
     paths, d = build_report(tables, tmp_path / "out", ReportOptions(cost_per_gram=90.0, **ALL))
     assert [p.name for p in paths] == ["index.html", "summary.md", "worklist.csv"]
     html_text, md_text = (p.read_text(encoding="utf-8") for p in paths[:2])
@@ -418,7 +403,7 @@ def test_write_report_files(tables, tmp_path: Path, monkeypatch):
 
 
 def test_pseudonymized_outputs_hide_patient_ids(tables, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("pipeline.report.CHART_BUILDERS", ())  # charts hold aggregates only
+    monkeypatch.setattr("pipeline.reporting.charts.CHART_BUILDERS", ())  # charts hold aggregates only
     monkeypatch.delenv(PSEUDONYM_ENV, raising=False)
     with pytest.raises(ReportOptionsError, match="pseudonym"):
         summarise(tables, ReportOptions(pseudonymize=True))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import ReportOptions, build_report
+from pipeline.reporting import ReportOptions, build_report
 from tests.test_report import make_tables
 
 CHROMIUM = shutil.which("chromium")

@@ -19,7 +19,7 @@ import flows.cli_tools  # noqa: F401 - registers replay, diff and scenarios on t
 from flows.cli import app
 from pipeline import warehouse as store
 from pipeline.warehouse import base
-from pipeline.scenario import diff_findings, format_diff, is_scenario_id
+from pipeline.tools.replay import diff_findings, format_diff, is_scenario_id
 from pipeline.warehouse import read_tables, record_review
 from tests.reliability_helpers import nightly, write_extract
 

@@ -1,4 +1,4 @@
-"""Tests of pipeline.store: transactional writes, merges across runs, locks, views."""
+"""Tests of pipeline.warehouse: transactional writes, merges across runs, locks, views."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ over all the files would. The ledger is what makes that so:
   can reach any more is pruned (see `retention_days`).
 
 The functions here are pure (frames in, frames out); the `ledger` table is read and written by
-`pipeline.store`.
+`pipeline.warehouse`.
 """
 
 from __future__ import annotations

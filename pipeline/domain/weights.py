@@ -6,6 +6,8 @@ from typing import Any
 
 import polars as pl
 
+from checks.outputs import ACTUAL_WEIGHT_SOURCES
+
 
 def ibw_kg(weights: dict[str, Any]) -> pl.Expr:
     """Devine ideal body weight: 50 kg (male) or 45.5 kg (female) + 2.3 kg per inch over 60 inches."""
@@ -46,8 +48,6 @@ def obese(profile: dict[str, Any]) -> pl.Expr:
         return by_ratio
     return by_bmi | by_ratio
 
-
-from checks.outputs import ACTUAL_WEIGHT_SOURCES
 
 CURRENT, PRE_PREGNANCY = ACTUAL_WEIGHT_SOURCES
 

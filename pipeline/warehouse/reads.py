@@ -42,9 +42,9 @@ def export_parquet(db_path: Path, out_dir: Path, pseudonym_key: bytes | None = N
     """Parquet copies of every table and view, for tools that cannot open the file while the audit runs.
 
     The folder is 0700 and every file 0600 (they hold patient ids and raw history). With a
-    `pseudonym_key`, patient ids are replaced as the report does (pipeline.report.pseudonymize_tables).
+    `pseudonym_key`, patient ids are replaced as the report does (pipeline.reporting.pseudonymize_tables).
     """
-    from pipeline.exports import private_folder, write_owner_only
+    from pipeline.reporting.files import private_folder, write_owner_only
 
     out_dir = private_folder(Path(out_dir))
     con = connect_read_only(Path(db_path))
@@ -59,7 +59,7 @@ def export_parquet(db_path: Path, out_dir: Path, pseudonym_key: bytes | None = N
             ).fetchall()
         ]
         if pseudonym_key is not None:
-            from pipeline.report import pseudonymize_tables
+            from pipeline.reporting import pseudonymize_tables
 
             # Every patient id of the database, so that ids inside other columns (finding_id, raw JSON)
             # of a table without a patient_id column are replaced too; tables are then done one by one.

@@ -10,7 +10,7 @@ import pandera.polars as pa
 import polars as pl
 
 from checks.outputs import COURSES, FINDINGS, ORDERS, QUARANTINE
-from pipeline.levers import lever_sql
+from pipeline.rules.levers import lever_sql
 from pipeline.warehouse.base import StoreError, _literal, _q, _utc_naive, log
 
 
@@ -775,7 +775,7 @@ VIEWS |= {
 VIEW_COMMENTS: dict[str, str] = {
     "v_course_summary": "One row per course with its unresolved findings counted by severity and the categories concerned",
     "v_appropriateness_by_indication_month": "Courses per month of start and indication: appropriate share, total and excess grams",
-    "v_grams_avoidable_by_lever": "Grams (and cost at the latest run's cost per gram) avoidable per lever (pipeline/levers.py); each course counts once, in its first lever: indication > repeat > weight_basis > over_dose > rounding",
+    "v_grams_avoidable_by_lever": "Grams (and cost at the latest run's cost per gram) avoidable per lever (pipeline/rules/levers.py); each course counts once, in its first lever: indication > repeat > weight_basis > over_dose > rounding",
     "v_review_yield": "Per finding category: findings, reviewed, actioned, dismissed, share actioned, median days from first sighting to first decision",
     "v_dismissals_by_reason": "Dismissed findings per category and disposition code",
     "v_open_findings": "Open, unresolved findings with their course figures, critical first, then by course start",

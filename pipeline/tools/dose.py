@@ -1,9 +1,9 @@
 """The dose calculator: what course of IVIG the audit would accept for one patient.
 
 Built on the audit's own code, never a second copy of it: the indication is mapped with
-`pipeline.normalise.map_indications`, the weights with `pipeline.weights.with_dosing_weight`, the
-regimen with `pipeline.courses.regimen_table` / `regimen_key`, the product with
-`pipeline.normalise.matched_product`, and every number (targets, days, tolerance, profile, rounding
+`pipeline.domain.normalise.map_indications`, the weights with `pipeline.domain.weights.with_dosing_weight`, the
+regimen with `pipeline.domain.courses.regimen_table` / `regimen_key`, the product with
+`pipeline.domain.normalise.matched_product`, and every number (targets, days, tolerance, profile, rounding
 step) comes from the rule pack. Only the vial plan is new: a small exact integer knapsack in plain
 Python (one calculation, not the data path).
 """

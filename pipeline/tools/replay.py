@@ -7,7 +7,7 @@ not read again, and the live tables and their review states are never touched.
 `ivig-audit diff A B` compares the findings of two runs or scenarios.
 
 This module is pure (frames in, frames out): the file and database IO live in
-`pipeline.store` and the command line (`flows/cli_tools.py`).
+`pipeline.warehouse` and the command line (`flows/cli_tools.py`).
 
 Identifiers: a scenario id starts with ``scn-`` (``scn-20261128T091500Z-4b1e0a``); anything
 else is a run id (``20261128T021500Z-3f2a1c``).

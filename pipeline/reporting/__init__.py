@@ -1,0 +1,48 @@
+"""The manager report and the pharmacists' worklist: numbers (summary), words (labels, formatting), pictures (charts),
+pages (render) and files (write, files). Read by `ivig-audit report`, the nightly flow and the exports."""
+
+from pipeline.reporting.charts import CHART_BUILDERS, build_charts
+from pipeline.reporting.files import (
+    private_folder,
+    spreadsheet_safe,
+    terminal_safe,
+    write_owner_only,
+    write_safe_csv,
+)
+from pipeline.reporting.options import (
+    DEFAULT_COST_SOURCE,
+    PSEUDONYM_ENV,
+    Headline,
+    Period,
+    ReportData,
+    ReportOptions,
+    ReportOptionsError,
+)
+from pipeline.reporting.pseudonyms import (
+    pseudonym_map,
+    pseudonymize_tables,
+    resolve_pseudonym_key,
+)
+from pipeline.reporting.render import (
+    aggregate_table,
+    headline_markdown,
+    md_escape,
+    render_html,
+    render_markdown,
+)
+from pipeline.reporting.summary import course_levers, summarise
+from pipeline.reporting.write import (
+    WORKLIST_COLUMNS,
+    build_report,
+    worklist_frame,
+    write_report,
+)
+from pipeline.rules.levers import LEVERS
+
+__all__ = [
+    "CHART_BUILDERS", "DEFAULT_COST_SOURCE", "PSEUDONYM_ENV", "LEVERS", "WORKLIST_COLUMNS", "Headline", "Period", "ReportData",
+    "ReportOptions", "ReportOptionsError", "aggregate_table", "build_charts", "build_report", "course_levers",
+    "headline_markdown", "md_escape", "private_folder", "pseudonym_map", "pseudonymize_tables", "render_html",
+    "render_markdown", "resolve_pseudonym_key", "spreadsheet_safe", "summarise", "terminal_safe", "worklist_frame",
+    "write_owner_only", "write_report", "write_safe_csv",
+]

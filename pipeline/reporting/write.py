@@ -1,0 +1,53 @@
+"""Writing the report files (index.html, summary.md, worklist.csv), owner-only and atomic."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.reporting.files import private_folder, spreadsheet_safe, write_owner_only
+from pipeline.reporting.options import ReportData, ReportOptions
+from pipeline.reporting.render import render_html, render_markdown
+from pipeline.reporting.summary import summarise
+
+logger = logging.getLogger(__name__)
+
+WORKLIST_COLUMNS: tuple[str, ...] = (
+    "finding_id", "severity", "category", "rule_id", "patient_id", "course_id", "indication",
+    "course_start", "service", "prescriber_id", "message", "expected", "observed", "action", "excess_g",
+)
+
+
+def worklist_frame(data: ReportData) -> pl.DataFrame:
+    """Open findings of the report window for pharmacists; every text cell formula-safe, numbers stay numbers."""
+    return spreadsheet_safe(data.worklist.select(list(WORKLIST_COLUMNS)))
+
+
+def build_report(
+    tables: dict[str, pl.DataFrame], out_dir: Path, options: ReportOptions = ReportOptions()
+) -> tuple[list[Path], ReportData]:
+    """Write index.html, summary.md and worklist.csv to out_dir; return their paths and the data.
+
+    The data gives the Prefect artifacts: `headline_markdown(data)`, `aggregate_table(data)`.
+    """
+    data = summarise(tables, options)
+    out_dir = private_folder(out_dir)
+    html_path, md_path, csv_path = out_dir / "index.html", out_dir / "summary.md", out_dir / "worklist.csv"
+    html, md = render_html(data), render_markdown(data)
+    write_owner_only(html_path, lambda p: p.write_text(html, encoding="utf-8"))
+    write_owner_only(md_path, lambda p: p.write_text(md, encoding="utf-8"))
+    # UTF-8 with a byte-order mark so that Excel shows accented text correctly.
+    worklist = worklist_frame(data)
+    write_owner_only(csv_path, lambda p: worklist.write_csv(p, include_bom=True, date_format="%Y-%m-%d"))
+    logger.info("report: wrote %s, %s and %s", html_path, md_path, csv_path)
+    return [html_path, md_path, csv_path], data
+
+
+def write_report(
+    tables: dict[str, pl.DataFrame], out_dir: Path, options: ReportOptions = ReportOptions()
+) -> list[Path]:
+    """Write index.html, summary.md and worklist.csv to out_dir; return their paths."""
+    return build_report(tables, out_dir, options)[0]
+
