@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app
+from flows.cli_app import EXIT_BAD_INPUT, EXIT_FAILURE, app, fail
 from pipeline.warehouse import StoreError
 
 
@@ -20,7 +20,7 @@ def _date_option(value: str | None, flag: str) -> date | None:
     try:
         return date.fromisoformat(value.strip())
     except ValueError:
-        _fail(f"{flag} must be a date as YYYY-MM-DD, not {value!r}", EXIT_BAD_INPUT)
+        fail(f"{flag} must be a date as YYYY-MM-DD, not {value!r}", EXIT_BAD_INPUT)
     return None  # unreachable
 
 
@@ -31,7 +31,7 @@ def _cost_option(value: str) -> float:
     except ValueError:
         cost = math.nan
     if math.isnan(cost) or math.isinf(cost) or cost < 0:
-        _fail(f"--cost-per-gram must be a number >= 0, not {value!r}", EXIT_BAD_INPUT)
+        fail(f"--cost-per-gram must be a number >= 0, not {value!r}", EXIT_BAD_INPUT)
     return cost
 
 
@@ -55,13 +55,18 @@ def report(
     Exit status: 0 written; 2 bad option or missing database; 3 the database cannot be read or the
     report cannot be written.
     """
-    from pipeline.reporting import DEFAULT_COST_SOURCE, ReportOptions, ReportOptionsError, write_report
+    from pipeline.reporting import (
+        DEFAULT_COST_SOURCE,
+        ReportOptions,
+        ReportOptionsError,
+        write_report,
+    )
     from pipeline.warehouse import read_tables
 
     start = _date_option(period_from, "--from")
     end = _date_option(period_to, "--to")
     if start and end and start > end:
-        _fail(f"--from {start.isoformat()} is after --to {end.isoformat()}", EXIT_BAD_INPUT)
+        fail(f"--from {start.isoformat()} is after --to {end.isoformat()}", EXIT_BAD_INPUT)
     cost = _cost_option(cost_per_gram)
     if cost_source is None:
         cost_source = DEFAULT_COST_SOURCE if cost == 80.0 else "given with --cost-per-gram (source not stated)"
@@ -78,19 +83,19 @@ def report(
         intervention_label=intervention_label,
     )
     if not db.exists():
-        _fail(f"database not found: {db}")
+        fail(f"database not found: {db}")
     if out.exists() and not out.is_dir():
-        _fail(f"cannot write the report to {out}: it is a file, not a folder", EXIT_FAILURE)
+        fail(f"cannot write the report to {out}: it is a file, not a folder", EXIT_FAILURE)
     try:
         tables = read_tables(db)
     except StoreError as exc:
-        _fail(str(exc), EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE)
     try:
         paths = write_report(tables, out, options)
     except ReportOptionsError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
+        fail(str(exc), EXIT_BAD_INPUT)
     except OSError as exc:
-        _fail(f"cannot write the report to {out}: {exc.strerror or exc}", EXIT_FAILURE)
+        fail(f"cannot write the report to {out}: {exc.strerror or exc}", EXIT_FAILURE)
     courses = tables.get("courses")
     if facility and courses is not None and "facility" in courses.columns:
         known = sorted(courses["facility"].drop_nulls().unique().to_list())

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app, configuration
+from flows.cli_app import EXIT_BAD_INPUT, EXIT_FAILURE, app, configuration, fail
 from pipeline.warehouse import StoreError
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -24,9 +24,9 @@ def _number(value: str | None, what: str, unit: str = "") -> float | None:
     try:
         number = float(value.strip())
     except ValueError:
-        _fail(f"{what} must be a number{f' in {unit}' if unit else ''}, not '{value}'", EXIT_BAD_INPUT)
+        fail(f"{what} must be a number{f' in {unit}' if unit else ''}, not '{value}'", EXIT_BAD_INPUT)
     if number != number or number in (float("inf"), float("-inf")):
-        _fail(f"{what} must be a finite number, not '{value}'", EXIT_BAD_INPUT)
+        fail(f"{what} must be a finite number, not '{value}'", EXIT_BAD_INPUT)
     return number
 
 
@@ -37,8 +37,8 @@ def _date(value: str, what: str) -> date:
             raise ValueError
         return date.fromisoformat(value.strip())
     except ValueError:
-        _fail(f"{what} must be a date as YYYY-MM-DD, not '{value}'", EXIT_BAD_INPUT)
-        raise  # unreachable: _fail exits
+        fail(f"{what} must be a date as YYYY-MM-DD, not '{value}'", EXIT_BAD_INPUT)
+        raise  # unreachable: fail exits
 
 
 def _sex(value: str | None) -> str | None:
@@ -46,7 +46,7 @@ def _sex(value: str | None) -> str | None:
         return None
     sex = {"m": "M", "male": "M", "f": "F", "female": "F"}.get(value.strip().lower())
     if sex is None:
-        _fail(f"--sex must be M or F, not '{value}'", EXIT_BAD_INPUT)
+        fail(f"--sex must be M or F, not '{value}'", EXIT_BAD_INPUT)
     return sex
 
 
@@ -84,9 +84,9 @@ def dose(
 
     request_days = _number(days, "--days")
     if request_days is not None and request_days != int(request_days):
-        _fail(f"--days must be a whole number of days, not '{days}'", EXIT_BAD_INPUT)
+        fail(f"--days must be a whole number of days, not '{days}'", EXIT_BAD_INPUT)
     if phase is not None and phase.strip().lower() not in ("first", "later"):
-        _fail(f"--phase must be 'first' (induction/crisis) or 'later' (maintenance), not '{phase}'", EXIT_BAD_INPUT)
+        fail(f"--phase must be 'first' (induction/crisis) or 'later' (maintenance), not '{phase}'", EXIT_BAD_INPUT)
     request = DoseRequest(
         indication=indication,
         weight_kg=_number(weight, "--weight", "kg"),
@@ -104,7 +104,7 @@ def dose(
     try:
         result = calculate_dose(request, pack, dictionary)
     except DoseError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
+        fail(str(exc), EXIT_BAD_INPUT)
     typer.echo(json.dumps(result, indent=2) if as_json else format_dose(result))
 
 
@@ -128,13 +128,13 @@ def measure(
 
     start, end = _date(from_, "--from"), _date(to, "--to")
     if end < start:
-        _fail(f"--to {end} is before --from {start}", EXIT_BAD_INPUT)
+        fail(f"--to {end} is before --from {start}", EXIT_BAD_INPUT)
     if not db.exists():
-        _fail(f"database not found: {db}", EXIT_BAD_INPUT)
+        fail(f"database not found: {db}", EXIT_BAD_INPUT)
     try:
         tables = read_tables(db, ("runs", "courses", "findings"))
     except StoreError as exc:
-        _fail(str(exc), EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE)
     report = build_measure_report(
         tables["courses"],
         tables["findings"],
@@ -150,7 +150,7 @@ def measure(
     try:
         out.write_text(text + "\n", encoding="utf-8")
     except OSError as exc:
-        _fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_FAILURE)
+        fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_FAILURE)
     group = report["group"][0]
     counts = {p["code"]["coding"][0]["code"]: p["count"] for p in group["population"]}
     score = group.get("measureScore", {}).get("value")
@@ -169,7 +169,7 @@ _DB_HELP = "DuckDB database written by `ivig-audit run`."
 
 def _require_db(db: Path) -> None:
     if not db.exists():
-        _fail(f"database not found: {db}", EXIT_BAD_INPUT)
+        fail(f"database not found: {db}", EXIT_BAD_INPUT)
 
 
 @app.command()
@@ -196,31 +196,41 @@ def replay(
     import duckdb
 
     from pipeline.ingest.errors import ExtractError
-    from pipeline.tools.replay import default_scenario_name, is_scenario_id, new_scenario_id, replay_audit
-    from pipeline.warehouse import ScenarioRecord, read_ledger_as_of, read_run, write_scenario
+    from pipeline.tools.replay import (
+        default_scenario_name,
+        is_scenario_id,
+        new_scenario_id,
+        replay_audit,
+    )
+    from pipeline.warehouse import (
+        ScenarioRecord,
+        read_ledger_as_of,
+        read_run,
+        write_scenario,
+    )
 
     _require_db(db)
     if is_scenario_id(run_id):
-        _fail(f"'{run_id}' is a scenario id; replay takes a run id (see `ivig-audit scenarios`)", EXIT_BAD_INPUT)
+        fail(f"'{run_id}' is a scenario id; replay takes a run id (see `ivig-audit scenarios`)", EXIT_BAD_INPUT)
     pack, dictionary = configuration(rules, profile, products)
     try:
         run = read_run(db, run_id)
         if run is None:
-            _fail(f"no run with id '{run_id}' in {db}", EXIT_BAD_INPUT)
+            fail(f"no run with id '{run_id}' in {db}", EXIT_BAD_INPUT)
         ledger, courses = read_ledger_as_of(db, run_id)
     except (StoreError, duckdb.Error) as exc:
-        _fail(_db_message(exc), EXIT_FAILURE)
+        fail(_db_message(exc), EXIT_FAILURE)
     if ledger.filter(ledger["extract"] == "orders").is_empty():
-        _fail(f"the history held no orders at run {run_id}: nothing to replay", EXIT_BAD_INPUT)
+        fail(f"the history held no orders at run {run_id}: nothing to replay", EXIT_BAD_INPUT)
 
     created = datetime.now(timezone.utc)
     scenario_id = new_scenario_id(created)
     try:
         result = replay_audit(ledger, courses, dictionary, pack, scenario_id)
     except ExtractError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
+        fail(str(exc), EXIT_BAD_INPUT)
     except Exception as exc:  # noqa: BLE001 - one line, no row content (it may hold patient data)
-        _fail(f"the replay of run {run_id} failed ({type(exc).__name__}); the live tables were not touched", EXIT_FAILURE)
+        fail(f"the replay of run {run_id} failed ({type(exc).__name__}); the live tables were not touched", EXIT_FAILURE)
     record = ScenarioRecord(
         scenario_id=scenario_id,
         name=name or default_scenario_name(run_id, pack.profile_name, str(rules) if rules else None),
@@ -237,7 +247,7 @@ def replay(
     try:
         write_scenario(db, record, result.findings, result.courses)
     except (StoreError, duckdb.Error) as exc:
-        _fail(_db_message(exc), EXIT_FAILURE)
+        fail(_db_message(exc), EXIT_FAILURE)
     severities = result.findings.group_by("severity").len()
     counts = dict(zip(severities["severity"].to_list(), severities["len"].to_list()))
     typer.echo(
@@ -280,7 +290,12 @@ def diff_command(
     """
     import duckdb
 
-    from pipeline.tools.replay import diff_findings, diff_to_json, format_diff, is_scenario_id
+    from pipeline.tools.replay import (
+        diff_findings,
+        diff_to_json,
+        format_diff,
+        is_scenario_id,
+    )
     from pipeline.warehouse import read_run_findings, read_scenario_findings
 
     _require_db(db)
@@ -289,9 +304,9 @@ def diff_command(
         try:
             sides.append(read_scenario_findings(db, ref) if is_scenario_id(ref) else read_run_findings(db, ref))
         except ValueError as exc:
-            _fail(f"{exc} in {db}", EXIT_BAD_INPUT)
+            fail(f"{exc} in {db}", EXIT_BAD_INPUT)
         except (StoreError, duckdb.Error) as exc:
-            _fail(_db_message(exc), EXIT_FAILURE)
+            fail(_db_message(exc), EXIT_FAILURE)
     result = diff_findings(*sides)
     typer.echo(diff_to_json(result, a, b) if as_json else format_diff(result, a, b))
 
@@ -309,7 +324,7 @@ def scenarios(
     try:
         rows = read_scenarios(db)
     except (StoreError, duckdb.Error) as exc:
-        _fail(_db_message(exc), EXIT_FAILURE)
+        fail(_db_message(exc), EXIT_FAILURE)
     if rows.is_empty():
         typer.echo("no scenarios: create one with `ivig-audit replay RUN_ID --profile NAME` or `--rules FILE`")
         return

@@ -9,9 +9,16 @@ from typing import Annotated, Optional
 import typer
 
 from checks.outputs import CATEGORIES, SEVERITIES
-from flows.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _fail, app
+from flows.cli_app import EXIT_BAD_INPUT, EXIT_FAILURE, app, fail
 from pipeline.reporting.files import terminal_safe, write_safe_csv
-from pipeline.warehouse import DISPOSITION_CODES, REVIEW_STATUSES, StoreError, export_parquet, record_review, worklist
+from pipeline.warehouse import (
+    DISPOSITION_CODES,
+    REVIEW_STATUSES,
+    StoreError,
+    export_parquet,
+    record_review,
+    worklist,
+)
 
 DB_OPTION = typer.Option(help="DuckDB database written by `ivig-audit run`.")
 
@@ -32,13 +39,13 @@ def review(
 ) -> None:
     """Record a review decision on a finding; its status survives later runs."""
     if status not in REVIEW_STATUSES:
-        _fail(f"--status must be one of {', '.join(REVIEW_STATUSES)}")
+        fail(f"--status must be one of {', '.join(REVIEW_STATUSES)}")
     try:
         event = record_review(db, finding_id, status, by, reason_code=reason, note=note)
     except ValueError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
+        fail(str(exc), EXIT_BAD_INPUT)
     except StoreError as exc:
-        _fail(str(exc), EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE)
     typer.echo(f"{terminal_safe(event.finding_id)}: {event.status}" + (f" ({event.reason_code})" if event.reason_code else ""))
 
 
@@ -53,18 +60,18 @@ def findings(
 ) -> None:
     """List open findings, critical first: the pharmacist's worklist."""
     if category is not None and category not in CATEGORIES:
-        _fail(f"--category must be one of {', '.join(CATEGORIES)}")
+        fail(f"--category must be one of {', '.join(CATEGORIES)}")
     if severity is not None and severity not in SEVERITIES:
-        _fail(f"--severity must be one of {', '.join(SEVERITIES)}")
+        fail(f"--severity must be one of {', '.join(SEVERITIES)}")
     try:
         rows = worklist(db, category=category, severity=severity, service=service, since=since)
     except StoreError as exc:
-        _fail(str(exc), EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE)
     if csv is not None:
         try:
             write_safe_csv(rows.select(WORKLIST_COLUMNS), csv)
         except OSError as exc:
-            _fail(f"cannot write {csv}: {exc.strerror or exc}", EXIT_FAILURE)
+            fail(f"cannot write {csv}: {exc.strerror or exc}", EXIT_FAILURE)
         typer.echo(f"wrote {rows.height} open findings to {csv}")
         return
     if rows.is_empty():
@@ -88,16 +95,20 @@ def export(
     pseudonym_key: Annotated[Optional[str], typer.Option("--pseudonym-key", help="HMAC key for --pseudonymize (prefer the IVIG_AUDIT_PSEUDONYM_KEY environment variable).")] = None,
 ) -> None:
     """Write Parquet copies of every table and view, for tools that cannot open the database while the audit runs."""
-    from pipeline.reporting import ReportOptions, ReportOptionsError, resolve_pseudonym_key
+    from pipeline.reporting import (
+        ReportOptions,
+        ReportOptionsError,
+        resolve_pseudonym_key,
+    )
 
     try:
         key = resolve_pseudonym_key(ReportOptions(pseudonymize=pseudonymize, pseudonym_key=pseudonym_key))
     except ReportOptionsError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
+        fail(str(exc), EXIT_BAD_INPUT)
     try:
         written = export_parquet(db, to, pseudonym_key=key)
     except StoreError as exc:
-        _fail(str(exc), EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE)
     except OSError as exc:
-        _fail(f"cannot write to {to}: {exc.strerror or exc}", EXIT_FAILURE)
+        fail(f"cannot write to {to}: {exc.strerror or exc}", EXIT_FAILURE)
     typer.echo(f"wrote {len(written)} Parquet files to {to}" + (" (patient ids pseudonymised)" if key else ""))

@@ -78,8 +78,8 @@ _DETAILS_LOCK = threading.Lock()
 def _kind_and_detail(stage: str, exc: BaseException) -> tuple[str, str]:
     """What kind of failure an exception is, and the one line the user reads."""
     from pipeline.config.products import ProductDictionaryError
-    from pipeline.ingest.errors import ExtractError
     from pipeline.config.rulepack import RulePackError
+    from pipeline.ingest.errors import ExtractError
     from pipeline.warehouse import StoreError
 
     if isinstance(exc, (ExtractError, RulePackError, ProductDictionaryError)):

@@ -158,6 +158,18 @@ def test_a_nul_byte_late_in_a_gzip_extract_is_refused(tmp_path: Path):
     assert "holds a NUL byte at offset" in str(caught.value)
 
 
+def test_a_broken_row_is_named_without_its_content(tmp_path: Path):
+    """Polars quotes the offending field in its error; ours names the problem, never the patient's row."""
+    path = write_extract(tmp_path / "orders.csv", [ivig_order()])
+    path.write_text(path.read_text() + '"Jane Doe MRN123,1,2\n')
+    problem = "quoted field is not closed"
+    with pytest.raises(ExtractError) as caught:
+        scan_extract([path], "orders")
+    message = str(caught.value)
+    assert problem in message and "\n" not in message
+    assert "Jane" not in message and "MRN123" not in message
+
+
 def test_a_used_nested_parquet_column_is_a_one_line_error(tmp_path: Path):
     frame = order_rows(ivig_order()).collect().drop("source_file", "source_row").with_columns(indication=pl.lit(["GBS"]))
     path = tmp_path / "x.parquet"

@@ -13,7 +13,7 @@ import polars as pl
 
 from checks.inputs import EXTRACT_COLUMNS
 from pipeline.contract.parse import parse_with_layouts
-from pipeline.ingest.errors import ExtractError
+from pipeline.ingest.errors import ExtractError, parse_error_message
 from pipeline.ingest.files import (
     NDJSON_SUFFIXES,
     SourceFile,
@@ -127,8 +127,7 @@ def read_fhir_file(path: Path, resource_types: Sequence[str]) -> pl.LazyFrame:
         # Parse the whole file now: a broken line is a clear error before anything is written.
         lf.select(pl.col("resourceType").null_count()).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExtractError(f"cannot read FHIR NDJSON {path}: {first}") from None
+        raise ExtractError(f"cannot read FHIR NDJSON {path}: {parse_error_message(exc)}") from None
     return lf.filter(pl.col("resourceType").is_in(list(resource_types)))
 
 

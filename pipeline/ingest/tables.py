@@ -17,7 +17,7 @@ from typing import Sequence
 import polars as pl
 
 from checks.inputs import EXTRACT_COLUMNS, required_columns
-from pipeline.ingest.errors import ExtractError
+from pipeline.ingest.errors import ExtractError, parse_error_message
 from pipeline.ingest.files import (
     _BLOCK,
     PARQUET_SUFFIXES,
@@ -76,7 +76,7 @@ def _scan_one(path: Path, separator: str | None = None, encoding: str = "auto") 
     except ExtractError:
         raise
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        raise ExtractError(f"cannot read {path}: {_first_line(exc)}") from None
+        raise ExtractError(f"cannot read {path}: {parse_error_message(exc)}") from None
 
 
 def _header(source: "Path | io.BytesIO", separator: str) -> list[str]:
@@ -125,7 +125,7 @@ def _validate_rows(lf: pl.LazyFrame, path: Path) -> None:
     try:
         lf.select(pl.all().null_count()).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise ExtractError(f"cannot read {path}: {_first_line(exc)}") from None
+        raise ExtractError(f"cannot read {path}: {parse_error_message(exc)}") from None
 
 
 def _check_columns(lf: pl.LazyFrame, extract: str, path: Path) -> list[str]:
