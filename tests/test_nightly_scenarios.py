@@ -26,8 +26,8 @@ def test_the_shipped_sample_audited_week_by_week_ends_with_the_open_findings_of_
     audit_nights(tmp_path / "weekly.duckdb", weeks)
     batch, weekly = outcome(tmp_path / "batch.duckdb"), outcome(tmp_path / "weekly.duckdb")
     assert len(batch["open findings"]) > 150
-    for table in batch:
-        assert weekly[table] == batch[table], table
+    for name in batch:
+        assert weekly[name] == batch[name], name
     with duckdb.connect(str(tmp_path / "weekly.duckdb"), read_only=True) as con:
         runs = con.execute("SELECT COUNT(*), SUM(patients_audited), MAX(patients_audited) FROM runs").fetchone()
         patients = con.execute("SELECT COUNT(DISTINCT patient_id) FROM courses").fetchone()[0]

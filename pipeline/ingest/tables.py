@@ -23,7 +23,6 @@ from pipeline.ingest.files import (
     PARQUET_SUFFIXES,
     SourceFile,
     _check_text,
-    _first_line,
     _refuse_nul,
     _transcoded,
     discover,

@@ -80,7 +80,6 @@ def maintenance_review_due(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
         (pl.col("repeat_policy") == "each_course") & (pl.col("start") > pl.col("review_due_at"))
     )
     months_on = ((pl.col("start") - pl.col("therapy_start")).dt.total_days() / 30.4375).round(1)
-    since = pl.coalesce(pl.col("last_review_at"), pl.col("therapy_start")).dt.strftime("%Y-%m-%d")
     return finding(
         offending,
         expected=pl.format("a documented review by {}", pl.col("review_due_at").dt.strftime("%Y-%m-%d")),
