@@ -50,7 +50,7 @@ def _one_line(exc: BaseException) -> str:
         ("[settings]\ncourse_gap_days = 0\n", "settings.course_gap_days: input should be greater than or equal to 1"),
         ("[profiles.ontario]\nbmi_threshold = 300\n", "profiles.ontario.bmi_threshold: input should be less than 100"),
         ('[rules."course_dose.below_target"]\nseverity = "urgent"\n',
-         "rules.\"course_dose.below_target\".severity: input should be 'info', 'warning' or 'critical'"),
+         "rules.\"course_dose.below_target\".severity: input should be 'critical', 'warning' or 'info'"),
         # a rule parameter: unknown, or of another type than the shipped one
         ('[rules."combination.ivig_with_plasma_exchange".params]\nwindow_dayz = 10\n',
          'params.window_dayz (did you mean window_days?)'),

@@ -175,30 +175,6 @@ def test_write_then_read_back(db: Path) -> None:
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
 
 
-def test_tables_match_output_contracts(db: Path) -> None:
-    """The migrations' DDL must agree with checks/outputs.py (names, order and types)."""
-    write(db, "r1")
-    duck = {pl.String: "VARCHAR", pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.Boolean: "BOOLEAN",
-            pl.Datetime("us"): "TIMESTAMP"}
-    extra = {
-        "orders": [("run_id", "VARCHAR", False)],
-        "courses": [("run_id", "VARCHAR", False)],
-        "findings": [("raised_pack_version", "VARCHAR", True), ("confirmed_pack_version", "VARCHAR", True),
-                     ("facts_hash", "VARCHAR", True), ("reviewed_facts_hash", "VARCHAR", True),
-                     ("changed_since_review", "BOOLEAN", True)],
-        "quarantine": [],
-    }
-    for table, schema in [("orders", ORDERS), ("courses", COURSES), ("findings", FINDINGS),
-                          ("quarantine", QUARANTINE)]:
-        stored = sql(db, """SELECT column_name, data_type, is_nullable FROM duckdb_columns()
-                            WHERE table_name = ? ORDER BY column_index""", [table])
-        expected = [(n, duck[c.dtype.type], c.nullable) for n, c in schema.columns.items()]
-        expected += extra[table]
-        if table in ("orders", "courses", "findings"):  # primary key column is NOT NULL anyway
-            expected[0] = (expected[0][0], expected[0][1], False)
-        assert sorted(stored) == sorted(expected), table
-
-
 def test_rerun_same_input_no_duplicates(db: Path) -> None:
     write(db, "r1")
     before = read_tables(db)

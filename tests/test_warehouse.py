@@ -9,7 +9,6 @@ import polars as pl
 import pytest
 
 from pipeline import warehouse as store
-from pipeline.warehouse import schema
 from pipeline.warehouse import (
     StoreError,
     export_parquet,
@@ -104,21 +103,51 @@ def test_bad_review_is_refused(db: Path, tmp_path: Path, status, reason, message
     assert read_tables(db, ["review_events"])["review_events"].height == 0
 
 
-def test_version_1_database_upgrades_in_place(db: Path, tmp_path: Path):
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _old_database(db: Path, version: int) -> None:
+    """A database as ivig-audit of that schema version created it (tests/fixtures/schema_vN.sql), with one run."""
     with duckdb.connect(str(db)) as con:
-        con.execute(schema._SCHEMA_VERSION_DDL)
-        for statement in store.MIGRATIONS[0][2]:
-            con.execute(statement)
-        con.execute("INSERT INTO schema_version VALUES (1, now())")
+        con.execute((FIXTURES / f"schema_v{version}.sql").read_text())
+        con.execute(f"INSERT INTO schema_version VALUES ({version}, now())")
         con.execute(
-            "INSERT INTO runs VALUES ('old', now(), now(), 'succeeded', 'default', '0.9', 'h', '[]', 1, 0, 1, 0, 0, 1, 0)"
+            "INSERT INTO runs (run_id, started_at, finished_at, status, profile, rule_pack_version, rule_pack_hash, "
+            "inputs, rows_read, rows_quarantined, rows_ivig, rows_passed_through, rows_out_of_scope, courses, findings) "
+            "VALUES ('old', now(), now(), 'succeeded', 'default', '0.9', 'h', '[]', 1, 0, 1, 0, 0, 1, 0)"
         )
+
+
+def _shape(db: Path) -> set[tuple]:
+    """Every table column (type, nullability, default, comment), key and view comment of a database."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        columns = con.execute(
+            """SELECT c.table_name, c.column_name, c.data_type, c.is_nullable, c.column_default, c.comment
+               FROM duckdb_columns() AS c WHERE c.schema_name = 'main'"""
+        ).fetchall()
+        keys = [(t, k, tuple(cols)) for t, k, cols in con.execute(
+            "SELECT table_name, constraint_type, constraint_column_names FROM duckdb_constraints() "
+            "WHERE constraint_type IN ('PRIMARY KEY', 'UNIQUE', 'NOT NULL')").fetchall()]
+        objects = con.execute(
+            "SELECT table_name, comment FROM duckdb_tables() UNION ALL "
+            "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal UNION ALL "
+            "SELECT function_name, comment FROM duckdb_functions() WHERE NOT internal AND schema_name = 'main'"
+        ).fetchall()
+    return set(columns) | set(keys) | set(objects)
+
+
+@pytest.mark.parametrize("version", [1, 4])
+def test_an_old_database_upgrades_in_place_to_the_shape_of_a_new_one(db: Path, tmp_path: Path, version: int):
+    _old_database(db, version)
     nightly(db, write_extract(tmp_path / "n1.csv", [gbs_dose("O1", 1)]), "run1")
     tables = read_tables(db, ["schema_version", "runs"])
     assert tables["schema_version"]["version"].to_list() == [store.SCHEMA_VERSION]
     runs = tables["runs"].sort("run_id")
     assert runs["run_id"].to_list() == ["old", "run1"]
     assert runs["timings"].to_list()[0] == "{}"
+    fresh = tmp_path / "fresh.duckdb"
+    nightly(fresh, write_extract(tmp_path / "n2.csv", [gbs_dose("O1", 1)]), "run1")
+    assert _shape(db) == _shape(fresh)
 
 
 def test_processed_hashes_worklist_and_export(db: Path, tmp_path: Path):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import polars as pl
 
+from checks.outputs import SEVERITIES as _SEVERITIES
+from checks.outputs import STATUSES
+from checks.tables import vocabulary_labels
+
 INDICATION_LABELS: dict[str, str] = {
     "gbs": "Guillain-Barré syndrome",
     "cidp_induction": "CIDP induction",
@@ -18,22 +22,11 @@ INDICATION_LABELS: dict[str, str] = {
 }
 
 
-CATEGORY_LABELS: dict[str, str] = {
-    "indication": "Indication",
-    "weight_basis": "Weight basis",
-    "course_dose": "Course dose",
-    "repeat_justification": "Repeat justification",
-    "combination": "Combination",
-    "product_safety": "Product safety",
-    "monitoring": "Monitoring",
-    "data_quality": "Data quality",
-}
+CATEGORY_LABELS: dict[str, str] = vocabulary_labels("category")
 
 
-SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
-
-
-REVIEW_STATUSES: tuple[str, ...] = ("open", "acknowledged", "actioned", "dismissed")
+SEVERITIES: tuple[str, ...] = _SEVERITIES
+REVIEW_STATUSES: tuple[str, ...] = STATUSES
 
 
 def indication_label(key: str | None) -> str:

@@ -33,7 +33,7 @@ from pipeline.warehouse.scenarios import (
     read_scenarios,
     write_scenario,
 )
-from pipeline.warehouse.schema import MIGRATIONS, SCHEMA_VERSION, TABLES, VIEWS
+from pipeline.warehouse.schema import SCHEMA_VERSION, TABLES, VIEWS
 
 __all__ = [
     "StoreError", "writer_lock", "connect_read_only", "upgrade_database", "History", "read_history",
@@ -41,5 +41,5 @@ __all__ = [
     "ReviewEvent", "record_review", "worklist", "REPORT_STATUSES", "RUN_STATUSES", "NightState", "RunRecord",
     "audited_inputs", "latest_audit_seq", "processed_hashes", "read_night_state", "read_run", "set_report_status",
     "write_run_record", "SCENARIO_COURSE_COLUMNS", "ScenarioRecord", "read_run_findings", "read_scenario_findings",
-    "read_scenarios", "write_scenario", "MIGRATIONS", "SCHEMA_VERSION", "TABLES", "VIEWS",
+    "read_scenarios", "write_scenario", "SCHEMA_VERSION", "TABLES", "VIEWS",
 ]

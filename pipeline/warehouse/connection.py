@@ -9,18 +9,18 @@ from pathlib import Path
 import duckdb
 
 from pipeline.warehouse.base import (
+    LOCK_RETRY_SECONDS,
     StoreError,
+    writer_lock,
     _connect,
     _one_line,
     _owner_only_files,
     _store_error,
 )
-from pipeline.warehouse.schema import (
-    SCHEMA_VERSION,
-    _apply_views_and_comments,
-    _migrate,
-    _stored_version,
-)
+from pipeline.warehouse.schema import _stored_version, bring_up_to_date, is_current, refuse_newer
+
+#: The name the schema step goes by in this module (tests inject faults into it).
+_migrate = bring_up_to_date
 
 
 def _empty_database(db_path: Path) -> bool:
@@ -46,9 +46,10 @@ def upgrade_database(db_path: Path) -> None:
         with _transaction(db_path):
             pass
         return
-    con = connect_read_only(db_path)  # refuses a schema newer than this ivig-audit
+    con = _connect(db_path, read_only=True)
     try:
-        current = _stored_version(con) == SCHEMA_VERSION
+        refuse_newer(con, db_path)
+        current = is_current(con)
     finally:
         con.close()
     if not current:
@@ -69,7 +70,6 @@ def _create_atomically(db_path: Path) -> None:
         os.chmod(partial, 0o600)
         con.execute("BEGIN TRANSACTION")
         _migrate(con, db_path)
-        _apply_views_and_comments(con)
         con.execute("COMMIT")
         con.execute("CHECKPOINT")
     except duckdb.IOException as exc:
@@ -96,7 +96,6 @@ def _transaction(db_path: Path):
         con.execute("BEGIN TRANSACTION")
         try:
             _migrate(con, db_path)
-            _apply_views_and_comments(con)
             yield con
             con.execute("COMMIT")
         except BaseException as exc:
@@ -125,13 +124,20 @@ def connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
     if stored is None:
         con.close()
         raise StoreError(f"database {db_path} holds no audit data (no schema_version table)")
-    if stored > SCHEMA_VERSION:
+    try:
+        refuse_newer(con, db_path)
+        current = is_current(con)
+    except BaseException:
         con.close()
-        raise StoreError(
-            f"database {db_path} has schema version {stored}, newer than this ivig-audit "
-            f"supports ({SCHEMA_VERSION}); upgrade ivig-audit"
-        )
-    return con
+        raise
+    if current:
+        return con
+    # Written by another version of ivig-audit: its tables, views and comments are brought to this
+    # version's first (a short write, under the writer lock), so that every reader sees the same views.
+    con.close()
+    with writer_lock(db_path, LOCK_RETRY_SECONDS):
+        upgrade_database(db_path)
+    return _connect(db_path, read_only=True)
 
 
 def _open_existing(db_path: Path) -> duckdb.DuckDBPyConnection | None:

@@ -12,7 +12,7 @@ from pipeline.warehouse.base import _owner_only_files, _q, log
 from pipeline.warehouse.connection import _transaction
 from pipeline.warehouse.ledger import _prune_ledger, _write_ledger
 from pipeline.warehouse.runs import RunRecord, _data_through, _sequenced, _write_runs
-from pipeline.warehouse.schema import _FACTS_HASH, _check_frame, _columns
+from pipeline.warehouse.schema import _check_frame, _columns
 
 _AUDITED = "patient_id IN (SELECT patient_id FROM incoming_patients)"
 
@@ -35,7 +35,7 @@ def _write_findings(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     """Merge the audited patients' findings: keep review status and first sighting, resolve what is no
     longer raised, mark a reviewed finding whose facts changed, and append every change to finding_history."""
     run_id, pack = run.run_id, run.rule_pack_version
-    facts = _FACTS_HASH.format(t="i")
+    facts = "finding_facts_hash(i.severity, i.expected, i.observed, i.excess_g, i.order_ids)"
     # 1. Cleared: stored, unresolved, of an audited patient, not raised again.
     cleared = f"findings.resolved_run IS NULL AND findings.{_AUDITED} AND NOT EXISTS " \
               "(SELECT 1 FROM incoming_findings AS i WHERE i.finding_id = findings.finding_id)"

@@ -10,7 +10,7 @@ import polars as pl
 
 from pipeline.warehouse.base import StoreError, _one_line, _q
 from pipeline.warehouse.connection import connect_read_only
-from pipeline.warehouse.schema import _ORDER_BY, TABLES, VIEWS
+from pipeline.warehouse.schema import TABLES, VIEWS, order_by
 
 
 def read_tables(
@@ -28,7 +28,7 @@ def read_tables(
     try:
         out: dict[str, pl.DataFrame] = {}
         for name in tables:
-            order = f" ORDER BY {_ORDER_BY[name]}" if name in _ORDER_BY else ""
+            order = f" ORDER BY {order_by(name)}" if order_by(name) else ""
             try:
                 out[name] = con.sql(f"SELECT * FROM {_q(name)}{order}").pl()
             except duckdb.CatalogException as exc:

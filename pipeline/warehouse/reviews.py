@@ -8,10 +8,12 @@ from pathlib import Path
 
 import polars as pl
 
+from checks.outputs import STATUSES
+
 from pipeline.warehouse.base import StoreError, _owner_only_files, _utc_naive
 from pipeline.warehouse.connection import _transaction, connect_read_only
 
-REVIEW_STATUSES = ("open", "acknowledged", "actioned", "dismissed")
+REVIEW_STATUSES = STATUSES
 
 
 #: Structured disposition codes of a review decision (data: a site may extend this list).

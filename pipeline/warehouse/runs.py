@@ -10,6 +10,8 @@ from pathlib import Path
 
 import duckdb
 
+from checks.outputs import REPORT_STATUSES, RUN_STATUSES
+
 from pipeline.warehouse.base import StoreError, _owner_only_files, _q, _utc_naive
 from pipeline.warehouse.connection import (
     _empty_database,
@@ -18,13 +20,6 @@ from pipeline.warehouse.connection import (
     connect_read_only,
 )
 
-#: What a run did: `succeeded` (audited), `nothing_new` (every input already audited and the
-#: configuration unchanged: nothing to judge again), `failed` (stopped before its commit).
-RUN_STATUSES = ("succeeded", "nothing_new", "failed")
-
-
-#: What happened to a run's report: written, failed, not asked for, or already up to date.
-REPORT_STATUSES = ("written", "failed", "not_requested", "up_to_date")
 
 
 @dataclass(frozen=True)
