@@ -97,7 +97,7 @@ def audit_flow(
     profile: str | None = None,
     products: str | None = None,
     report_dir: str | None = "reports",
-    cost_per_gram: float = 80.0,
+    cost_per_gram: float | None = None,
     force: bool = False,
     shards: int = 1,
     mapping: str | None = None,

@@ -41,8 +41,9 @@ def report(
     out: Annotated[Path, typer.Option(help="Folder to write index.html, summary.md and worklist.csv to.")] = Path("reports"),
     period_from: Annotated[Optional[str], typer.Option("--from", help="First course start day of the period (YYYY-MM-DD). Default: last full month and month to date.")] = None,
     period_to: Annotated[Optional[str], typer.Option("--to", help="Last course start day of the period (YYYY-MM-DD, inclusive).")] = None,
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Reference day of the default periods (YYYY-MM-DD). Default: the day of the latest run.")] = None,
-    cost_per_gram: Annotated[str, typer.Option("--cost-per-gram", help="Cost of one gram of IVIG, for money avoidable.")] = "80",
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Reference day of the default periods (YYYY-MM-DD). Default: the day the data runs to.")] = None,
+    cost_per_gram: Annotated[Optional[str], typer.Option("--cost-per-gram", help="Cost of one gram of IVIG, for money avoidable. Default: the latest run's (its rule pack's [costs]).")] = None,
+    stale_after_days: Annotated[int, typer.Option("--stale-after-days", min=0, help="Warn when the newest data is older than this many days.")] = 7,
     cost_source: Annotated[Optional[str], typer.Option("--cost-source", help="Where the cost per gram comes from (shown beside it).")] = None,
     facility: Annotated[Optional[str], typer.Option(help="Only courses of this facility (courses.facility).")] = None,
     pseudonymize: Annotated[bool, typer.Option("--pseudonymize", help="Replace patient ids with a keyed hash (anon-...) in every output.")] = False,
@@ -56,21 +57,18 @@ def report(
     report cannot be written.
     """
     from pipeline.reporting import (
-        DEFAULT_COST_SOURCE,
         ReportOptions,
         ReportOptionsError,
-        write_report,
+        build_report_from_database,
     )
-    from pipeline.warehouse import read_tables
 
     start = _date_option(period_from, "--from")
     end = _date_option(period_to, "--to")
     if start and end and start > end:
         fail(f"--from {start.isoformat()} is after --to {end.isoformat()}", EXIT_BAD_INPUT)
-    cost = _cost_option(cost_per_gram)
-    if cost_source is None:
-        cost_source = DEFAULT_COST_SOURCE if cost == 80.0 else "given with --cost-per-gram (source not stated)"
+    cost = None if cost_per_gram is None else _cost_option(cost_per_gram)
     options = ReportOptions(
+        stale_after_days=stale_after_days,
         cost_per_gram=cost,
         cost_source=cost_source,
         period_from=start,
@@ -87,19 +85,15 @@ def report(
     if out.exists() and not out.is_dir():
         fail(f"cannot write the report to {out}: it is a file, not a folder", EXIT_FAILURE)
     try:
-        tables = read_tables(db)
+        paths, data = build_report_from_database(db, out, options)
     except StoreError as exc:
         fail(str(exc), EXIT_FAILURE)
-    try:
-        paths = write_report(tables, out, options)
     except ReportOptionsError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     except OSError as exc:
         fail(f"cannot write the report to {out}: {exc.strerror or exc}", EXIT_FAILURE)
-    courses = tables.get("courses")
-    if facility and courses is not None and "facility" in courses.columns:
-        known = sorted(courses["facility"].drop_nulls().unique().to_list())
-        if facility.strip().casefold() not in {f.strip().casefold() for f in known}:
-            typer.echo(f"ivig-audit: warning: no courses for facility {facility!r} (the report says so); "
-                       f"known: {', '.join(known) or 'none'}", err=True)
+    if data.facility_note:
+        typer.echo(f"ivig-audit: warning: {data.facility_note}", err=True)
+    if data.stale_note:
+        typer.echo(f"ivig-audit: warning: {data.stale_note}", err=True)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))

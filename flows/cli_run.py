@@ -49,7 +49,7 @@ def run(
     products: Annotated[Optional[Path], typer.Option(help="Site product dictionary TOML (replaces the shipped one).")] = None,
     mapping: Annotated[Optional[str], typer.Option(help="Column-mapping profile of the site's extract: canonical, epic_clarity, fhir_medication_request, fhir_medication_administration, mimic3, mimic4, or a TOML file (docs/ingest.md).")] = None,
     report_dir: Annotated[Path, typer.Option(help="Folder for the HTML and Markdown summary.")] = Path("reports"),
-    cost_per_gram: Annotated[float, typer.Option(min=0, help="Cost of one gram of IVIG, for money avoidable.")] = 80.0,
+    cost_per_gram: Annotated[Optional[float], typer.Option(min=0, help="Cost of one gram of IVIG, for money avoidable. Default: the rule pack's [costs] cost_per_gram.")] = None,
     fail_on_critical: Annotated[bool, typer.Option(help="Exit 1 when the run found critical findings.")] = False,
     force: Annotated[bool, typer.Option(help="Audit input files again even if their content was audited before.")] = False,
     task_runner: Annotated[str, typer.Option(help="Where tasks run: 'threads' (this machine) or 'dask' (a Dask cluster).")] = "threads",

@@ -118,13 +118,13 @@ def measure(
     """Write IVIG appropriateness for a period as a FHIR R4 MeasureReport (JSON) others can compare.
 
     Denominator: IVIG courses that started in the period; numerator: courses the audit judged
-    appropriate; score: their proportion. Stratified by indication and by finding category; grams
+    appropriate (as flagged, and after review); score: their proportion. Stratified by indication and by finding category; grams
     used and grams avoidable as two further groups. Counts only: no patient identifiers.
 
     Example: ivig-audit measure --db ivig_audit.duckdb --from 2026-01-01 --to 2026-03-31 --out q1.json
     """
-    from pipeline.tools.measure import build_measure_report, rule_packs_of
-    from pipeline.warehouse import read_tables
+    from pipeline.tools.measure import build_measure_report
+    from pipeline.warehouse import connect_read_only, measure_summaries
 
     start, end = _date(from_, "--from"), _date(to, "--to")
     if end < start:
@@ -132,17 +132,14 @@ def measure(
     if not db.exists():
         fail(f"database not found: {db}", EXIT_BAD_INPUT)
     try:
-        tables = read_tables(db, ("runs", "courses", "findings"))
+        con = connect_read_only(db)
     except StoreError as exc:
         fail(str(exc), EXIT_FAILURE)
-    report = build_measure_report(
-        tables["courses"],
-        tables["findings"],
-        start,
-        end,
-        generated_at=datetime.now(timezone.utc),
-        rule_packs=rule_packs_of(tables["courses"], tables["runs"], start, end),
-    )
+    try:
+        summaries = measure_summaries(con, start, end)
+    finally:
+        con.close()
+    report = build_measure_report(summaries, start, end, generated_at=datetime.now(timezone.utc))
     text = json.dumps(report, indent=2)
     if str(out) == "-":
         typer.echo(text)
@@ -151,12 +148,14 @@ def measure(
         out.write_text(text + "\n", encoding="utf-8")
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_FAILURE)
-    group = report["group"][0]
-    counts = {p["code"]["coding"][0]["code"]: p["count"] for p in group["population"]}
-    score = group.get("measureScore", {}).get("value")
+    flagged, reviewed = (
+        ({p["code"]["coding"][0]["code"]: p["count"] for p in g["population"]}, g.get("measureScore", {}).get("value"))
+        for g in report["group"][:2]
+    )
     typer.echo(
-        f"wrote {out}: {counts['denominator']} courses started {start} to {end}, {counts['numerator']} appropriate"
-        + (f" ({score:.1%})" if score is not None else "")
+        f"wrote {out}: {flagged[0]['denominator']} courses started {start} to {end}, {flagged[0]['numerator']} appropriate"
+        + (f" ({flagged[1]:.1%})" if flagged[1] is not None else "")
+        + f" as flagged, {reviewed[0]['numerator']} after review"
     )
 
 

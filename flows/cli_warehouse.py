@@ -12,7 +12,6 @@ from checks.outputs import CATEGORIES, SEVERITIES
 from flows.cli_app import EXIT_BAD_INPUT, EXIT_FAILURE, app, fail
 from pipeline.reporting.files import terminal_safe, write_safe_csv
 from pipeline.warehouse import (
-    DISPOSITION_CODES,
     REVIEW_STATUSES,
     StoreError,
     export_parquet,
@@ -33,7 +32,7 @@ def review(
     finding_id: Annotated[str, typer.Argument(help="The finding's id (from `ivig-audit findings`).")],
     status: Annotated[str, typer.Option(help="acknowledged, actioned, dismissed (or open to reopen).")],
     by: Annotated[str, typer.Option("--by", help="Who decided (name or staff id).")],
-    reason: Annotated[Optional[str], typer.Option(help="Disposition code (required to dismiss): " + ", ".join(DISPOSITION_CODES))] = None,
+    reason: Annotated[Optional[str], typer.Option(help="Disposition code (required to dismiss): a code of the rule pack's [review.dispositions], e.g. data_error, clinically_justified, not_applicable; the database lists them: SELECT * FROM ref_dispositions.")] = None,
     note: Annotated[Optional[str], typer.Option(help="Free-text note.")] = None,
     db: Annotated[Path, DB_OPTION] = Path("ivig_audit.duckdb"),
 ) -> None:

@@ -20,6 +20,7 @@ from pipeline.config.products import ProductDictionary
 from pipeline.ingest.errors import ExtractError
 from pipeline.config.rulepack import RulePack
 from pipeline.rules import AuditContext, evaluate_rules
+from pipeline.rules.levers import lever_expr
 
 log = logging.getLogger(__name__)
 
@@ -461,20 +462,26 @@ def audited_patients(prepared: PreparedOrders) -> pl.DataFrame:
 
 
 def output_tables(
-    prepared: PreparedOrders, courses: pl.DataFrame, order_course: pl.DataFrame, findings: pl.DataFrame, run_id: str,
-    patients: pl.DataFrame | None = None,
+    prepared: PreparedOrders, courses: pl.DataFrame, order_course: pl.DataFrame, findings: pl.DataFrame,
+    pack: RulePack, run_id: str, patients: pl.DataFrame | None = None,
 ) -> AuditResult:
     """The run's tables in the stored layout, each checked against its Pandera contract.
 
     `patients` are the patients judged (default: every patient of the audit's orders).
     """
-    serious = findings.filter(pl.col("severity") != "info", pl.col("course_id").is_not_null())
-    per_course = serious.group_by("course_id").agg(excess_from_findings=pl.col("excess_g").max())
+    # The audit's verdict on each course, as flagged (the database's views add the reviews' verdict):
+    # appropriate unless a finding counts against it; grams avoidable, the largest claim of its lever findings.
+    of_course = findings.filter(pl.col("course_id").is_not_null())
+    inappropriate = of_course.filter(pl.col("counts_against_course")).select("course_id").unique()
+    avoidable = (
+        of_course.filter(lever_expr(pack.levers, pl.col("rule_id")).is_not_null())
+        .group_by("course_id").agg(avoidable_g=pl.col("excess_g").max())
+    )
     courses_out = (
-        courses.join(per_course, on="course_id", how="left")
+        courses.join(avoidable, on="course_id", how="left")
         .with_columns(
-            appropriate=pl.col("excess_from_findings").is_null(),
-            excess_g=pl.col("excess_from_findings").fill_null(0.0),
+            appropriate=~pl.col("course_id").is_in(inappropriate["course_id"].implode()),
+            excess_g=pl.col("avoidable_g").fill_null(0.0),
         )
         .select(list(outputs.COURSES.columns))
     )
@@ -505,7 +512,7 @@ def run_audit(
     prepared = prepare(extracts, products, pack)
     courses, order_course = courses_with_regimen(prepared.ivig, pack, stored_courses)
     findings = judge(courses, prepared, pack, run_id)
-    return output_tables(prepared, courses, order_course, findings, run_id)
+    return output_tables(prepared, courses, order_course, findings, pack, run_id)
 
 
 def shard_of_patient(shards: int) -> pl.Expr:

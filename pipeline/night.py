@@ -35,6 +35,7 @@ from pipeline.domain.normalise import immunoglobulin_rows
 from pipeline.ingest import tables as readers
 from pipeline.ingest.errors import ExtractError
 from pipeline.ingest.files import SourceFile, content_sha256, discover
+from pipeline.config.reference import reference_tables
 from pipeline.config.rulepack import RulePack, load_rule_pack
 from pipeline.rules import longest_follow_up
 
@@ -79,7 +80,7 @@ class NightRequest:
     products: Path | None = None
     mapping: str | None = None
     report_dir: Path | None = None
-    cost_per_gram: float = 80.0
+    cost_per_gram: float | None = None  # None: the rule pack's [costs]
     force: bool = False
     shards: int = 1
     lock_timeout_seconds: float = 600.0
@@ -264,7 +265,7 @@ def audit_tonight(
     courses, order_course = stages.courses_with_regimen(prepared.ivig, pack, history.courses)
     findings = stages.judge(courses, prepared, pack, run_id, history.labs_through)
     patients = pl.concat([history.patients, stages.audited_patients(prepared)]).unique().sort("patient_id")
-    return stages.output_tables(prepared, courses, order_course, findings, run_id, patients)
+    return stages.output_tables(prepared, courses, order_course, findings, pack, run_id, patients)
 
 
 def commit(db: Path, run: warehouse.RunRecord, result: stages.AuditResult, pack: RulePack) -> None:
@@ -273,6 +274,7 @@ def commit(db: Path, run: warehouse.RunRecord, result: stages.AuditResult, pack:
         db, run, result.orders, result.courses, result.findings, result.quarantine,
         patients=result.patients, ledger=result.ledger, versions=result.versions,
         retention=retention_days(pack), grace_days=int(pack.settings["late_arrival_days"]),
+        reference=reference_tables(pack),
     )
 
 
@@ -293,11 +295,16 @@ def _report_state(db: Path) -> dict[str, Any]:
     return {"db": str(Path(db).resolve()), "audit_seq": warehouse.latest_audit_seq(db)}
 
 
-def write_report(db: Path, report_dir: Path, cost_per_gram: float) -> WrittenReport:
-    """The manager summary from what the database holds, then the stamp saying which state it shows."""
-    from pipeline.reporting import ReportOptions, aggregate_table, build_report, headline_markdown
+def write_report(db: Path, report_dir: Path, cost_per_gram: float | None, costs: Any = None) -> WrittenReport:
+    """The manager summary from what the database holds, then the stamp saying which state it shows.
 
-    paths, data = build_report(warehouse.read_tables(db), report_dir, ReportOptions(cost_per_gram=cost_per_gram))
+    `cost_per_gram` None: the run's rule pack's `[costs]` (`costs`), with its source and currency.
+    """
+    from pipeline.reporting import ReportOptions, aggregate_table, build_report_from_database, headline_markdown
+
+    options = (ReportOptions(cost_per_gram=costs.cost_per_gram, cost_source=costs.source, currency=costs.currency)
+               if cost_per_gram is None and costs is not None else ReportOptions(cost_per_gram=cost_per_gram))
+    paths, data = build_report_from_database(db, report_dir, options)
     (report_dir / REPORT_STAMP).write_text(json.dumps(_report_state(db)), encoding="utf-8")
     return WrittenReport([str(p) for p in paths], headline_markdown(data), aggregate_table(data))
 
@@ -340,7 +347,8 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
         base = dict(
             run_id=run_id, started_at=started, profile=pack.profile_name, rule_pack_version=pack.version,
             rule_pack_hash=pack.config_hash, products_hash=products.config_hash, skipped_inputs=skipped,
-            cost_per_gram=request.cost_per_gram, seq=state.last_seq + 1,
+            cost_per_gram=request.cost_per_gram if request.cost_per_gram is not None else pack.costs.cost_per_gram,
+            seq=state.last_seq + 1,
             report_status=None if request.report_dir is not None else "not_requested",
         )
         if not new and reason is None:
@@ -391,7 +399,7 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
             report_status = "up_to_date"
         else:
             try:
-                report = steps("write report", write_report, db, report_dir, request.cost_per_gram)
+                report = steps("write report", write_report, db, report_dir, request.cost_per_gram, pack.costs)
                 report_status = "written"
             except BaseException:
                 _record_report_status(db, run_id, "failed")

@@ -14,7 +14,11 @@ from typer.testing import CliRunner
 import flows.cli
 import flows.cli_tools  # noqa: F401 - registers `dose` and `measure` on the app until cli.py imports it
 from checks.outputs import CATEGORIES, COURSES, FINDINGS
+from pipeline.config.reference import reference_tables
+from pipeline.config.rulepack import load_rule_pack
 from pipeline.tools.measure import MEASURE_URL, build_measure_report
+from pipeline.warehouse import measure_summaries
+from pipeline.warehouse.scratch import scratch_database
 
 runner = CliRunner()
 START, END = date(2026, 1, 1), date(2026, 3, 31)
@@ -43,6 +47,7 @@ def finding(finding_id: str, course_id: str, patient_id: str, category: str, sev
         "order_ids": f"ORD-{course_id}", "indication": "gbs", "message": f"message about {patient_id}",
         "expected": None, "observed": None, "action": None, "evidence": None, "excess_g": 0.0,
         "first_seen_run": "R1", "last_seen_run": "R1", "resolved_run": resolved,
+        "counts_against_course": severity != "info",
     }
 
 
@@ -74,6 +79,20 @@ def frames() -> tuple[pl.DataFrame, pl.DataFrame]:
     return COURSES.validate(courses), FINDINGS.validate(findings)
 
 
+RUNS = pl.DataFrame({"run_id": ["R1"], "rule_pack_version": ["2026.11.1"], "profile": ["default"]})
+
+
+def measure(frames, start: date, end: date, **kw) -> dict:
+    """The measure of the frames, through the database's views (as `ivig-audit measure` reads them)."""
+    courses, findings = frames
+    reviews = pl.DataFrame([{"event_id": 1, "finding_id": "F4", "status": "dismissed", "reason_code": "data_error",
+                             "note": None, "reviewed_by": "A. Pharmacist", "reviewed_at": datetime(2026, 3, 20)}])
+    tables = {**reference_tables(load_rule_pack()), "courses": courses.with_columns(run_id=pl.lit("R1")),
+              "findings": findings, "runs": RUNS, "review_events": reviews}
+    with scratch_database(tables) as con:
+        return build_measure_report(measure_summaries(con, start, end), start, end, **kw)
+
+
 def population(element: dict) -> dict[str, int]:
     return {p["code"]["coding"][0]["code"]: p["count"] for p in element["population"]}
 
@@ -84,15 +103,15 @@ def strata(group: dict, stratifier: str) -> dict[str, dict]:
 
 
 def test_measure_report_is_valid_fhir_with_the_right_counts(frames):
-    courses, findings = frames
-    report = build_measure_report(courses, findings, START, END, generated_at=datetime(2026, 4, 2, 6, 0),
-                                  rule_packs=["2026.11.1 (profile default)"])
+    report = measure(frames, START, END, generated_at=datetime(2026, 4, 2, 6, 0))
     resource = MeasureReport.model_validate(report)  # FHIR R4 (R4B models, wire-compatible for MeasureReport)
     assert resource.status == "complete" and resource.type == "summary" and resource.measure == MEASURE_URL
     assert report["period"] == {"start": "2026-01-01", "end": "2026-03-31"}
-    appropriateness, used, avoidable = report["group"]
+    appropriateness, after_review, used, avoidable = report["group"]
     assert population(appropriateness) == {"initial-population": 4, "denominator": 4, "numerator": 2}
     assert appropriateness["measureScore"]["value"] == 0.5
+    # DDD4's dismissed course-dose finding (data error) is cleared, but its critical indication finding stands.
+    assert population(after_review)["numerator"] == 2
 
     by_indication = strata(appropriateness, "indication")
     assert {k: population(v)["denominator"] for k, v in by_indication.items()} == {"gbs": 2, "itp": 1, "ms": 1}
@@ -101,19 +120,20 @@ def test_measure_report_is_valid_fhir_with_the_right_counts(frames):
     by_category = strata(appropriateness, "finding-category")
     assert set(by_category) == set(CATEGORIES)
     counts = {k: population(v)["denominator"] for k, v in by_category.items() if population(v)["denominator"]}
-    assert counts == {"weight_basis": 1, "indication": 1}  # info, dismissed, resolved and out-of-period left out
+    # info, resolved and out-of-period findings left out; the dismissed one counts as flagged
+    assert counts == {"weight_basis": 1, "indication": 1, "course_dose": 1}
     assert "measureScore" not in by_category["monitoring"]
 
     assert used["measureScore"] == {"value": 625.0, "unit": "g", "system": "http://unitsofmeasure.org", "code": "g"}
-    assert avoidable["measureScore"]["value"] == 155.0
-    assert strata(avoidable, "indication")["ms"]["measureScore"]["value"] == 120.0
+    # grams avoidable after review come from the findings' claims (courses.excess_g is as flagged): these claim none
+    assert avoidable["measureScore"]["value"] == 0.0
     assert report["extension"][0]["valueString"] == "2026.11.1 (profile default)"
     assert report["date"].startswith("2026-04-02T06:00:00")
 
 
 def test_no_patient_identifiers_anywhere(frames):
-    courses, findings = frames
-    text = json.dumps(build_measure_report(courses, findings, START, END))
+    courses, _ = frames
+    text = json.dumps(measure(frames, START, END))
     for column in ("patient_id", "course_id", "order_ids", "prescriber_id"):
         for value in courses[column].to_list():
             assert value not in text, value
@@ -121,25 +141,23 @@ def test_no_patient_identifiers_anywhere(frames):
 
 
 def test_empty_period_is_still_valid(frames):
-    courses, findings = frames
-    report = build_measure_report(courses, findings, date(2030, 1, 1), date(2030, 1, 31))
+    report = measure(frames, date(2030, 1, 1), date(2030, 1, 31))
     MeasureReport.model_validate(report)
     assert population(report["group"][0]) == {"initial-population": 0, "denominator": 0, "numerator": 0}
     assert "measureScore" not in report["group"][0]
     with pytest.raises(ValueError):
-        build_measure_report(courses, findings, END, START)
+        measure(frames, END, START)
 
 
 def test_cli_writes_the_report(frames, tmp_path: Path, monkeypatch):
     courses, findings = frames
-    runs = pl.DataFrame({"run_id": ["R1"], "rule_pack_version": ["2026.11.1"], "profile": ["default"]})
-    monkeypatch.setattr("pipeline.warehouse.read_tables", lambda db, tables: {"courses": courses, "findings": findings, "runs": runs})
     db = tmp_path / "audit.duckdb"
-    db.touch()
+    scratch_database({"courses": courses.with_columns(run_id=pl.lit("R1")), "findings": findings, "runs": RUNS},
+                     path=db).close()
     out = tmp_path / "measure.json"
     result = runner.invoke(flows.cli.app, ["measure", "--db", str(db), "--from", "2026-01-01", "--to", "2026-03-31", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
-    assert "4 courses" in result.stdout and "2 appropriate (50.0%)" in result.stdout
+    assert "4 courses" in result.stdout and "2 appropriate (50.0%) as flagged" in result.stdout
     report = json.loads(out.read_text())
     MeasureReport.model_validate(report)
     assert report["extension"][0]["valueString"] == "2026.11.1 (profile default)"

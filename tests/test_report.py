@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from checks.outputs import COURSES, FINDINGS, QUARANTINE
-from pipeline.reporting import PSEUDONYM_ENV, ReportOptions, ReportOptionsError, aggregate_table, build_report, course_levers, headline_markdown, md_escape, pseudonym_map, render_html, render_markdown, summarise, worklist_frame, write_report
+from pipeline.reporting import PSEUDONYM_ENV, ReportOptions, ReportOptionsError, aggregate_table, build_report, headline_markdown, md_escape, pseudonym_map, render_html, render_markdown, summarise, worklist_frame, write_report
+from pipeline.warehouse.scratch import scratch_database
 
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=alert(1)>"
@@ -54,20 +55,25 @@ def _finding(fid: str, rule: str, sev: str, cid: str, pid: str, ind: str, msg: s
         "finding_id": fid, "rule_id": rule, "rule_version": "1", "category": rule.split(".")[0], "severity": sev,
         "status": status, "patient_id": pid, "course_id": cid, "indication": ind, "message": msg,
         "expected": "target", "observed": "observed", "action": "Review the order.",
-        "excess_g": excess, "first_seen_run": "run-1", "last_seen_run": "run-2", "resolved_run": resolved, **extra,
+        "excess_g": excess, "first_seen_run": "run-1", "last_seen_run": "run-2", "resolved_run": resolved,
+        "counts_against_course": sev != "info" and cid is not None, **extra,
     }
 
 
 def make_tables(extra_courses: list[dict] | None = None, extra_findings: list[dict] | None = None,
                 validate: bool = True) -> dict[str, pl.DataFrame]:
-    """Six courses over Jan-Feb 2024, three indications, two facilities; findings under every lever."""
+    """Six courses over Jan-Feb 2024, three indications, two facilities; findings under every lever.
+
+    courses.appropriate and excess_g are what the audit stores (pipeline.audit.output_tables): appropriate
+    unless a warning or critical finding is raised, excess the largest lever claim.
+    """
     jan, feb = datetime(2024, 1, 10), datetime(2024, 2, 14)
     courses = [
-        _course("P1:gbs:20240110", "P1", "gbs", jan, 140.0, True),
+        _course("P1:gbs:20240110", "P1", "gbs", jan, 140.0, False, excess=7.0),
         _course("P2:gbs:20240110", "P2", "gbs", jan, 160.0, False, excess=20.0),
-        _course("P3:gbs:20240214", "P3", "gbs", feb, 140.0, True, service="ICU"),
+        _course("P3:gbs:20240214", "P3", "gbs", feb, 140.0, True, excess=10.0, service="ICU"),
         _course("P4:cidp:20240110", "P4", "cidp_maintenance", jan, 70.5, False, excess=10.5),
-        _course("P4:cidp:20240214", "P4", "cidp_maintenance", feb, 60.0, True),
+        _course("P4:cidp:20240214", "P4", "cidp_maintenance", feb, 60.0, False, excess=5.0),
         _course("P5:kawasaki:20240214", "P5", "kawasaki", feb, 40.0, False, excess=40.0,
                 service="Pediatrics", facility="Children's Hospital"),
     ] + (extra_courses or [])
@@ -91,11 +97,18 @@ def make_tables(extra_courses: list[dict] | None = None, extra_findings: list[di
         _finding("F8", "indication.unrecognised", "critical", "P5:kawasaki:20240214", "P5", "kawasaki",
                  f"Bad {XSS_SCRIPT} message", 40.0),
         _finding("F9", "course_dose.above_target", "warning", "P5:kawasaki:20240214", "P5", "kawasaki", "Above", 10.0),
-        # P1: a dismissed finding has no avoidable grams; a monitoring finding has none either.
+        # P1: dismissed as clinically justified (a clearing reason): no grams and appropriate after review;
+        # an info reminder counts against nothing.
         _finding("F10", "weight_basis.actual_weight_in_obesity", "warning", "P1:gbs:20240110", "P1", "gbs",
                  "Dismissed", 7.0, status="dismissed"),
-        _finding("F11", "monitoring.no_baseline_labs", "warning", "P1:gbs:20240110", "P1", "gbs", "No creatinine"),
+        _finding("F11", "product_safety.slow_rate_reminder", "info", "P1:gbs:20240110", "P1", "gbs", "Infuse slowly"),
     ] + (extra_findings or [])
+    reviews = pl.DataFrame([
+        {"event_id": 1, "finding_id": "F10", "status": "dismissed", "reason_code": "clinically_justified",
+         "note": None, "reviewed_by": "A. Pharmacist", "reviewed_at": datetime(2024, 2, 2)},
+        {"event_id": 2, "finding_id": "F7", "status": "acknowledged", "reason_code": "prescriber_contacted",
+         "note": None, "reviewed_by": "A. Pharmacist", "reviewed_at": datetime(2024, 2, 20)},
+    ])
     quarantine = [
         {"run_id": "run-2", "extract": "orders", "source_file": "orders.csv", "source_row": 7,
          "order_id": "X7", "patient_id": None, "reason": "dose <= 0", "raw": "{}"},
@@ -123,6 +136,7 @@ def make_tables(extra_courses: list[dict] | None = None, extra_findings: list[di
         "courses": _frame(COURSES, courses, validate),
         "findings": _frame(FINDINGS, findings, validate),
         "quarantine": _frame(QUARANTINE, quarantine, validate),
+        "review_events": reviews,
     }
 
 
@@ -151,57 +165,73 @@ def html(tables) -> str:
     return render_html(summarise(tables, ReportOptions(intervention=date(2024, 2, 1))))
 
 
-# --------------------------------------------------------------------------- grams avoidable by lever
+# --------------------------------------------------------------------------- numbers (read from the views)
 
 
-def test_course_levers_count_each_course_once_in_priority_order(tables):
-    levers = {r["course_id"]: (r["lever"], r["avoidable_g"]) for r in course_levers(tables["findings"]).to_dicts()}
+def test_each_course_counts_once_under_its_first_lever(tables):
+    from pipeline.config.reference import reference_tables
+    from pipeline.config.rulepack import load_rule_pack
+
+    with scratch_database({**reference_tables(load_rule_pack()), **tables}) as con:
+        levers = dict(((cid, (lever, g)) for cid, lever, g in con.execute(
+            "SELECT course_id, lever, grams_avoidable FROM v_course_outcomes WHERE lever IS NOT NULL").fetchall()))
     assert levers == {
         "P2:gbs:20240110": ("over_dose", 20.0),  # rounding 5 g is not added
         "P3:gbs:20240214": ("rounding", 10.0),  # the resolved above-target finding does not count
         "P4:cidp:20240110": ("repeat", 10.5),  # repeat before weight basis
         "P4:cidp:20240214": ("weight_basis", 5.0),  # acknowledged still counts
         "P5:kawasaki:20240214": ("indication", 40.0),  # whole course, not over-dose too
-    }  # P1: dismissed and zero-gram findings give nothing
+    }  # P1: its only claim was dismissed as clinically justified
 
 
-def test_by_lever_and_headline(data):
+def test_by_lever_and_headline_as_flagged_and_after_review(data):
     h = data.headline
-    assert (h.courses, h.patients, h.appropriate) == (6, 5, 3)
-    assert h.pct_appropriate == pytest.approx(50.0)
+    assert (h.courses, h.patients) == (6, 5)
+    assert (h.appropriate_flagged, h.pct_appropriate_flagged) == (1, pytest.approx(16.7))  # P3 only
+    assert (h.appropriate_after_review, h.pct_appropriate_after_review) == (2, pytest.approx(33.3))  # and P1
     assert h.grams_used == pytest.approx(610.5)
-    assert h.grams_above_target == pytest.approx(70.5)  # courses.excess_g: no info (rounding) grams
-    assert h.courses_above_target == 2  # P2 and P5 (P3's finding was resolved)
-    assert h.grams_avoidable == pytest.approx(85.5)
-    assert h.rounding_savings == pytest.approx(10.0)
+    assert h.grams_avoidable_flagged == pytest.approx(92.5)  # courses.excess_g
+    assert h.grams_avoidable == pytest.approx(85.5)  # P1's 7 g dismissed as justified
+    assert h.courses_with_grams_avoidable == 5
     assert h.money_avoidable == pytest.approx(8550.0)
-    assert (h.open_critical, h.open_warning, h.open_info) == (1, 5, 2)
-    rows = {r["lever"]: (r["courses"], r["grams"], r["money"]) for r in data.by_lever.to_dicts()}
+    assert (h.open_critical, h.open_warning, h.open_info) == (1, 4, 3)
+    rows = {r["lever"]: (r["courses"], r["grams_avoidable"], r["money_avoidable"]) for r in data.by_lever.to_dicts()}
     assert list(rows) == ["indication", "repeat", "weight_basis", "over_dose", "rounding"]
     assert rows["indication"] == (1, 40.0, 4000.0)
     assert rows["over_dose"] == (1, 20.0, 2000.0)
     assert sum(v[1] for v in rows.values()) == pytest.approx(h.grams_avoidable)
+    assert sum(v[2] for v in rows.values()) == pytest.approx(h.money_avoidable)
 
 
 def test_default_periods_are_last_full_month_and_month_to_date(tables):
-    d = summarise(tables, ReportOptions())  # as of the latest run: 2024-03-01
-    assert d.as_of == date(2024, 3, 1)
-    (feb, mar) = d.periods
-    assert (feb.period.start, feb.period.end) == (date(2024, 2, 1), date(2024, 2, 29))
-    assert (mar.period.start, mar.period.end) == (date(2024, 3, 1), date(2024, 3, 1))
-    assert feb.period.label == "February 2024" and mar.period.label == "March 2024 to date"
-    assert (feb.headline.courses, feb.headline.appropriate, feb.headline.grams_avoidable) == (3, 2, 55.0)
-    assert mar.headline.courses == 0 and mar.headline.pct_appropriate is None
+    d = summarise(tables, ReportOptions())  # as of the day the data runs to (the last course): 2024-02-14
+    assert d.as_of == d.data_through == date(2024, 2, 14)
+    (jan, feb) = d.periods
+    assert (jan.period.start, jan.period.end) == (date(2024, 1, 1), date(2024, 1, 31))
+    assert (feb.period.start, feb.period.end) == (date(2024, 2, 1), date(2024, 2, 14))
+    assert jan.period.label == "January 2024" and feb.period.label == "February 2024 to date"
+    assert jan.period.partial and feb.period.partial  # the data starts on 10 January and ends on 14 February
+    assert (feb.headline.courses, feb.headline.appropriate_flagged, feb.headline.grams_avoidable) == (3, 1, 55.0)
     assert d.history.courses == 6  # trends: whole history
     assert d.by_month["month_label"].to_list() == ["Jan 2024", "Feb 2024"]
+    assert d.by_month["partial"].to_list() == [True, True]
     assert d.by_month["grams_avoidable"].to_list() == pytest.approx([30.5, 55.0])
     d2 = summarise(tables, ReportOptions(as_of=date(2024, 2, 20)))
     assert [p.period.span for p in d2.periods] == ["2024-01-01 to 2024-01-31", "2024-02-01 to 2024-02-20"]
 
 
+def test_stale_data_is_said(tables):
+    assert summarise(tables, ReportOptions(today=date(2024, 2, 20))).stale_note is None
+    note = summarise(tables, ReportOptions(today=date(2024, 3, 1))).stale_note
+    assert "14 Feb 2024" in note and "16 days" in note
+    assert summarise(tables, ReportOptions(today=date(2024, 3, 1), stale_after_days=None)).stale_note is None
+    html = render_html(summarise(tables, ReportOptions(today=date(2024, 3, 1))))
+    assert 'id="stale-data"' in html
+
+
 def test_custom_period_and_bad_period(tables):
     d = summarise(tables, ReportOptions(period_from=date(2024, 2, 1)))
-    assert len(d.periods) == 1 and d.periods[0].period.span == "2024-02-01 to 2024-03-01"
+    assert len(d.periods) == 1 and d.periods[0].period.span == "2024-02-01 to 2024-02-14"
     assert d.headline.courses == 3
     with pytest.raises(ReportOptionsError, match="after"):
         summarise(tables, ReportOptions(period_from=date(2024, 3, 1), period_to=date(2024, 2, 1)))
@@ -210,18 +240,19 @@ def test_custom_period_and_bad_period(tables):
 
 
 def test_tables_by_indication_service_and_rules(data):
-    rows = {r["indication"]: r for r in data.by_indication.to_dicts()}
+    rows = {r["group_key"]: r for r in data.by_indication.to_dicts()}
     assert rows["gbs"]["courses"] == 3 and rows["gbs"]["patients"] == 3
-    assert rows["gbs"]["pct_appropriate"] == pytest.approx(200 / 3)
-    assert rows["gbs"]["label"] == "Guillain-Barré syndrome"
+    assert rows["gbs"]["pct_appropriate_flagged"] == pytest.approx(33.3)
+    assert rows["gbs"]["pct_appropriate_after_review"] == pytest.approx(66.7)
+    assert rows["gbs"]["group_label"] == "Guillain-Barre syndrome"
     assert rows["gbs"]["grams_avoidable"] == pytest.approx(30.0)
-    assert rows["kawasaki"]["courses_above_target"] == 1
-    services = {r["service"]: r for r in data.by_service.to_dicts()}
+    services = {r["group_key"]: r for r in data.by_service.to_dicts()}
     assert services["Neurology"]["courses"] == 4 and services["Pediatrics"]["grams_avoidable"] == 40.0
     top = {r["rule_id"]: r for r in data.top_rules.to_dicts()}
     assert top["course_dose.above_target"]["findings"] == 2  # F1, F9 (F3 resolved)
+    assert top["course_dose.above_target"]["rule_title"] == "Course dose above target"  # the rule pack's words
     assert data.period_findings["severity"].to_list()[0] == "critical"
-    assert data.period_findings_total == 6 and data.period_info_findings == 2
+    assert data.period_findings_total == 5 and data.period_info_findings == 3
     assert data.review_status == {"open": 8, "acknowledged": 1, "actioned": 0, "dismissed": 1, "resolved": 1}
 
 
@@ -239,21 +270,22 @@ def test_intervention_before_and_after(tables):
     d = summarise(tables, ReportOptions(intervention=date(2024, 2, 1), intervention_label="ABW protocol"))
     before, after = d.intervention.to_dicts()
     assert (before["courses"], after["courses"]) == (3, 3)
-    assert before["pct_appropriate"] == pytest.approx(100 / 3) and after["pct_appropriate"] == pytest.approx(200 / 3)
-    assert before["avoidable_per_course"] == pytest.approx(30.5 / 3)
+    assert before["pct_appropriate_flagged"] == 0.0 and after["pct_appropriate_flagged"] == pytest.approx(33.3)
+    assert before["pct_appropriate_after_review"] == pytest.approx(33.3)
+    assert before["grams_avoidable"] == pytest.approx(30.5) and before["money_avoidable"] == pytest.approx(30.5 * 80)
 
 
 # --------------------------------------------------------------------------- HTML
 
 
 def test_html_charts_and_content(html):
-    assert html.count("<svg") == 5
+    assert html.count("<svg") == 10  # each chart drawn for a desktop and for a phone
     for fig in ("trend", "by-indication", "levers", "top-rules", "by-service"):
         assert f'id="fig-{fig}"' in html
-    assert "February 2024" in html and "March 2024 to date" in html  # both periods side by side
+    assert "January 2024" in html and "February 2024 to date" in html  # both periods side by side
     assert "Before and after: Intervention (2024-02-01)" in html
     assert "US$70-100 per gram" in html  # the cost assumption and its source
-    assert "US$4,400" in html  # February: 55 g avoidable x US$80
+    assert "US$4,400" in html  # February: 55 g avoidable x US$80 (the rule pack's [costs])
     assert "Adjusted-weight dosing" in html and "Rounding to vial size" in html
     assert "P5" in html  # the findings table names patients (internal report)
 
@@ -285,14 +317,14 @@ def test_html_escapes_data_text():
     assert not re.search(r"<\s*(script|img)\b", out, re.IGNORECASE)  # no tag from data, escaped or not
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out
     assert "&lt;img src=x onerror=alert(1)&gt;" in out
-    assert out.count("<svg") == 5
+    assert out.count("<svg") == 10
     md = render_markdown(summarise(tables, ReportOptions(facility=payload, **ALL)))
     assert XSS_SCRIPT not in md and XSS_IMG not in md
 
 
 def test_empty_database():
     data = summarise(empty_tables(), ReportOptions())
-    assert data.headline.courses == 0 and data.headline.pct_appropriate is None
+    assert data.headline.courses == 0 and data.headline.pct_appropriate_flagged is None
     assert data.headline.money_avoidable == 0
     out = render_html(data)
     assert "no courses audited yet" in out.lower()
@@ -303,7 +335,7 @@ def test_empty_database():
 def test_missing_tables_and_runs():
     out = render_html(summarise({"courses": make_tables()["courses"]}, ReportOptions(**ALL)))
     assert "No audit run recorded" in out
-    assert out.count("<svg") == 3  # no findings: no levers, no top rules
+    assert out.count("<svg") == 6  # no findings: no levers, no top rules
     assert "No open findings in the report window" in out
 
 
@@ -314,12 +346,14 @@ def test_markdown_headline_and_tables(tables):
     md = render_markdown(summarise(tables, ReportOptions(cost_per_gram=100.0, **ALL)))
     assert md.startswith("# IVIG stewardship audit")
     assert "| Courses audited | 6 | 6 |" in md  # the period and all history
-    assert "| Courses appropriate | 50% (3 of 6) | 50% (3 of 6) |" in md
-    assert "| Grams avoidable (all levers) | 85.5 g | 85.5 g |" in md
-    assert "| Money avoidable | US$8,550 | US$8,550 |" in md
-    assert "| Rounding savings | 10 g | 10 g |" in md
-    assert "| Guillain-Barré syndrome | 3 | 3 | 67% | 440 g | 1 | 20 g | 30 g |" in md
-    assert "| Indication not supported | 1 | 40 g | US$4,000 |" in md
+    assert "| Appropriate, as flagged | 17% (1 of 6) | 17% (1 of 6) |" in md
+    assert "| Appropriate, after review | 33% (2 of 6) | 33% (2 of 6) |" in md
+    assert "| Grams avoidable, as flagged | 92.5 g | 92.5 g |" in md
+    assert "| Grams avoidable, after review | 85.5 g (5 courses) | 85.5 g (5 courses) |" in md
+    assert "| Money avoidable, after review | US$8,550 | US$8,550 |" in md
+    assert "| Guillain-Barre syndrome | 3 | 3 | 33% | 67% | 440 g | 30 g |" in md
+    assert "| Jan 2024 (partial\\: 2024-01-10 to 2024-01-31) | 3 |" in md  # partial months say so
+    assert "| Course dose above target | course_dose.above_target |" in md  # the rule's title, then its id
     assert "data/orders &amp; more.csv" in md or "data/orders & more.csv" in md
     for pid in PATIENTS:  # no patient identifiers in the Markdown summary
         assert pid not in md
@@ -342,11 +376,12 @@ def test_artifacts_carry_no_patient_identifiers(tables):
     text = headline_markdown(d)
     rows = aggregate_table(d)
     assert "Courses audited" in text and "All history" in text
-    assert {r["indication"] for r in rows} == {"Guillain-Barré syndrome", "CIDP maintenance", "Kawasaki disease"}
+    assert {r["indication"] for r in rows} == {"Guillain-Barre syndrome", "CIDP maintenance", "Kawasaki disease"}
     blob = text + json.dumps(rows, ensure_ascii=False)
     for pid in PATIENTS + ("P9",):
         assert pid not in blob
-    assert all(set(r) >= {"courses", "pct_appropriate", "grams_avoidable", "money_avoidable"} for r in rows)
+    assert all(set(r) >= {"courses", "pct_appropriate_flagged", "pct_appropriate_after_review", "grams_avoidable"}
+               for r in rows)
 
 
 # --------------------------------------------------------------------------- worklist
@@ -363,9 +398,9 @@ def test_worklist_is_formula_safe_and_keeps_numbers():
                          extra + [_finding("X9", "monitoring.no_baseline_labs", "warning", "-7:gbs:20240120", "-7",
                                            "gbs", "@SUM(1)")], validate=False)
     df = worklist_frame(summarise(tables, ReportOptions(**ALL)))
-    assert df.columns == ["finding_id", "severity", "category", "rule_id", "patient_id", "course_id", "indication",
-                          "course_start", "service", "prescriber_id", "message", "expected", "observed", "action",
-                          "excess_g"]
+    assert df.columns == ["finding_id", "severity", "category", "rule_title", "rule_id", "patient_id", "course_id",
+                          "indication", "course_start", "facility", "service", "prescriber_id", "message", "expected",
+                          "observed", "action", "excess_g"]
     buf = io.StringIO()
     df.write_csv(buf, date_format="%Y-%m-%d")
     rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
@@ -446,12 +481,9 @@ def _cli(args: list[str]):
 
 @pytest.fixture()
 def fake_db(tmp_path: Path, monkeypatch) -> Path:
-    """An existing database path whose tables are the fixture's (read_tables patched)."""
-    import pipeline.warehouse
-
+    """A database file holding the fixture's tables."""
     db = tmp_path / "audit.duckdb"
-    db.write_bytes(b"")
-    monkeypatch.setattr(pipeline.warehouse, "read_tables", lambda path: make_tables())
+    scratch_database(make_tables(), path=db).close()
     return db
 
 
@@ -494,7 +526,7 @@ def test_cli_writes_report_with_options(fake_db, tmp_path):
                    "--cost-per-gram", "100", "--cost-source", "2024 contract", "--facility", "Nowhere",
                    "--pseudonymize", "--pseudonym-key", "k", "--intervention", "2024-02-01"])
     assert result.exit_code == 0, result.output
-    assert "no courses for facility 'Nowhere'" in result.stderr
+    assert "No courses for facility 'Nowhere'" in result.stderr and "check that the nightly extract" in result.stderr
     html_text = (out / "index.html").read_text(encoding="utf-8")
     assert "2024 contract" in html_text and "No courses for facility" in html_text
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "summary.md", "worklist.csv"]

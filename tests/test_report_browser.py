@@ -99,3 +99,57 @@ def test_screenshot_is_not_blank(browser):
     assert (width, height) == (1200, 2600)
     # A single-colour page has a handful of distinct byte values; text and charts have many.
     assert len(set(raw[: len(raw) // 2])) > 64
+
+
+# The page is measured inside an iframe of the device's width (headless Chromium's window cannot be narrower
+# than 500 px); a probe page next to the report reads the frame's layout (file pages of one folder may
+# read each other with --allow-file-access-from-files) and writes it into its own DOM.
+PROBE = """<html><body style="margin:0"><iframe id="f" src="index.html" style="width:{width}px;height:900px;border:0"></iframe>
+<pre id="probe"></pre><script>
+document.getElementById('f').onload = function () {{
+  const d = this.contentDocument;
+  const svgs = [...d.querySelectorAll('svg')].filter(s => s.getBoundingClientRect().width > 0);
+  const scales = svgs.map(s => s.getBoundingClientRect().width / (s.width.baseVal.value || 1));
+  const money = [...d.querySelectorAll('.card.money .value')].map(e => e.scrollWidth <= e.clientWidth + 1);
+  document.getElementById('probe').textContent = JSON.stringify({{
+    page: d.documentElement.scrollWidth, viewport: d.documentElement.clientWidth, charts: svgs.length,
+    smallest_chart_scale: Math.min(...scales), money_fits: money.every(Boolean) && money.length > 0}});
+}};
+</script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def sample_report(tmp_path_factory) -> Path:
+    """The report of the audited sample (the page a manager opens), written to a folder."""
+    from pipeline.night import NightRequest, run_night
+    from pipeline.reporting import build_report_from_database
+    from tests.conftest import SAMPLE
+
+    root = tmp_path_factory.mktemp("device")
+    inputs = {"orders": [SAMPLE / "orders"], "labs": [SAMPLE / "labs.csv"], "procedures": [SAMPLE / "procedures.csv"]}
+    run_night(NightRequest(db=root / "audit.duckdb", inputs=inputs))
+    paths, _ = build_report_from_database(root / "audit.duckdb", root / "report")
+    return paths[0].parent
+
+
+@pytest.mark.parametrize("width", [390, 1400], ids=["phone", "desktop"])
+def test_page_fits_the_device_without_horizontal_scroll(sample_report: Path, tmp_path: Path, width: int):
+    import json
+
+    probe = sample_report / f"probe-{width}.html"
+    probe.write_text(PROBE.format(width=width), encoding="utf-8")
+    proc = _chromium(["--allow-file-access-from-files", "--window-size=1500,1000", "--virtual-time-budget=5000",
+                      "--dump-dom", probe.resolve().as_uri()], tmp_path / "profile")
+    try:
+        dom, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    found = re.search(r'<pre id="probe">([^<]+)</pre>', dom.decode("utf-8", "replace"))
+    assert found, "the probe page did not measure the report"
+    layout = json.loads(found.group(1).replace("&quot;", '"'))
+    assert layout["viewport"] == width
+    assert layout["page"] <= width, layout  # no horizontal scroll of the page
+    assert layout["charts"] == len(FIGURES)  # one drawing of each chart is shown, the one for this width
+    assert layout["smallest_chart_scale"] >= 0.9, layout  # chart text stays near its 10-11 px
+    assert layout["money_fits"], layout  # the money card is not clipped

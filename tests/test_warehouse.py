@@ -198,7 +198,7 @@ def test_grams_avoidable_by_lever_counts_a_course_once(db: Path, tmp_path: Path)
         claims = con.execute(
             "SELECT rule_id, excess_g FROM findings WHERE excess_g > 0 ORDER BY rule_id"
         ).fetchall()
-        levers = con.execute("SELECT lever, courses, grams_avoidable, cost_avoidable FROM v_grams_avoidable_by_lever").fetchall()
+        levers = con.execute("SELECT lever, courses, grams_avoidable, money_avoidable FROM v_grams_avoidable_by_lever WHERE courses > 0").fetchall()
     assert claims == [("course_dose.above_target", 140.0), ("repeat_justification.repeat_without_justification", 280.0)]
     assert levers == [("repeat", 1, 280.0, 280.0 * 80.0)]
 

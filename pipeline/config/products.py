@@ -23,11 +23,14 @@ class ProductDictionary:
     version: str
     looks_like_immunoglobulin: str
     products: list[dict[str, Any]]
+    #: Order routes (upper case) under which an IVIG brand is subcutaneous immunoglobulin, out of scope.
+    subcutaneous_routes: tuple[str, ...]
 
     @property
     def config_hash(self) -> str:
         """sha256 of the dictionary's content (a run records it; a change makes the next run judge every patient again)."""
-        payload = {"version": self.version, "looks_like": self.looks_like_immunoglobulin, "products": self.products}
+        payload = {"version": self.version, "looks_like": self.looks_like_immunoglobulin, "products": self.products,
+                   "subcutaneous_routes": list(self.subcutaneous_routes)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
     def table(self) -> pl.DataFrame:
@@ -84,6 +87,7 @@ class ProductFile(Strict):
 
     version: str
     looks_like_immunoglobulin: Regex
+    subcutaneous_routes: Optional[list[Annotated[str, Field(min_length=1)]]] = None
     product_defaults: Optional[ProductDefaults] = None
     product: list[Product] = Field(min_length=1)
 
@@ -116,16 +120,19 @@ def _validated(raw: dict[str, Any], where: str) -> ProductFile:
 def load_products(path: Path | None = None) -> ProductDictionary:
     """The shipped product dictionary, or a site's own file (validated: one line naming the key on a mistake).
 
-    A site file without [product_defaults] takes the shipped file's.
+    A site file without [product_defaults] or subcutaneous_routes takes the shipped file's.
     """
     raw, where = _read_product_file(path)
     model = _validated(raw, where)
-    defaults = model.product_defaults
-    if defaults is None:
+    defaults, routes = model.product_defaults, model.subcutaneous_routes
+    if defaults is None or routes is None:
         shipped_raw, shipped_where = _read_product_file(None)
-        defaults = _validated(shipped_raw, shipped_where).product_defaults
+        shipped = _validated(shipped_raw, shipped_where)
+        defaults, routes = defaults or shipped.product_defaults, routes if routes is not None else shipped.subcutaneous_routes
     if defaults is None:
         raise ProductDictionaryError(f"{where}: missing key product_defaults")
+    if routes is None:
+        raise ProductDictionaryError(f"{where}: missing key subcutaneous_routes")
     products = [
         defaults.model_dump() | product.model_dump(exclude_none=True) for product in model.product
     ]
@@ -133,6 +140,7 @@ def load_products(path: Path | None = None) -> ProductDictionary:
         version=model.version,
         looks_like_immunoglobulin=model.looks_like_immunoglobulin,
         products=products,
+        subcutaneous_routes=tuple(r.strip().upper() for r in routes),
     )
 
 

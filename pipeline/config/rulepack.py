@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 
+from checks.inputs import LAB_TESTS
 from checks.outputs import CATEGORIES, SEVERITIES
 from pipeline.config.validation import Regex, Strict, TimeZone, describe, did_you_mean, dotted, unknown_key_problem, valid_regex
 from pipeline.domain.justification import NO_KIND, Vocabulary
@@ -151,6 +152,7 @@ class Regimen(Strict):
 class Rule(Strict):
     """[rules."ID"]: one rule as the pack declares it."""
 
+    title: str = Field(min_length=1, max_length=80)
     version: str
     category: Category
     severity: Severity
@@ -197,6 +199,49 @@ class Justification(Strict):
     codes: dict[str, str]
 
 
+class Labels(Strict):
+    """[labels]: words for the two indications that are not a regimen."""
+
+    unrecognised_indication: str
+    missing_indication: str
+
+
+class Costs(Strict):
+    """[costs]: the price of a gram, for money avoidable."""
+
+    cost_per_gram: float = Field(ge=0, le=100_000)
+    currency: str = Field(min_length=1, max_length=8)
+    source: str
+
+
+class Labs(Strict):
+    """[labs]: groups of canonical lab tests the rules read."""
+
+    renal_function: list[Literal[LAB_TESTS]] = Field(min_length=1)  # type: ignore[valid-type]
+    blood_count: list[Literal[LAB_TESTS]] = Field(min_length=1)  # type: ignore[valid-type]
+
+
+class LeverModel(Strict):
+    """[levers.KEY]: one way of avoiding grams, the rules that measure it, and how its grams count."""
+
+    label: str
+    meaning: str
+    rules: list[str] = Field(min_length=1)
+
+
+class Disposition(Strict):
+    """[review.dispositions.CODE]: a review decision's reason, and whether it says the finding does not stand."""
+
+    label: str
+    clears_finding: bool
+
+
+class Review(Strict):
+    """[review]: how review decisions count."""
+
+    dispositions: dict[str, Disposition] = Field(min_length=1)
+
+
 class RulePackModel(Strict):
     """The whole rule pack (shipped, or merged with a site's override)."""
 
@@ -207,12 +252,27 @@ class RulePackModel(Strict):
     groups: dict[str, Group]
     justification: Justification
     regimens: dict[str, Regimen]
+    labels: Labels
+    costs: Costs
+    labs: Labs
+    levers: dict[str, LeverModel] = Field(min_length=1)
+    review: Review
     rules: dict[str, Rule]
+
+    @model_validator(mode="after")
+    def _lever_rules(self) -> "RulePackModel":
+        for key, lever in self.levers.items():
+            for pattern in lever.rules:
+                known = any(r.startswith(pattern) for r in self.rules) if pattern.endswith(".") else pattern in self.rules
+                if not known:
+                    raise ValueError(f"levers.{key}.rules: '{pattern}' names no rule of the pack")
+        return self
 
 
 #: Tables of the pack an override may add entries to (a new indication group, regimen or policy
 #: profile); every other key an override names must exist in the shipped pack.
-OPEN_TABLES = (("groups",), ("regimens",), ("profiles",), ("justification", "codes"), ("justification", "kinds"))
+OPEN_TABLES = (("groups",), ("regimens",), ("profiles",), ("justification", "codes"), ("justification", "kinds"),
+               ("review", "dispositions"))
 
 
 # ------------------------------------------------------------------------------------ the loaded pack
@@ -225,6 +285,7 @@ class RuleSpec:
     category: str
     severity: str
     description: str
+    title: str
     source: str
     action: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -258,6 +319,33 @@ class RulePack:
     def rule(self, rule_id: str) -> RuleSpec:
         """The spec of one rule by id."""
         return self.rules[rule_id]
+
+    @property
+    def indication_labels(self) -> dict[str, str]:
+        """Indication key (a regimen, or 'unrecognised' / 'missing') -> the words the report shows."""
+        labels = {key: str(spec["label"]) for key, spec in self.regimens.items()}
+        return labels | {"unrecognised": self.model.labels.unrecognised_indication,
+                         "missing": self.model.labels.missing_indication}
+
+    @property
+    def costs(self) -> Costs:
+        """The price of a gram, its currency and where the figure comes from."""
+        return self.model.costs
+
+    @property
+    def labs(self) -> Labs:
+        """The lab-test groups rules read (renal function, blood count)."""
+        return self.model.labs
+
+    @property
+    def levers(self) -> dict[str, LeverModel]:
+        """The levers of grams avoidable, in priority order."""
+        return self.model.levers
+
+    @property
+    def dispositions(self) -> dict[str, Disposition]:
+        """Review reason codes, their words, and whether each says the finding does not stand."""
+        return self.model.review.dispositions
 
     @property
     def evidence_patterns(self) -> list[str]:
@@ -410,6 +498,7 @@ def load_rule_pack(override_path: Path | None = None, profile: str | None = None
             category=spec.category,
             severity=spec.severity,
             description=spec.description,
+            title=spec.title,
             source=spec.source,
             action=spec.action,
             params=dict(spec.params or {}),

@@ -140,7 +140,7 @@ def classify_medications(orders: pl.LazyFrame, products: ProductDictionary) -> p
         .join(table.drop("ndc_prefixes"), on="product", how="left")
         .with_columns(
             # An IVIG brand given subcutaneously (Gamunex-C, Gammagard Liquid for PI) is SCIG, not IVIG.
-            scope=pl.when((pl.col("scope") == "ivig") & route.is_in(["SC", "SUBCUT", "SUBCUTANEOUS", "SQ"]))
+            scope=pl.when((pl.col("scope") == "ivig") & route.is_in(list(products.subcutaneous_routes)))
             .then(pl.lit("subcutaneous"))
             .when(pl.col("scope").is_not_null())
             .then(pl.col("scope"))

@@ -10,7 +10,6 @@ from pipeline.reporting.files import (
     write_safe_csv,
 )
 from pipeline.reporting.options import (
-    DEFAULT_COST_SOURCE,
     PSEUDONYM_ENV,
     Headline,
     Period,
@@ -30,18 +29,18 @@ from pipeline.reporting.render import (
     render_html,
     render_markdown,
 )
-from pipeline.reporting.summary import course_levers, summarise
+from pipeline.reporting.summary import summarise
 from pipeline.reporting.write import (
     WORKLIST_COLUMNS,
     build_report,
+    build_report_from_database,
     worklist_frame,
     write_report,
 )
-from pipeline.rules.levers import LEVERS
 
 __all__ = [
-    "CHART_BUILDERS", "DEFAULT_COST_SOURCE", "PSEUDONYM_ENV", "LEVERS", "WORKLIST_COLUMNS", "Headline", "Period", "ReportData",
-    "ReportOptions", "ReportOptionsError", "aggregate_table", "build_charts", "build_report", "course_levers",
+    "CHART_BUILDERS", "PSEUDONYM_ENV", "WORKLIST_COLUMNS", "Headline", "Period", "ReportData",
+    "ReportOptions", "ReportOptionsError", "aggregate_table", "build_charts", "build_report", "build_report_from_database",
     "headline_markdown", "md_escape", "private_folder", "pseudonym_map", "pseudonymize_tables", "render_html",
     "render_markdown", "resolve_pseudonym_key", "spreadsheet_safe", "summarise", "terminal_safe", "worklist_frame",
     "write_owner_only", "write_report", "write_safe_csv",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+import textwrap
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 
 import altair as alt
@@ -12,6 +13,7 @@ import polars as pl
 import vl_convert as vlc
 from markupsafe import Markup
 
+from pipeline.reporting.files import TERMINAL_UNSAFE, terminal_safe
 from pipeline.reporting.formatting import fmt_grams, fmt_money, fmt_pct, number, plural
 from pipeline.reporting.labels import SEVERITIES
 from pipeline.reporting.options import ReportData
@@ -53,6 +55,8 @@ class ChartBlock:
     svg: Markup | None
     note: str | None = None
     wide: bool = False
+    #: The same chart drawn for a phone's width (shown below 640 px instead of `svg`).
+    svg_compact: Markup | None = None
 
 
 def _configure(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
@@ -75,6 +79,9 @@ def _configure(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
 _ID_RE = re.compile(r'\bid="([^"]+)"')
 
 
+_TEXT_NODE = re.compile(r">([^<>]+)<")
+
+
 def _svg(chart: alt.TopLevelMixin, key: str) -> Markup:
     """Render a chart to a static SVG string that is safe to inline (ids made unique)."""
     svg = vlc.vegalite_to_svg(_configure(chart).to_dict())
@@ -84,11 +91,24 @@ def _svg(chart: alt.TopLevelMixin, key: str) -> Markup:
         svg = svg.replace(f"url(#{ident})", f"url(#{key}-{ident})")
         svg = svg.replace(f'href="#{ident}"', f'href="#{key}-{ident}"')
     svg = svg.replace("<svg ", f'<svg role="img" aria-label="{key} chart" ', 1)
+    # Quotes in text nodes as entities too (the same glyphs), so no data text appears verbatim in the page.
+    svg = _TEXT_NODE.sub(lambda m: ">" + m.group(1).replace('"', "&quot;").replace("'", "&#39;") + "<", svg)
     return Markup(svg)  # vega escapes the text it draws; this string is ours
+
+
+def _title(compact: bool, text: str, subtitle: list[str]) -> alt.Title:
+    """A chart title and subtitle; for a phone, wrapped to lines that fit its width (Vega does not wrap)."""
+    text, subtitle = terminal_safe(text), [terminal_safe(line) for line in subtitle]
+    if not compact:
+        return alt.Title(text, subtitle=subtitle)
+    return alt.Title(textwrap.wrap(text, 40), subtitle=[part for line in subtitle for part in textwrap.wrap(line, 58)])
 
 
 def _values(df: pl.DataFrame) -> alt.Data:
     """Inline chart data from a frame (dates as ISO text)."""
+    # Control characters from the data (a service named '\x08Neuro') are dropped: the page escapes text,
+    # but the chart renderer measures and truncates it and must only see printable characters.
+    df = df.with_columns(pl.col(pl.String).str.replace_all(TERMINAL_UNSAFE.pattern, ""))
     rows = []
     for row in df.to_dicts():
         rows.append({k: (v.isoformat() if isinstance(v, (date, datetime)) else v) for k, v in row.items()})
@@ -99,24 +119,29 @@ def _window_caption(data: ReportData) -> str:
     return f"Courses started {data.window.span}." if data.window else ""
 
 
-def _chart_trend(data: ReportData) -> ChartBlock:
-    """% appropriate, grams used and grams avoidable per month of course start (whole history)."""
+def _chart_trend(data: ReportData, compact: bool = False) -> ChartBlock:
+    """% appropriate (as flagged and after review), grams used and avoidable per month of course start (whole history)."""
     heading = "Trend by month of course start"
     df = data.by_month
     if df.height == 0:
         return ChartBlock("trend", heading, None, "No courses audited yet.", wide=True)
+    df = df.with_columns(pl.when(pl.col("partial")).then(pl.col("month_label") + "*").otherwise(pl.col("month_label")).alias("month_label"))
     order = df["month_label"].to_list()
     with_courses = df.filter(pl.col("courses") > 0)
     first, last = with_courses.row(0, named=True), with_courses.row(-1, named=True)
     if first["month"] == last["month"]:
-        title = f"All courses started in {first['month_label']}: {fmt_pct(first['pct_appropriate'])} appropriate"
+        title = f"All courses started in {first['month_label']}: {fmt_pct(first['pct_appropriate_flagged'])} appropriate"
     else:
         title = (
-            f"Appropriate courses: {fmt_pct(first['pct_appropriate'])} in {first['month_label']}, "
-            f"{fmt_pct(last['pct_appropriate'])} in {last['month_label']}"
+            f"Appropriate courses: {fmt_pct(first['pct_appropriate_flagged'])} in {first['month_label']}, "
+            f"{fmt_pct(last['pct_appropriate_flagged'])} in {last['month_label']}"
         )
-    subtitle = ["Whole history. Top: % of courses appropriate (n = courses). Bottom: grams used, "
-                "of which avoidable (all levers, each course once)."]
+    subtitle = ["Top: % of courses appropriate, as flagged (solid) and after review (dashed); n = courses.",
+                "Bottom: grams used, of which avoidable after review (each course once)."]
+    partial = df.filter(pl.col("partial"))
+    if partial.height:
+        spans = "; ".join(f"{r['month_label']} {r['covered_from']:%d %b} to {r['covered_to']:%d %b}" for r in partial.to_dicts())
+        subtitle.append(f"* partial month, data {spans}.")
     opt = data.options
     marker = None
     if opt.intervention is not None:
@@ -125,28 +150,29 @@ def _chart_trend(data: ReportData) -> ChartBlock:
             marker = {"month_label": label, "text": f"{opt.intervention_label} ({opt.intervention.isoformat()})"}
         else:
             subtitle.append(f"{opt.intervention_label} on {opt.intervention.isoformat()} is outside the months shown.")
-    width = 900
-    many = len(order) > 12
-    values = _values(df.with_columns(pl.col("pct_appropriate").round(1), pl.col("grams").round(1),
-                                     pl.col("grams_avoidable").round(1),
-                                     ("n=" + pl.col("courses").cast(pl.String)).alias("n_label")))
+    width = 290 if compact else 900
+    many = len(order) > (6 if compact else 12)
+    values = _values(df.with_columns(("n=" + pl.col("courses").cast(pl.String)).alias("n_label")))
+    reviewed = _values(df.select("month_label", pl.col("pct_appropriate_after_review").alias("pct")))
     x_top = alt.X("month_label:O", sort=order, title=None, axis=alt.Axis(labels=False, ticks=False))
     x_bottom = alt.X("month_label:O", sort=order, title="Month of course start",
                      axis=alt.Axis(labelAngle=-40 if many else 0))
     pct_base = alt.Chart(values).encode(x=x_top)
     pct = pct_base.mark_line(color=PRIMARY, strokeWidth=2, point=alt.OverlayMarkDef(color=PRIMARY, size=50)).encode(
-        y=alt.Y("pct_appropriate:Q", title="Appropriate (%)", scale=alt.Scale(domain=[0, 100]),
+        y=alt.Y("pct_appropriate_flagged:Q", title="Appropriate (%)", scale=alt.Scale(domain=[0, 100]),
                 axis=alt.Axis(values=[0, 25, 50, 75, 100])),
-        tooltip=["month_label:N", "pct_appropriate:Q", "courses:Q"],
+        tooltip=["month_label:N", "pct_appropriate_flagged:Q", "courses:Q"],
     )
+    after_review = alt.Chart(reviewed).mark_line(color=PRIMARY, strokeDash=[4, 3], strokeWidth=1.5).encode(
+        x=x_top, y="pct:Q", tooltip=["month_label:N", "pct:Q"])
     pct_text = pct_base.mark_text(dy=-10, color=INK, fontSize=10).encode(
-        y="pct_appropriate:Q", text=alt.Text("pct_appropriate:Q", format=".0f"),
+        y="pct_appropriate_flagged:Q", text=alt.Text("pct_appropriate_flagged:Q", format=".0f"),
     )
     n_text = pct_base.mark_text(baseline="bottom", color=MUTED, fontSize=10).encode(
         y=alt.value(128), text="n_label:N",
     )
-    top_layers = [pct, pct_text, n_text]
-    long = df.select("month_label", "courses", pl.col("grams").round(1).alias("used"),
+    top_layers = [pct, after_review, pct_text] + ([] if compact else [n_text])
+    long = df.select("month_label", "courses", pl.col("grams_used").round(1).alias("used"),
                      pl.col("grams_avoidable").round(1).alias("avoidable")).unpivot(
         index=["month_label", "courses"], on=["used", "avoidable"], variable_name="series", value_name="g"
     ).with_columns(pl.col("series").replace({"used": "Grams used", "avoidable": "of which avoidable"}))
@@ -175,23 +201,24 @@ def _chart_trend(data: ReportData) -> ChartBlock:
         bottom_layers.append(rule.encode(x=alt.X("month_label:O", sort=order)))
     top = alt.layer(*top_layers).properties(width=width, height=130)
     bottom = alt.layer(*bottom_layers).properties(width=width, height=130)
-    chart = alt.vconcat(top, bottom, spacing=14).properties(title=alt.Title(title, subtitle=subtitle))
-    return ChartBlock("trend", heading, _svg(chart, "trend"), wide=True)
+    chart = alt.vconcat(top, bottom, spacing=14).properties(title=_title(compact, title, subtitle=subtitle))
+    return ChartBlock("trend", heading, _svg(chart, "trend-c" if compact else "trend"), wide=True)
 
 
-def _chart_by_indication(data: ReportData) -> ChartBlock:
+def _chart_by_indication(data: ReportData, compact: bool = False) -> ChartBlock:
     """Horizontal bars: % of courses appropriate per indication, lowest first."""
     heading = "Appropriate courses by indication"
     df = data.by_indication.filter(pl.col("courses") > 0)
     if df.height == 0:
         return ChartBlock("by-indication", heading, None, "No courses started in the report window.")
     df = df.with_columns(
-        (pl.col("label") + " (n=" + pl.col("courses").cast(pl.String) + ")").alias("axis_label"),
-        pl.col("pct_appropriate").round(0).alias("pct"),
+        (pl.col("group_label") + " (n=" + pl.col("courses").cast(pl.String) + ")").alias("axis_label"),
+        pl.col("pct_appropriate_flagged").round(0).alias("pct"),
+        pl.col("group_label").alias("label"), pl.col("pct_appropriate_flagged").alias("pct_appropriate"),
     ).sort(["pct_appropriate", "courses"], descending=[False, True])
     order = df["axis_label"].to_list()
     worst = df.row(0, named=True)
-    overall = data.headline.pct_appropriate or 0.0
+    overall = data.headline.pct_appropriate_flagged or 0.0
     tied = df.filter(pl.col("pct") == worst["pct"]).height
     if df.height == 1:
         title = f"{worst['label']}: {fmt_pct(worst['pct_appropriate'])} of courses appropriate"
@@ -205,7 +232,7 @@ def _chart_by_indication(data: ReportData) -> ChartBlock:
             f"({fmt_pct(worst['pct_appropriate'])} of {plural(worst['courses'], 'course')})"
         )
     base = alt.Chart(_values(df)).encode(
-        y=alt.Y("axis_label:N", sort=order, title=None),
+        y=alt.Y("axis_label:N", sort=order, title=None, axis=alt.Axis(labelLimit=130 if compact else 230)),
         x=alt.X("pct:Q", title="Courses appropriate (%)", scale=alt.Scale(domain=[0, 108]),
                 axis=alt.Axis(values=[0, 25, 50, 75, 100])),
     )
@@ -219,63 +246,64 @@ def _chart_by_indication(data: ReportData) -> ChartBlock:
         .encode(x="overall:Q")
     )
     chart = (bars + labels + rule).properties(
-        width=300,
+        width=170 if compact else 300,
         height=max(60, 24 * df.height),
-        title=alt.Title(title, subtitle=[
+        title=_title(compact, title, subtitle=[
             f"Dashed line: all indications, {fmt_pct(overall)} of {plural(data.headline.courses, 'course')}.",
             _window_caption(data),
         ]),
     )
-    return ChartBlock("by-indication", heading, _svg(chart, "by-indication"))
+    return ChartBlock("by-indication", heading, _svg(chart, "by-indication-c" if compact else "by-indication"))
 
 
-def _chart_levers(data: ReportData) -> ChartBlock:
+def _chart_levers(data: ReportData, compact: bool = False) -> ChartBlock:
     """Horizontal bars: grams avoidable per lever (each course once), with the money."""
     heading = "Grams avoidable by lever"
-    df = data.by_lever
+    df = data.by_lever.rename({"grams_avoidable": "grams", "money_avoidable": "money", "lever_label": "label"})
     total = number(df["grams"].sum())
     cur = data.options.currency
     if total <= 0:
         return ChartBlock("levers", heading, None, "No grams avoidable in the report window.")
     top = df.sort("grams", descending=True).row(0, named=True)
-    title = f"{fmt_grams(total)} avoidable ({fmt_money(total * data.options.cost_per_gram, cur)}); most by {top['label'].lower()}"
+    title = f"{fmt_grams(total)} avoidable ({fmt_money(number(df['money'].sum()), cur)}); most by {top['label'].lower()}"
     # Bar labels of the (at most five) levers, formatted like the rest of the page.
     labels = [
-        f"{fmt_grams(g)}  ·  {fmt_money(m, cur)}  ·  {plural(n, 'course')}"
+        fmt_grams(g) if compact else f"{fmt_grams(g)}  ·  {fmt_money(m, cur)}  ·  {plural(n, 'course')}"
         for g, m, n in zip(df["grams"].to_list(), df["money"].to_list(), df["courses"].to_list())
     ]
     df = df.with_columns(pl.col("grams").round(1), pl.Series("text", labels, dtype=pl.String))
     max_g = float(df["grams"].max())
     base = alt.Chart(_values(df)).encode(
-        y=alt.Y("label:N", sort=df["label"].to_list(), title=None),
-        x=alt.X("grams:Q", title="Grams avoidable (g)", scale=alt.Scale(domain=[0, max_g * 1.75]),
+        y=alt.Y("label:N", sort=df["label"].to_list(), title=None, axis=alt.Axis(labelLimit=130 if compact else 230)),
+        x=alt.X("grams:Q", title="Grams avoidable (g)", scale=alt.Scale(domain=[0, max_g * (1.4 if compact else 1.75)]),
                 axis=alt.Axis(format=",d", tickCount=4)),
     )
     chart = (
         base.mark_bar(color=ACCENT, height={"band": 0.7}).encode(tooltip=["label:N", "grams:Q", "courses:Q"])
         + base.mark_text(align="left", dx=4, color=INK, fontSize=11).encode(text="text:N")
     ).properties(
-        width=300,
+        width=150 if compact else 300,
         height=max(60, 26 * df.height),
-        title=alt.Title(title, subtitle=[
+        title=_title(compact, title, subtitle=[
             f"Priority order; a course counts once, in its first lever. {fmt_money(data.options.cost_per_gram, cur)}/g.",
             _window_caption(data),
         ]),
     )
-    return ChartBlock("levers", heading, _svg(chart, "levers"))
+    return ChartBlock("levers", heading, _svg(chart, "levers-c" if compact else "levers"))
 
 
-def _chart_top_rules(data: ReportData) -> ChartBlock:
+def _chart_top_rules(data: ReportData, compact: bool = False) -> ChartBlock:
     """Horizontal bars: open findings per rule, coloured by the rule's worst severity."""
     heading = "Top rules"
     df = data.top_rules
     if df.height == 0:
         return ChartBlock("top-rules", heading, None, "No open findings in the report window.")
     top = df.row(0, named=True)
-    title = f"Most frequent: {top['rule_id']} ({plural(top['findings'], 'open finding')})"
-    order = df["rule_id"].to_list()
+    title = f"Most frequent: {top['rule_title']} ({plural(top['findings'], 'open finding')})"
+    df = df.with_columns(pl.col("rule_title").alias("rule"))
+    order = df["rule"].unique(maintain_order=True).to_list()
     base = alt.Chart(_values(df)).encode(
-        y=alt.Y("rule_id:N", sort=order, title=None, axis=alt.Axis(labelLimit=330, labelFontSize=10)),
+        y=alt.Y("rule:N", sort=order, title=None, axis=alt.Axis(labelLimit=150 if compact else 330, labelFontSize=11 if compact else 10)),
         x=alt.X("findings:Q", title="Open findings (count)", axis=alt.Axis(tickMinStep=1, format=",d"),
                 scale=alt.Scale(domain=[0, float(df["findings"].max()) * 1.12])),
     )
@@ -284,27 +312,28 @@ def _chart_top_rules(data: ReportData) -> ChartBlock:
             color=alt.Color("severity:N", title="Worst severity",
                             scale=alt.Scale(domain=list(SEVERITIES), range=[SEVERITY_COLOURS[s] for s in SEVERITIES]),
                             legend=alt.Legend(orient="bottom", direction="horizontal")),
-            tooltip=["rule_id:N", "severity:N", "findings:Q"],
+            tooltip=["rule:N", "rule_id:N", "severity:N", "findings:Q"],
         )
         + base.mark_text(align="left", dx=3, color=INK, fontSize=10).encode(text=alt.Text("findings:Q", format=",d"))
     ).properties(
-        width=200,
+        width=120 if compact else 200,
         height=max(60, 22 * df.height),
-        title=alt.Title(title, subtitle=["Open, unresolved findings; every severity.", _window_caption(data)]),
+        title=_title(compact, title, subtitle=["Open, unresolved findings; every severity.", _window_caption(data)]),
     )
-    return ChartBlock("top-rules", heading, _svg(chart, "top-rules"))
+    return ChartBlock("top-rules", heading, _svg(chart, "top-rules-c" if compact else "top-rules"))
 
 
-def _chart_service(data: ReportData) -> ChartBlock:
+def _chart_service(data: ReportData, compact: bool = False) -> ChartBlock:
     """Two panels sharing the service axis: % appropriate and grams avoidable."""
     heading = "By service"
     df = data.by_service
     if df.height == 0:
         return ChartBlock("by-service", heading, None, "No courses started in the report window.")
     df = df.with_columns(
-        (pl.col("service") + " (n=" + pl.col("courses").cast(pl.String) + ")").alias("axis_label"),
-        pl.col("pct_appropriate").round(0).alias("pct"),
+        (pl.col("group_label") + " (n=" + pl.col("courses").cast(pl.String) + ")").alias("axis_label"),
+        pl.col("pct_appropriate_flagged").round(0).alias("pct"),
         pl.col("grams_avoidable").round(1),
+        pl.col("group_label").alias("service"), pl.col("pct_appropriate_flagged").alias("pct_appropriate"),
     )
     order = df["axis_label"].to_list()
     worst = df.sort(["pct_appropriate", "courses"], descending=[False, True]).row(0, named=True)
@@ -318,7 +347,7 @@ def _chart_service(data: ReportData) -> ChartBlock:
                      axis=alt.Axis(values=[0, 50, 100])))
     left = (left_base.mark_bar(color=PRIMARY, height={"band": 0.7})
             + left_base.mark_text(align="left", dx=3, fontSize=10, color=INK).encode(text=alt.Text("pct:Q", format=".0f"))
-            ).properties(width=150, height=max(50, 24 * df.height))
+            ).properties(width=75 if compact else 150, height=max(50, 24 * df.height))
     max_g = max(1.0, float(df["grams_avoidable"].max()))
     right_base = alt.Chart(values).encode(
         y=alt.Y("axis_label:N", sort=order, title=None, axis=None),
@@ -327,11 +356,11 @@ def _chart_service(data: ReportData) -> ChartBlock:
     right = (right_base.mark_bar(color=ACCENT, height={"band": 0.7})
              + right_base.mark_text(align="left", dx=3, fontSize=10, color=INK).encode(
                  text=alt.Text("grams_avoidable:Q", format=",.0f"))
-             ).properties(width=150, height=max(50, 24 * df.height))
+             ).properties(width=75 if compact else 150, height=max(50, 24 * df.height))
     chart = alt.hconcat(left, right, spacing=10).properties(
-        title=alt.Title(title, subtitle=["Ordering service; n = courses.", _window_caption(data)])
+        title=_title(compact, title, subtitle=["Ordering service; n = courses.", _window_caption(data)])
     )
-    return ChartBlock("by-service", heading, _svg(chart, "by-service"))
+    return ChartBlock("by-service", heading, _svg(chart, "by-service-c" if compact else "by-service"))
 
 
 CHART_BUILDERS = (_chart_trend, _chart_by_indication, _chart_levers, _chart_top_rules, _chart_service)
@@ -342,7 +371,10 @@ def build_charts(data: ReportData) -> list[ChartBlock]:
     blocks: list[ChartBlock] = []
     for build in CHART_BUILDERS:
         try:
-            blocks.append(build(data))
+            block = build(data)
+            if block.svg is not None:
+                block = replace(block, svg_compact=build(data, compact=True).svg)
+            blocks.append(block)
         except Exception:  # a chart must never stop the nightly report
             logger.exception("report: chart %s could not be drawn", build.__name__)
             blocks.append(ChartBlock(build.__name__, (build.__doc__ or "").split(":")[0], None,

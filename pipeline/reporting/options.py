@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 import polars as pl
@@ -17,11 +17,6 @@ TOP_RULES_LIMIT = 10
 FINDINGS_LIMIT = 200
 
 
-DEFAULT_COST_SOURCE = (
-    "default assumption: US$70-100 per gram (midpoint 80); set --cost-per-gram for your contract price"
-)
-
-
 class ReportOptionsError(ValueError):
     """A report option that cannot be honoured (one line, for the command line)."""
 
@@ -30,16 +25,20 @@ class ReportOptionsError(ValueError):
 class ReportOptions:
     """What the report covers and how it prices grams. Every field has a default."""
 
-    cost_per_gram: float = 80.0
-    cost_source: str = DEFAULT_COST_SOURCE
+    # None: the cost per gram of the latest run, else the rule pack's [costs] (its source and currency too).
+    cost_per_gram: float | None = None
+    cost_source: str | None = None
     title: str = "IVIG stewardship audit"
-    currency: str = "US$"
+    currency: str | None = None
     # Period of the headline, tables and worklist (course start dates, inclusive). Neither given:
     # the last full month and the month to date, side by side. One given: the other side is open.
     period_from: date | None = None
     period_to: date | None = None
-    # Reference day for the default periods; None: the day of the latest run (else today).
+    # Reference day for the default periods; None: the day the data runs to (v_data_through), else the latest run's.
     as_of: date | None = None
+    # Warn when the newest data is older than this many days before `today` (None: never warn).
+    stale_after_days: int | None = 7
+    today: date | None = None
     facility: str | None = None
     pseudonymize: bool = False
     # The HMAC key; None: the IVIG_AUDIT_PSEUDONYM_KEY environment variable.
@@ -59,6 +58,8 @@ class Period:
     detail: str
     start: date
     end: date
+    #: The data covers only part of the period (it begins after the period starts or ends before it ends).
+    partial: bool = False
 
     @property
     def span(self) -> str:
@@ -68,19 +69,19 @@ class Period:
 
 @dataclass(frozen=True)
 class Headline:
-    """The numbers on the headline cards, for one period or the whole history."""
+    """The numbers on the headline cards: one row of `course_summary(...)` (names and meanings as there)."""
 
     courses: int
     patients: int
-    appropriate: int
-    pct_appropriate: float | None
+    appropriate_flagged: int
+    pct_appropriate_flagged: float | None
+    appropriate_after_review: int
+    pct_appropriate_after_review: float | None
     grams_used: float
-    grams_above_target: float  # courses.excess_g: warning/critical findings only, no rounding
-    courses_above_target: int  # courses with a course_dose.above_target finding
-    courses_with_excess: int  # courses with grams above target (any warning/critical rule)
-    grams_avoidable: float  # every lever, each course once (includes rounding)
-    rounding_savings: float  # grams of the rounding lever
-    money_avoidable: float  # grams_avoidable x cost per gram
+    grams_avoidable_flagged: float
+    grams_avoidable: float
+    courses_with_grams_avoidable: int
+    money_avoidable: float  # the sum of lever_summary(...).money_avoidable
     open_critical: int
     open_warning: int
     open_info: int
@@ -88,13 +89,8 @@ class Headline:
 
     @property
     def open_findings(self) -> int:
-        """All open, unresolved findings."""
+        """All open, unresolved findings of these courses."""
         return self.open_critical + self.open_warning + self.open_info
-
-    @property
-    def avoidable_excl_rounding(self) -> float:
-        """Grams avoidable by the levers other than rounding."""
-        return self.grams_avoidable - self.rounding_savings
 
 
 @dataclass(frozen=True)
@@ -134,6 +130,7 @@ class RunInfo:
     rows_out_of_scope: int | None
     rows_unrecognised_ig: int | None
     runs_total: int
+    cost_per_gram: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,39 +139,38 @@ class ReportData:
 
     options: ReportOptions
     as_of: date
+    data_through: date | None  # the day the data runs to (v_data_through)
+    data_from: date | None  # the first course start
+    stale_note: str | None  # a warning when the newest data is older than options.stale_after_days
     periods: tuple[PeriodHeadline, ...]
     window: Period | None  # the union of the periods: scope of tables, charts (except trends), worklist
     headline: Headline  # the window
     history: Headline  # every course in the database (after the facility filter)
-    history_start: datetime | None
-    history_end: datetime | None
     run: RunInfo | None
     facility: str | None
     facilities: tuple[str, ...]
     facility_note: str | None
     pseudonymized: bool
-    # indication, label, courses, patients, appropriate, pct_appropriate, grams, grams_above_target,
-    # courses_above_target, grams_avoidable
+    # course_summary('indication' | 'service', window): group_key, group_label, courses, patients, appropriate_*, grams_*
     by_indication: pl.DataFrame
-    # month (date), month_label, courses, appropriate, pct_appropriate, grams, grams_avoidable (whole history)
+    # monthly_summary(facility): month, month_label, courses, pct_*, grams_used, grams_avoidable, partial, covered_*
     by_month: pl.DataFrame
-    # lever, label, meaning, courses, grams, money (every lever, priority order)
+    # lever_summary(window): lever, lever_rank, lever_label, meaning, courses, grams_avoidable, money_avoidable
     by_lever: pl.DataFrame
-    # service, courses, patients, appropriate, pct_appropriate, grams, grams_avoidable
     by_service: pl.DataFrame
-    # label, critical, warning, info, total (open findings per category)
+    # label, critical, warning, info, total (open findings per category, window)
     findings_table: pl.DataFrame
-    # rule_id, category, severity, findings, courses, excess_g
+    # open_finding_counts(window), most findings first: rule_id, rule_title, category_label, severity, findings, ...
     top_rules: pl.DataFrame
-    # open critical/warning findings of the window, worst and newest first (at most findings_limit)
+    # every open critical and warning finding (v_open_findings order), at most findings_limit
     period_findings: pl.DataFrame
     period_findings_total: int
     period_info_findings: int
-    # open findings of the window, every severity, for pharmacists (columns of WORKLIST_COLUMNS)
+    # every open finding, every severity (v_open_findings), for pharmacists
     worklist: pl.DataFrame
     # reason, rows (quarantined rows of the latest run)
     quarantine_reasons: pl.DataFrame
-    # label, start, end, courses, pct_appropriate, grams_per_course, grams_avoidable, avoidable_per_course
+    # course_summary('all') before and after the intervention date, with side, label, money_avoidable
     intervention: pl.DataFrame | None
     review_status: dict[str, int] = field(default_factory=dict)
 
@@ -182,6 +178,16 @@ class ReportData:
     def has_courses(self) -> bool:
         """True when at least one course was audited (whole history, after the facility filter)."""
         return self.history.courses > 0
+
+    @property
+    def history_start(self) -> date | None:
+        """First course start of the history."""
+        return self.data_from
+
+    @property
+    def history_end(self) -> date | None:
+        """The day the data runs to."""
+        return self.data_through
 
     @property
     def period_start(self) -> date | None:

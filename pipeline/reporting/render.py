@@ -17,11 +17,9 @@ from pipeline.reporting.formatting import (
     fmt_int,
     fmt_money,
     fmt_pct,
-    number,
 )
 from pipeline.reporting.labels import SEVERITIES
 from pipeline.reporting.options import Headline, ReportData
-from pipeline.rules.levers import LEVERS
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -64,7 +62,6 @@ def render_html(data: ReportData) -> str:
         intervention=data.intervention.to_dicts() if data.intervention is not None else None,
         severities=SEVERITIES,
         severity_colours=SEVERITY_COLOURS,
-        levers=LEVERS,
     )
 
 
@@ -100,7 +97,7 @@ def _md_table(header: list[str], rows: list[list[Any]], align: str = "") -> list
     return lines
 
 
-def _headline_rows(columns: list[Headline], cur: str, cost: float) -> list[list[str]]:
+def _headline_rows(columns: list[Headline], cur: str) -> list[list[str]]:
     """Measure rows of the headline table, one value column per headline."""
     def row(label: str, fn) -> list[str]:
         return [label] + [fn(h) for h in columns]
@@ -108,13 +105,12 @@ def _headline_rows(columns: list[Headline], cur: str, cost: float) -> list[list[
     return [
         row("Courses audited", lambda h: fmt_int(h.courses)),
         row("Patients", lambda h: fmt_int(h.patients)),
-        row("Courses appropriate", lambda h: f"{fmt_pct(h.pct_appropriate)} ({fmt_int(h.appropriate)} of {fmt_int(h.courses)})"),
+        row("Appropriate, as flagged", lambda h: f"{fmt_pct(h.pct_appropriate_flagged)} ({fmt_int(h.appropriate_flagged)} of {fmt_int(h.courses)})"),
+        row("Appropriate, after review", lambda h: f"{fmt_pct(h.pct_appropriate_after_review)} ({fmt_int(h.appropriate_after_review)} of {fmt_int(h.courses)})"),
         row("Grams used", lambda h: fmt_grams(h.grams_used)),
-        row("Courses above dose target", lambda h: fmt_int(h.courses_above_target)),
-        row("Grams above target", lambda h: fmt_grams(h.grams_above_target)),
-        row("Rounding savings", lambda h: fmt_grams(h.rounding_savings)),
-        row("Grams avoidable (all levers)", lambda h: fmt_grams(h.grams_avoidable)),
-        row("Money avoidable", lambda h: fmt_money(h.money_avoidable, cur)),
+        row("Grams avoidable, as flagged", lambda h: fmt_grams(h.grams_avoidable_flagged)),
+        row("Grams avoidable, after review", lambda h: f"{fmt_grams(h.grams_avoidable)} ({fmt_int(h.courses_with_grams_avoidable)} courses)"),
+        row("Money avoidable, after review", lambda h: fmt_money(h.money_avoidable, cur)),
         row("Open findings", lambda h: f"{fmt_int(h.open_findings)} (critical {h.open_critical}, warning {h.open_warning}, info {h.open_info})"),
     ]
 
@@ -131,7 +127,7 @@ def headline_markdown(data: ReportData) -> str:
     out = [f"# {title}", ""]
     if data.facility_note:
         out += [f"**{md_escape(data.facility_note)}**", ""]
-    out += _md_table(header, _headline_rows(cols, opt.currency, opt.cost_per_gram))
+    out += _md_table(header, _headline_rows(cols, opt.currency))
     out += ["", f"Cost per gram {md_escape(fmt_money(opt.cost_per_gram, opt.currency))}: {md_escape(opt.cost_source)}."]
     return "\n".join(out) + "\n"
 
@@ -139,23 +135,11 @@ def headline_markdown(data: ReportData) -> str:
 def aggregate_table(data: ReportData) -> list[dict[str, Any]]:
     """Appropriateness and grams by indication (report window) for a Prefect table artifact.
 
-    Counts, percentages and grams only: no patient or course identifier.
+    Counts, percentages and grams only (the columns of course_summary): no patient or course identifier.
     """
-    cost = data.options.cost_per_gram
-    return [
-        {
-            "indication": r["label"],
-            "courses": int(r["courses"]),
-            "appropriate": int(r["appropriate"]),
-            "pct_appropriate": None if r["pct_appropriate"] is None else round(r["pct_appropriate"], 1),
-            "grams_used": round(number(r["grams"]), 1),
-            "courses_above_target": int(r["courses_above_target"]),
-            "grams_above_target": round(number(r["grams_above_target"]), 1),
-            "grams_avoidable": round(number(r["grams_avoidable"]), 1),
-            "money_avoidable": round(number(r["grams_avoidable"]) * cost, 2),
-        }
-        for r in data.by_indication.to_dicts()
-    ]
+    keep = ("group_label", "courses", "appropriate_flagged", "pct_appropriate_flagged", "appropriate_after_review",
+            "pct_appropriate_after_review", "grams_used", "grams_avoidable_flagged", "grams_avoidable")
+    return [{("indication" if k == "group_label" else k): r[k] for k in keep} for r in data.by_indication.to_dicts()]
 
 
 def render_markdown(data: ReportData) -> str:
@@ -163,7 +147,7 @@ def render_markdown(data: ReportData) -> str:
     opt, run, cur = data.options, data.run, data.options.currency
     title = md_escape(opt.title) + (f" - {md_escape(data.facility)}" if data.facility else "")
     out: list[str] = [f"# {title}", ""]
-    meta = [f"Report as of {fmt_date(data.as_of)}."]
+    meta = [f"Report as of {fmt_date(data.as_of)}; data to {fmt_date(data.data_through)}."]
     if data.window:
         meta.append(f"Report window: courses started {data.window.span}.")
     if data.has_courses:
@@ -176,54 +160,53 @@ def render_markdown(data: ReportData) -> str:
     out += [" ".join(meta), ""]
     if data.facility_note:
         out += [f"**{md_escape(data.facility_note)}**", ""]
+    if data.stale_note:
+        out += [f"**{md_escape(data.stale_note)}**", ""]
     if not data.has_courses:
         out += ["**No courses audited yet.**", ""]
 
     cols = [ph.headline for ph in data.periods] + ([data.history] if data.has_courses else [])
-    header = ["Measure"] + [f"{ph.period.label}" for ph in data.periods] + (["All history"] if data.has_courses else [])
+    header = ["Measure"] + [f"{ph.period.label}" + (" (partial)" if ph.period.partial else "") for ph in data.periods] + (["All history"] if data.has_courses else [])
     out += ["## Headline", ""]
-    out += _md_table(header, _headline_rows(cols, cur, opt.cost_per_gram))
+    out += _md_table(header, _headline_rows(cols, cur))
     out += ["", f"Cost per gram {md_escape(fmt_money(opt.cost_per_gram, cur))}: {md_escape(opt.cost_source)}. "
-            "Grams avoidable count each course once, in its first lever; rounding savings are info findings "
-            "and are not part of grams above target.", ""]
+            "A course is appropriate when no warning or critical finding counts against it; after review, findings "
+            "dismissed with a reason that clears them no longer count. Grams avoidable count each course once, "
+            "under its first lever.", ""]
 
     if data.has_courses:
         out += [f"## Grams avoidable by lever ({md_escape(data.window.span)})", ""]
         out += _md_table(
-            ["Lever", "Courses", "Grams", "Money"],
-            [[r["label"], fmt_int(r["courses"]), fmt_grams(r["grams"]), fmt_money(r["money"], cur)]
-             for r in data.by_lever.to_dicts()]
-            + [["Total, each course once", fmt_int(int(data.by_lever["courses"].sum())),
+            ["Lever", "How the grams count", "Courses", "Grams", "Money"],
+            [[r["lever_label"], r["meaning"], fmt_int(r["courses"]), fmt_grams(r["grams_avoidable"]),
+              fmt_money(r["money_avoidable"], cur)] for r in data.by_lever.to_dicts()]
+            + [["Total, each course once", "", fmt_int(int(data.by_lever["courses"].sum())),
                 fmt_grams(data.headline.grams_avoidable), fmt_money(data.headline.money_avoidable, cur)]],
+            align="llrrr",
         )
-        out += ["", f"## By indication ({md_escape(data.window.span)})", ""]
-        out += _md_table(
-            ["Indication", "Courses", "Patients", "% appropriate", "Grams", "Above target (courses)",
-             "Grams above target", "Grams avoidable"],
-            [[r["label"], fmt_int(r["courses"]), fmt_int(r["patients"]), fmt_pct(r["pct_appropriate"]),
-              fmt_grams(r["grams"]), fmt_int(r["courses_above_target"]), fmt_grams(r["grams_above_target"]),
-              fmt_grams(r["grams_avoidable"])]
-             for r in data.by_indication.to_dicts()],
-        )
-        out += ["", f"## By service ({md_escape(data.window.span)})", ""]
-        out += _md_table(
-            ["Service", "Courses", "% appropriate", "Grams", "Grams avoidable"],
-            [[r["service"], fmt_int(r["courses"]), fmt_pct(r["pct_appropriate"]), fmt_grams(r["grams"]),
-              fmt_grams(r["grams_avoidable"])] for r in data.by_service.to_dicts()],
-        )
+        for title, frame in (("By indication", data.by_indication), ("By service", data.by_service)):
+            out += ["", f"## {title} ({md_escape(data.window.span)})", ""]
+            out += _md_table(
+                [title.removeprefix("By ").capitalize(), "Courses", "Patients", "% appropriate (flagged)",
+                 "% appropriate (after review)", "Grams used", "Grams avoidable"],
+                [[r["group_label"], fmt_int(r["courses"]), fmt_int(r["patients"]), fmt_pct(r["pct_appropriate_flagged"]),
+                  fmt_pct(r["pct_appropriate_after_review"]), fmt_grams(r["grams_used"]), fmt_grams(r["grams_avoidable"])]
+                 for r in frame.to_dicts()],
+            )
         out += ["", "## Trend by month (whole history)", ""]
         out += _md_table(
-            ["Month", "Courses", "% appropriate", "Grams used", "Grams avoidable"],
-            [[r["month_label"], fmt_int(r["courses"]), fmt_pct(r["pct_appropriate"]), fmt_grams(r["grams"]),
-              fmt_grams(r["grams_avoidable"])] for r in data.by_month.to_dicts()],
+            ["Month", "Courses", "% appropriate (flagged)", "% appropriate (after review)", "Grams used", "Grams avoidable"],
+            [[r["month_label"] + (" (partial: " + fmt_date(r["covered_from"]) + " to " + fmt_date(r["covered_to"]) + ")" if r["partial"] else ""),
+              fmt_int(r["courses"]), fmt_pct(r["pct_appropriate_flagged"]), fmt_pct(r["pct_appropriate_after_review"]),
+              fmt_grams(r["grams_used"]), fmt_grams(r["grams_avoidable"])] for r in data.by_month.to_dicts()],
         )
         out += [""]
         if data.intervention is not None:
             out += [f"## Before and after: {md_escape(opt.intervention_label)} ({fmt_date(opt.intervention)})", ""]
             out += _md_table(
-                ["", "Courses", "% appropriate", "Grams per course", "Avoidable per course", "Money avoidable"],
-                [[r["label"], fmt_int(r["courses"]), fmt_pct(r["pct_appropriate"]), fmt_grams(r["grams_per_course"]),
-                  fmt_grams(r["avoidable_per_course"]), fmt_money(r["money_avoidable"], cur)]
+                ["", "Courses", "% appropriate (flagged)", "% appropriate (after review)", "Grams used", "Grams avoidable", "Money avoidable"],
+                [[r["label"], fmt_int(r["courses"]), fmt_pct(r["pct_appropriate_flagged"]), fmt_pct(r["pct_appropriate_after_review"]),
+                  fmt_grams(r["grams_used"]), fmt_grams(r["grams_avoidable"]), fmt_money(r["money_avoidable"], cur)]
                  for r in data.intervention.to_dicts()],
             )
             out += [""]
@@ -231,28 +214,28 @@ def render_markdown(data: ReportData) -> str:
     if data.top_rules.height:
         out += ["## Top rules (open findings)", ""]
         out += _md_table(
-            ["Rule", "Category", "Severity", "Open findings", "Grams (sum)"],
-            [[r["rule_id"], r["category"], r["severity"], fmt_int(r["findings"]), fmt_grams(r["excess_g"])]
+            ["Rule", "Rule id", "Category", "Severity", "Open findings", "Grams (sum)"],
+            [[r["rule_title"], r["rule_id"], r["category_label"], r["severity"], fmt_int(r["findings"]), fmt_grams(r["excess_g"])]
              for r in data.top_rules.to_dicts()],
-            align="lllrr",
+            align="llllrr",
         )
         out += [""]
 
     out += ["## Open critical and warning findings", ""]
     if data.period_findings.height:
         out += _md_table(
-            ["Severity", "Course start", "Rule", "Indication", "Service", "Message", "Excess g"],
-            [[r["severity"], fmt_date(r["start"]), r["rule_id"], r["indication_label"], r["service"] or "-",
+            ["Severity", "Course start", "Rule", "Finding", "Indication", "Service", "Message", "Excess g"],
+            [[r["severity"], fmt_date(r["course_start"]), r["rule_title"], r["finding_id"], r["indication_label"], r["service"] or "-",
               r["message"], fmt_grams(r["excess_g"]) if r["excess_g"] else "-"]
              for r in data.period_findings.to_dicts()],
-            align="lllllll",
+            align="llllllll",
         )
         shown = data.period_findings.height
         note = f"{shown} of {data.period_findings_total} shown" if shown < data.period_findings_total else f"{shown} shown"
         out += ["", f"{note}; {data.period_info_findings} open info findings. Patients and courses: index.html "
                 "and worklist.csv."]
     else:
-        out += ["No open critical or warning findings in the report window."]
+        out += ["No open critical or warning findings."]
     out += [""]
 
     if run is not None:

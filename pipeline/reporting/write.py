@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import duckdb
 import polars as pl
 
 from pipeline.reporting.files import private_folder, spreadsheet_safe, write_owner_only
@@ -14,19 +15,21 @@ from pipeline.reporting.summary import summarise
 
 logger = logging.getLogger(__name__)
 
+#: The worklist's columns: v_open_findings' (its order too), the indication and category in words.
 WORKLIST_COLUMNS: tuple[str, ...] = (
-    "finding_id", "severity", "category", "rule_id", "patient_id", "course_id", "indication",
-    "course_start", "service", "prescriber_id", "message", "expected", "observed", "action", "excess_g",
+    "finding_id", "severity", "category", "rule_title", "rule_id", "patient_id", "course_id", "indication",
+    "course_start", "facility", "service", "prescriber_id", "message", "expected", "observed", "action", "excess_g",
 )
 
 
 def worklist_frame(data: ReportData) -> pl.DataFrame:
-    """Open findings of the report window for pharmacists; every text cell formula-safe, numbers stay numbers."""
-    return spreadsheet_safe(data.worklist.select(list(WORKLIST_COLUMNS)))
+    """Every open finding for pharmacists, critical first; every text cell formula-safe, numbers stay numbers."""
+    worded = data.worklist.with_columns(category=pl.col("category_label"), indication=pl.col("indication_label"))
+    return spreadsheet_safe(worded.select(list(WORKLIST_COLUMNS)))
 
 
 def build_report(
-    tables: dict[str, pl.DataFrame], out_dir: Path, options: ReportOptions = ReportOptions()
+    tables: "dict[str, pl.DataFrame] | duckdb.DuckDBPyConnection", out_dir: Path, options: ReportOptions = ReportOptions()
 ) -> tuple[list[Path], ReportData]:
     """Write index.html, summary.md and worklist.csv to out_dir; return their paths and the data.
 
@@ -45,8 +48,21 @@ def build_report(
     return [html_path, md_path, csv_path], data
 
 
+def build_report_from_database(
+    db_path: Path, out_dir: Path, options: ReportOptions = ReportOptions()
+) -> tuple[list[Path], ReportData]:
+    """build_report on the database file, read-only (its views compute every number)."""
+    from pipeline.warehouse.connection import connect_read_only
+
+    con = connect_read_only(Path(db_path))
+    try:
+        return build_report(con, out_dir, options)
+    finally:
+        con.close()
+
+
 def write_report(
-    tables: dict[str, pl.DataFrame], out_dir: Path, options: ReportOptions = ReportOptions()
+    tables: "dict[str, pl.DataFrame] | duckdb.DuckDBPyConnection", out_dir: Path, options: ReportOptions = ReportOptions()
 ) -> list[Path]:
     """Write index.html, summary.md and worklist.csv to out_dir; return their paths."""
     return build_report(tables, out_dir, options)[0]

@@ -56,7 +56,7 @@ RULES: dict[str, RuleQuery] = {}
 
 #: How far from a course each rule reads evidence, in days, per kind of evidence (a lab test, 'procedure',
 #: 'order' for other medications): None means at any distance. Read from the rule's parameters.
-Reach = Callable[[RuleSpec], dict[str, int | None]]
+Reach = Callable[[RuleSpec, RulePack], dict[str, int | None]]
 
 
 REACH: dict[str, Reach] = {}
@@ -67,12 +67,6 @@ FollowUp = Callable[[RuleSpec], int]
 
 
 FOLLOW_UP: dict[str, FollowUp] = {}
-
-
-RENAL_TESTS = ("creatinine", "egfr", "crcl")
-
-
-CBC_TESTS = ("hemoglobin", "platelets")
 
 
 FINDING_COLUMNS = ["course_id", "patient_id", "order_ids", "indication", "expected", "observed", "message", "excess_g", "severity"]
@@ -99,7 +93,7 @@ def evidence_reach(pack: RulePack) -> dict[str, int | None]:
     for rule_id, spec in pack.rules.items():
         if rule_id not in REACH or not spec.params.get("enabled", True):
             continue
-        for kind, days in REACH[rule_id](spec).items():
+        for kind, days in REACH[rule_id](spec, pack).items():
             if kind in farthest and (farthest[kind] is None or days is None):
                 farthest[kind] = None
             else:
@@ -305,6 +299,11 @@ EVIDENCE_COLUMNS = [
 ]
 
 
+def counts_against_course() -> pl.Expr:
+    """Whether a finding makes its course inappropriate: a warning or critical finding of a course (info findings advise)."""
+    return (pl.col("severity") != "info") & pl.col("course_id").is_not_null()
+
+
 def evaluate_rules(ctx: AuditContext, run_id: str) -> pl.LazyFrame:
     """Run every rule of the pack; findings with metadata and evidence (JSON); pipeline.identity gives their ids."""
     missing = sorted(set(ctx.pack.rules) - set(RULES))
@@ -344,10 +343,11 @@ def evaluate_rules(ctx: AuditContext, run_id: str) -> pl.LazyFrame:
             first_seen_run=pl.lit(run_id),
             last_seen_run=pl.lit(run_id),
             resolved_run=pl.lit(None, dtype=pl.String),
+            counts_against_course=counts_against_course(),
         )
         .select(
             "rule_id", "rule_version", "category", "severity", "status", "patient_id", "course_id",
             "order_ids", "indication", "message", "expected", "observed", "action", "evidence", "excess_g",
-            "first_seen_run", "last_seen_run", "resolved_run",
+            "first_seen_run", "last_seen_run", "resolved_run", "counts_against_course",
         )
     )

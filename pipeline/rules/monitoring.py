@@ -6,9 +6,7 @@ import polars as pl
 
 from pipeline.config.rulepack import RuleSpec
 from pipeline.rules.engine import (
-    CBC_TESTS,
     DT,
-    RENAL_TESTS,
     AuditContext,
     _days,
     finding,
@@ -19,7 +17,7 @@ from pipeline.rules.product_safety import renal_impairment
 
 
 # ------------------------------------------------------------------------------------- monitoring
-@rule("monitoring.no_baseline_labs", reach=lambda spec: dict.fromkeys(RENAL_TESTS + CBC_TESTS, _days(spec, "window_days")))
+@rule("monitoring.no_baseline_labs", reach=lambda spec, pack: dict.fromkeys([*pack.labs.renal_function, *pack.labs.blood_count], _days(spec, "window_days")))
 def no_baseline_labs(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Courses with no creatinine (or eGFR) or no CBC (haemoglobin or platelets) in the window before start."""
     if ctx.labs is None:
@@ -31,8 +29,8 @@ def no_baseline_labs(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
         .filter((pl.col("collected_at") >= pl.col("start") - window) & (pl.col("collected_at") <= pl.col("start")))
         .group_by("course_id")
         .agg(
-            has_renal=pl.col("test").is_in(RENAL_TESTS).any(),
-            has_cbc=pl.col("test").is_in(CBC_TESTS).any(),
+            has_renal=pl.col("test").is_in(ctx.pack.labs.renal_function).any(),
+            has_cbc=pl.col("test").is_in(ctx.pack.labs.blood_count).any(),
         )
     )
     checked = ctx.courses.join(baseline, on="course_id", how="left").with_columns(
@@ -86,7 +84,7 @@ def labs_after_course(ctx: AuditContext, courses: pl.LazyFrame, tests: list[str]
     )
 
 
-@rule("monitoring.no_hemoglobin_after_course", reach=lambda spec: {"hemoglobin": _days(spec, "window_days")},
+@rule("monitoring.no_hemoglobin_after_course", reach=lambda spec, pack: {"hemoglobin": _days(spec, "window_days")},
       follow_up=lambda spec: _days(spec, "window_days"))
 def no_hemoglobin_after_course(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """High-dose courses (g/kg at or above the limit) with no hemoglobin in the window after the last dose."""
@@ -108,7 +106,7 @@ def no_hemoglobin_after_course(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFram
 
 
 @rule("monitoring.no_renal_function_after_course",
-      reach=lambda spec: dict.fromkeys(RENAL_TESTS, max(_days(spec, "window_days"), _days(spec, "lookback_days"))),
+      reach=lambda spec, pack: dict.fromkeys(pack.labs.renal_function, max(_days(spec, "window_days"), _days(spec, "lookback_days"))),
       follow_up=lambda spec: _days(spec, "window_days"))
 def no_renal_function_after_course(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Courses with renal risk (renal impairment, a sucrose product, age at or above the limit) and no
@@ -127,7 +125,7 @@ def no_renal_function_after_course(ctx: AuditContext, spec: RuleSpec) -> pl.Lazy
             separator="; ", ignore_nulls=True,
         )
     ).filter(pl.col("risk").str.len_chars() > 0)
-    offending = labs_after_course(ctx, at_risk, ["creatinine", "egfr", "crcl"], days).filter(pl.col("followed_up_at").is_null())
+    offending = labs_after_course(ctx, at_risk, list(ctx.pack.labs.renal_function), days).filter(pl.col("followed_up_at").is_null())
     return finding(
         offending,
         expected=pl.format("a creatinine (or eGFR) within {} days after the course", pl.lit(days)),

@@ -1,16 +1,15 @@
 """IVIG appropriateness as a FHIR R4 MeasureReport that other sites and registries can compare.
 
-`build_measure_report` is pure: frames in (the stored `courses` and `findings` tables), a dict out.
-The report is a summary (type `summary`): counts, proportions and grams only. It never carries a
-patient, course, order or prescriber identifier (course ids embed the patient id, so they are not
-used either).
+`build_measure_report` is pure: the database's metric answers in (`pipeline.warehouse.measure_summaries`:
+`course_summary` overall and per indication, `category_summary`), a dict out. The report is a summary
+(type `summary`): counts, proportions and grams only; it never carries a patient, course, order or
+prescriber identifier.
 
-Population: the IVIG courses that started in the period (inclusive dates). Numerator: those the
-audit judged appropriate (`courses.appropriate`). Stratifiers: by indication (the regimen the course
-was judged against) and by finding category (the courses with at least one open warning or
-critical finding of that category; a course can sit in several of these strata). Two more groups
-carry the grams used and the grams avoidable (sum of `courses.excess_g`) with the same indication
-strata.
+Population: the IVIG courses that started in the period (inclusive dates). Two appropriateness groups:
+as the audit flagged them (`appropriate_flagged`) and after review (`appropriate_after_review`: findings
+dismissed with a reason that clears them no longer count). Stratifiers: by indication and by finding
+category (courses with a finding of that category counting against them; a course can sit in several).
+Two more groups carry the grams used and the grams avoidable after review, with the same indication strata.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ RULE_PACK_EXTENSION = f"{_BASE}/StructureDefinition/rule-pack"
 POPULATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/measure-population"
 IMPROVEMENT_SYSTEM = "http://terminology.hl7.org/CodeSystem/measure-improvement-notation"
 UCUM = "http://unitsofmeasure.org"
-SERIOUS = ("warning", "critical")
 
 
 def _concept(system: str, code: str, text: str | None = None) -> dict[str, Any]:
@@ -54,97 +52,83 @@ def _grams(value: float | None) -> dict[str, Any]:
     return {"value": round(float(value or 0.0), 1), "unit": "g", "system": UCUM, "code": "g"}
 
 
-def courses_in_period(courses: pl.DataFrame, start: date, end: date) -> pl.DataFrame:
-    """The courses that started between start and end (both inclusive)."""
-    return courses.filter(pl.col("start").cast(pl.Date).is_between(start, end, closed="both"))
-
-
-def open_serious_findings(findings: pl.DataFrame) -> pl.DataFrame:
-    """Findings still open (review status open and not resolved by a later run) of warning or critical severity."""
-    keep = (pl.col("status") == "open") & pl.col("severity").is_in(SERIOUS) & pl.col("course_id").is_not_null()
-    if "resolved_run" in findings.columns:
-        keep = keep & pl.col("resolved_run").is_null()
-    return findings.filter(keep)
-
-
-def _stratum(value: dict[str, Any], members: pl.DataFrame) -> dict[str, Any]:
-    n = members.height
-    appropriate = int(members["appropriate"].sum()) if n else 0
+def _stratum(value: dict[str, Any], courses: int, appropriate: int) -> dict[str, Any]:
     stratum: dict[str, Any] = {
         "value": value,
-        "population": [_population("initial-population", n), _population("denominator", n), _population("numerator", appropriate)],
+        "population": [_population("initial-population", courses), _population("denominator", courses),
+                       _population("numerator", appropriate)],
     }
-    score = _proportion(appropriate, n)
+    score = _proportion(appropriate, courses)
     if score is not None:
         stratum["measureScore"] = score
     return stratum
 
 
-def _grams_stratum(value: dict[str, Any], members: pl.DataFrame, column: str) -> dict[str, Any]:
-    return {
-        "value": value,
-        "population": [_population("initial-population", members.height)],
-        "measureScore": _grams(members[column].sum() if members.height else 0.0),
-    }
+def _count(frame: pl.DataFrame, column: str) -> int:
+    return int(frame[column].sum()) if frame.height else 0
 
 
 def build_measure_report(
-    courses: pl.DataFrame,
-    findings: pl.DataFrame,
+    summaries: dict[str, pl.DataFrame],
     start: date,
     end: date,
     *,
     generated_at: datetime | None = None,
-    rule_packs: list[str] | None = None,
 ) -> dict[str, Any]:
     """A FHIR R4 summary MeasureReport of IVIG appropriateness for courses started in [start, end].
 
-    `generated_at` becomes `date` (omitted when None); `rule_packs` (for example
-    '2026.11.1 (profile default)') are recorded as extensions so readers know what was applied.
+    `summaries` are `pipeline.warehouse.measure_summaries(con, start, end)`; `generated_at` becomes `date`
+    (omitted when None); the rule packs of the period's runs are recorded as extensions.
     """
     if end < start:
         raise ValueError(f"the period ends ({end}) before it starts ({start})")
-    period = courses_in_period(courses, start, end).with_columns(pl.col("appropriate").fill_null(False))
-    indications = sorted(period["indication"].unique().to_list())
-    serious = open_serious_findings(findings).filter(pl.col("course_id").is_in(period["course_id"].implode()))
+    overall, by_indication = summaries["overall"], summaries["by_indication"]
+    by_category = {r["group_key"]: r for r in summaries["by_category"].to_dicts()}
+    n = _count(overall, "courses")
+    indications = by_indication.to_dicts()
 
-    n = period.height
-    appropriate = int(period["appropriate"].sum()) if n else 0
-    by_indication = {ind: period.filter(pl.col("indication") == ind) for ind in indications}
-    indication_value = {ind: _concept(INDICATION_SYSTEM, ind, ind) for ind in indications}
-    appropriateness: dict[str, Any] = {
-        "code": _concept(GROUP_SYSTEM, "appropriateness", "IVIG courses judged appropriate by the audit"),
-        "population": [_population("initial-population", n), _population("denominator", n), _population("numerator", appropriate)],
-        "stratifier": [
-            {
-                "code": [_concept(STRATIFIER_SYSTEM, "indication", "indication (regimen judged against)")],
-                "stratum": [_stratum(indication_value[ind], by_indication[ind]) for ind in indications],
-            },
-            {
-                "code": [_concept(STRATIFIER_SYSTEM, "finding-category", "courses with an open warning or critical finding of the category")],
-                "stratum": [
-                    _stratum(
-                        _concept(CATEGORY_SYSTEM, category, category),
-                        period.filter(pl.col("course_id").is_in(serious.filter(pl.col("category") == category)["course_id"].implode())),
-                    )
-                    for category in CATEGORIES
-                ],
-            },
-        ],
-    }
-    score = _proportion(appropriate, n)
-    if score is not None:
-        appropriateness["measureScore"] = score
+    def indication_value(row: dict) -> dict[str, Any]:
+        return _concept(INDICATION_SYSTEM, row["group_key"], row["group_label"])
+
+    def appropriateness(code: str, text: str, numerator: str) -> dict[str, Any]:
+        group: dict[str, Any] = {
+            "code": _concept(GROUP_SYSTEM, code, text),
+            "population": [_population("initial-population", n), _population("denominator", n),
+                           _population("numerator", _count(overall, numerator))],
+            "stratifier": [
+                {
+                    "code": [_concept(STRATIFIER_SYSTEM, "indication", "indication (regimen judged against)")],
+                    "stratum": [_stratum(indication_value(r), r["courses"], r[numerator]) for r in indications],
+                },
+                {
+                    "code": [_concept(STRATIFIER_SYSTEM, "finding-category", "courses with a finding of the category counting against them")],
+                    "stratum": [
+                        _stratum(_concept(CATEGORY_SYSTEM, category, category),
+                                 by_category.get(category, {}).get("courses", 0),
+                                 by_category.get(category, {}).get(numerator, 0))
+                        for category in CATEGORIES
+                    ],
+                },
+            ],
+        }
+        score = _proportion(_count(overall, numerator), n)
+        if score is not None:
+            group["measureScore"] = score
+        return group
 
     def grams_group(code: str, text: str, column: str) -> dict[str, Any]:
         return {
             "code": _concept(GROUP_SYSTEM, code, text),
             "population": [_population("initial-population", n)],
-            "measureScore": _grams(period[column].sum() if n else 0.0),
+            "measureScore": _grams(overall[column].sum() if overall.height else 0.0),
             "stratifier": [
                 {
                     "code": [_concept(STRATIFIER_SYSTEM, "indication", "indication (regimen judged against)")],
-                    "stratum": [_grams_stratum(indication_value[ind], by_indication[ind], column) for ind in indications],
+                    "stratum": [
+                        {"value": indication_value(r), "population": [_population("initial-population", r["courses"])],
+                         "measureScore": _grams(r[column])}
+                        for r in indications
+                    ],
                 }
             ],
         }
@@ -158,25 +142,17 @@ def build_measure_report(
         "period": {"start": start.isoformat(), "end": end.isoformat()},
         "improvementNotation": _concept(IMPROVEMENT_SYSTEM, "increase", "a higher share of appropriate courses is better"),
         "group": [
-            appropriateness,
-            grams_group("grams-used", "grams of IVIG in the courses (known grams only)", "total_g"),
-            grams_group("grams-avoidable", "grams above target or not indicated (sum of courses.excess_g)", "excess_g"),
+            appropriateness("appropriateness", "IVIG courses judged appropriate by the audit (as flagged)", "appropriate_flagged"),
+            appropriateness("appropriateness-after-review", "IVIG courses appropriate once reviews count", "appropriate_after_review"),
+            grams_group("grams-used", "grams of IVIG in the courses (known grams only)", "grams_used"),
+            grams_group("grams-avoidable", "grams avoidable after review, each course once under its first lever", "grams_avoidable"),
         ],
     }
     if generated_at is not None:
         stamp = generated_at if generated_at.tzinfo else generated_at.replace(tzinfo=timezone.utc)
         report["date"] = stamp.isoformat(timespec="seconds")
-    if rule_packs:
-        report["extension"] = [{"url": RULE_PACK_EXTENSION, "valueString": text} for text in rule_packs]
+    packs = summaries.get("rule_packs")
+    if packs is not None and packs.height:
+        report["extension"] = [{"url": RULE_PACK_EXTENSION, "valueString": f"{v} (profile {p})"}
+                               for v, p in packs.iter_rows()]
     return report
-
-
-def rule_packs_of(courses: pl.DataFrame, runs: pl.DataFrame, start: date, end: date) -> list[str]:
-    """'version (profile name)' of the runs that wrote the period's courses (all runs when that is not known)."""
-    if runs.is_empty() or not {"rule_pack_version", "profile"} <= set(runs.columns):
-        return []
-    if "run_id" in courses.columns and "run_id" in runs.columns:
-        ids = courses_in_period(courses, start, end)["run_id"].unique()
-        runs = runs.filter(pl.col("run_id").is_in(ids.implode()))
-    pairs = runs.select("rule_pack_version", "profile").unique().sort("rule_pack_version", "profile")
-    return [f"{v} (profile {p})" for v, p in pairs.iter_rows()]

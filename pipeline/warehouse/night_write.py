@@ -89,6 +89,17 @@ def _write_quarantine(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _write_reference(con: duckdb.DuckDBPyConnection, reference: dict[str, pl.DataFrame]) -> None:
+    """Replace the reference tables (the rule pack's words and rules, as the views read them)."""
+    for table, frame in reference.items():
+        _check_frame(table, frame)
+        cols = ", ".join(_q(c) for c in _columns(table))
+        con.register("incoming_reference", frame)
+        con.execute(f"DELETE FROM {_q(table)}")
+        con.execute(f"INSERT INTO {_q(table)} ({cols}) SELECT {cols} FROM incoming_reference")
+        con.unregister("incoming_reference")
+
+
 @_owner_only_files
 def write_run(
     db_path: Path,
@@ -103,13 +114,15 @@ def write_run(
     versions: pl.DataFrame | None = None,
     retention: dict[str, int | None] | None = None,
     grace_days: int = 0,
+    reference: dict[str, pl.DataFrame] | None = None,
 ) -> None:
     """Write one audit run in a single transaction (all or nothing).
 
     The orders, courses and findings of `patients` (default: the patients of the incoming courses)
     are replaced by the incoming ones: a stored finding of such a patient that is not raised again
     is resolved. `ledger` and `versions` are what the history learns (pipeline.history); with
-    `retention` the evidence no rule can reach any more is pruned after the write.
+    `retention` the evidence no rule can reach any more is pruned after the write. `reference` replaces
+    the ref_* tables (pipeline.config.reference: the rule pack's words and rules the views read).
     """
     db_path = Path(db_path)
     frames = {"orders": orders, "courses": courses, "findings": findings, "quarantine": quarantine}
@@ -130,6 +143,8 @@ def write_run(
         _write_courses(con, run.run_id)
         _write_findings(con, run)
         _write_quarantine(con)
+        if reference is not None:
+            _write_reference(con, reference)
         if retention is not None:
             _prune_ledger(con, retention, grace_days)
         _write_runs(con, dataclasses.replace(run, data_through=_data_through(con)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -10,7 +11,8 @@ import polars as pl
 
 from pipeline.warehouse.base import StoreError, _one_line, _q
 from pipeline.warehouse.connection import connect_read_only
-from pipeline.warehouse.schema import TABLES, VIEWS, order_by
+from checks import tables as catalog
+from pipeline.warehouse.schema import TABLES, order_by
 
 
 def read_tables(
@@ -20,7 +22,7 @@ def read_tables(
     """Read whole tables read-only as Polars frames (for the report)."""
     if isinstance(tables, str):
         tables = (tables,)
-    known = set(TABLES) | set(VIEWS) | {"schema_version"}
+    known = set(TABLES) | {name for name, view in catalog.views().items() if not view.is_macro} | {"schema_version"}
     unknown = [t for t in tables if t not in known]
     if unknown:
         raise ValueError(f"unknown table or view: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -80,3 +82,19 @@ def export_parquet(db_path: Path, out_dir: Path, pseudonym_key: bytes | None = N
     finally:
         con.close()
     return written
+
+
+def measure_summaries(con: duckdb.DuckDBPyConnection, start: date, end: date) -> dict[str, pl.DataFrame]:
+    """What the FHIR measure counts for courses started in [start, end]: course_summary overall and per
+    indication, category_summary, and the rule packs of the runs that wrote those courses."""
+    def query(sql: str, params: list) -> pl.DataFrame:
+        return con.sql(sql, params=params).pl()
+
+    return {
+        "overall": query("SELECT * FROM course_summary('all', ?, ?, NULL)", [start, end]),
+        "by_indication": query("SELECT * FROM course_summary('indication', ?, ?, NULL) ORDER BY group_key", [start, end]),
+        "by_category": query("SELECT * FROM category_summary(?, ?, NULL)", [start, end]),
+        "rule_packs": query(
+            "SELECT DISTINCT rule_pack_version, profile FROM runs WHERE run_id IN (SELECT c.run_id FROM courses AS c "
+            "JOIN course_outcomes(?, ?, NULL) USING (course_id)) ORDER BY 1, 2", [start, end]),
+    }

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import duckdb
 import polars as pl
 
 from checks.outputs import STATUSES
@@ -16,19 +17,15 @@ from pipeline.warehouse.connection import _transaction, connect_read_only
 REVIEW_STATUSES = STATUSES
 
 
-#: Structured disposition codes of a review decision (data: a site may extend this list).
-DISPOSITION_CODES: dict[str, str] = {
-    "prescriber_contacted": "prescriber contacted; decision pending",
-    "dose_changed": "dose or remaining doses changed",
-    "order_cancelled": "order or remaining doses cancelled",
-    "documentation_added": "justification or indication documented after review",
-    "clinically_justified": "clinically justified (specialist decision, exceptional case)",
-    "approved_exception": "approved exception (committee or policy exception)",
-    "data_error": "the extract data was wrong (weight, height, indication, unit)",
-    "duplicate": "duplicate of another finding",
-    "not_applicable": "rule does not apply to this patient",
-    "other": "other (explain in the note)",
-}
+def disposition_codes(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Reason codes a review may give, with their words: the rule pack's `[review.dispositions]` as the
+    latest run stored them (ref_dispositions), else the shipped pack's (a database no run has written)."""
+    stored = dict(con.execute("SELECT reason_code, label FROM ref_dispositions ORDER BY reason_code").fetchall())
+    if stored:
+        return stored
+    from pipeline.config.rulepack import load_rule_pack
+
+    return {code: d.label for code, d in load_rule_pack().dispositions.items()}
 
 
 @dataclass(frozen=True)
@@ -56,8 +53,6 @@ def record_review(
     """Append a review decision and set the finding's status to it (one transaction)."""
     if status not in REVIEW_STATUSES:
         raise ValueError(f"status must be one of {', '.join(REVIEW_STATUSES)}, not '{status}'")
-    if reason_code is not None and reason_code not in DISPOSITION_CODES:
-        raise ValueError(f"unknown reason code '{reason_code}'; use one of {', '.join(DISPOSITION_CODES)}")
     if status == "dismissed" and reason_code is None:
         raise ValueError("dismissing a finding needs a --reason code")
     if not reviewed_by.strip():
@@ -76,6 +71,9 @@ def record_review(
     with _transaction(db_path) as con:
         if not con.execute("SELECT COUNT(*) FROM findings WHERE finding_id = ?", [finding_id]).fetchall()[0][0]:
             raise ValueError(f"no finding with id '{finding_id}'")
+        codes = disposition_codes(con)
+        if reason_code is not None and reason_code not in codes:
+            raise ValueError(f"unknown reason code '{reason_code}'; use one of {', '.join(codes)}")
         con.execute(
             "INSERT INTO review_events (finding_id, status, reason_code, note, reviewed_by, reviewed_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",

@@ -211,6 +211,30 @@ def bring_up_to_date(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     )
 
 
+def _write_vocabulary(con: duckdb.DuckDBPyConnection) -> None:
+    """Fill ref_vocabulary from the catalog's vocabularies (the views read severity ranks and labels there)."""
+    con.execute("DELETE FROM ref_vocabulary")
+    rows = [(name, value, rank, label) for name in catalog.vocabulary_names()
+            for rank, (value, label) in enumerate(catalog.vocabulary_labels(name).items())]
+    con.executemany("INSERT INTO ref_vocabulary (vocabulary, value, value_rank, label) VALUES (?, ?, ?, ?)", rows)
+
+
+def _drop_retired_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop the views and table macros an earlier ivig-audit created that the catalog no longer holds."""
+    wanted = set(catalog.views())
+    for (name,) in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = 'main'"
+    ).fetchall():
+        if name not in wanted:
+            con.execute(f"DROP VIEW {_q(name)}")
+    for (name,) in con.execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type = 'table_macro' "
+        "AND NOT internal AND schema_name = 'main'"
+    ).fetchall():
+        if name not in wanted:
+            con.execute(f"DROP MACRO TABLE {_q(name)}")
+
+
 def _apply_views_and_comments(con: duckdb.DuckDBPyConnection) -> None:
     """(Re)create the views and table macros, and write the catalog's description of every table, column,
     view and view column as its comment."""
@@ -218,6 +242,8 @@ def _apply_views_and_comments(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"COMMENT ON TABLE {_q(table.name)} IS {_literal(table.description)}")
         for c in table.columns:
             con.execute(f"COMMENT ON COLUMN {_q(table.name)}.{_q(c.name)} IS {_literal(c.description)}")
+    _write_vocabulary(con)
+    _drop_retired_views(con)
     for name, view in catalog.views().items():
         _execute_script(con, VIEWS[name])
         if view.is_macro:

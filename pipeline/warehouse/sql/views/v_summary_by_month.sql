@@ -1,8 +1,2 @@
--- Courses per month of course start: appropriate share, total and excess grams
-CREATE OR REPLACE VIEW v_summary_by_month AS SELECT CAST(date_trunc('month', start) AS DATE) AS month,
-    CAST(COUNT(*) AS BIGINT) AS courses,
-    CAST(COUNT(DISTINCT patient_id) AS BIGINT) AS patients,
-    CAST(COUNT(*) FILTER (WHERE appropriate) AS BIGINT) AS appropriate_courses,
-    CAST(100.0 * COUNT(*) FILTER (WHERE appropriate) / COUNT(*) AS DOUBLE) AS pct_appropriate,
-    CAST(SUM(total_g) AS DOUBLE) AS total_g,
-    CAST(SUM(excess_g) AS DOUBLE) AS excess_g FROM courses GROUP BY ALL ORDER BY month NULLS LAST;
+-- course_summary per month over the whole history
+CREATE OR REPLACE VIEW v_summary_by_month AS SELECT * FROM course_summary('month', NULL, NULL, NULL);
