@@ -141,3 +141,24 @@ def test_sample_views_equal_a_recomputation(sample_db):
 def test_cohort_report_equals_its_views(cohort_db):
     _check_report_equals_views(cohort_db)
     _check_views_equal_recomputation(cohort_db)
+
+
+def test_each_levers_grams_are_what_its_words_say(sample_db):
+    """The lever table's meanings (rule pack [levers.*]) against the sample's courses."""
+    with duckdb.connect(str(sample_db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT lever, indication, total_g, grams_avoidable, appropriate_flagged FROM v_course_outcomes").fetchall()
+        meanings = dict(con.execute("SELECT lever, meaning FROM ref_levers").fetchall())
+        rounding_against = con.execute(
+            "SELECT COUNT(*) FROM v_finding_verdicts WHERE lever = 'rounding' AND against_course_flagged").fetchall()[0][0]
+    by_lever: dict[str | None, list[tuple]] = {}
+    for lever, indication, total_g, grams, appropriate in rows:
+        by_lever.setdefault(lever, []).append((indication, total_g, grams, appropriate))
+    assert "the whole course" in meanings["indication"]
+    assert by_lever["indication"] and all(grams == total for _, total, grams, _ in by_lever["indication"])
+    assert "missing indication is not counted" in meanings["indication"]
+    assert all(ind != "missing" for ind, *_ in by_lever["indication"])
+    assert "does not make the course inappropriate" in meanings["rounding"]
+    assert by_lever["rounding"] and rounding_against == 0
+    assert all(grams > 0 for lever, courses in by_lever.items() if lever for _, _, grams, _ in courses)
+    assert all(grams == 0 for _, _, grams, _ in by_lever.get(None, []))
