@@ -88,15 +88,6 @@ def md_escape(value: Any) -> str:
     return " ".join(text.split())  # no line breaks inside a cell
 
 
-def _md_table(header: list[str], rows: list[list[Any]], align: str = "") -> list[str]:
-    """A GitHub-flavoured Markdown table; `align` has one l/r per column."""
-    align = align or "l" + "r" * (len(header) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "|".join(sep) + "|"]
-    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
-    return lines
-
-
 def _headline_rows(columns: list[Headline], cur: str) -> list[list[str]]:
     """Measure rows of the headline table, one value column per headline."""
     def row(label: str, fn) -> list[str]:
@@ -115,21 +106,23 @@ def _headline_rows(columns: list[Headline], cur: str) -> list[list[str]]:
     ]
 
 
+def _headline_table(data: ReportData, spans: bool) -> tuple[list[str], list[list[str]]]:
+    """The headline table's header and rows: a column per period (with its span, or its partial mark) and all history."""
+    header = ["Measure"] + [ph.period.label + (f" ({ph.period.span})" if spans else " (partial)" if ph.period.partial else "")
+                            for ph in data.periods]
+    headlines = [ph.headline for ph in data.periods]
+    if data.has_courses:
+        header.append("All history")
+        headlines.append(data.history)
+    return header, _headline_rows(headlines, data.options.currency)
+
+
 def headline_markdown(data: ReportData) -> str:
     """The headline as Markdown for a Prefect artifact: counts and grams only, no patient identifiers."""
-    opt = data.options
-    cols = [ph.headline for ph in data.periods]
-    header = ["Measure"] + [f"{ph.period.label} ({ph.period.span})" for ph in data.periods]
-    if data.has_courses:
-        cols.append(data.history)
-        header.append("All history")
-    title = md_escape(opt.title) + (f" - {md_escape(data.facility)}" if data.facility else "")
-    out = [f"# {title}", ""]
-    if data.facility_note:
-        out += [f"**{md_escape(data.facility_note)}**", ""]
-    out += _md_table(header, _headline_rows(cols, opt.currency))
-    out += ["", f"Cost per gram {md_escape(fmt_money(opt.cost_per_gram, opt.currency))}: {md_escape(opt.cost_source)}."]
-    return "\n".join(out) + "\n"
+    header, rows = _headline_table(data, spans=True)
+    text = _markdown_environment().get_template("headline.md.j2").render(
+        data=data, opt=data.options, headline_header=header, headline_rows=rows)
+    return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"
 
 
 def aggregate_table(data: ReportData) -> list[dict[str, Any]]:
@@ -142,125 +135,60 @@ def aggregate_table(data: ReportData) -> list[dict[str, Any]]:
     return [{("indication" if k == "group_label" else k): r[k] for k in keep} for r in data.by_indication.to_dicts()]
 
 
+class _Markdown(str):
+    """Markdown the template built itself (a table macro's output): printed as it is."""
+
+
+def _markdown_environment() -> Environment:
+    """Jinja environment of the Markdown summary: every printed value made inert by md_escape, except the
+    Markdown a macro of the template built from values it escaped (marked with the `built` filter)."""
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR), autoescape=False, undefined=StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        finalize=lambda value: value if isinstance(value, _Markdown) else md_escape(value),
+    )
+    env.filters.update(int=fmt_int, grams=fmt_grams, pct=fmt_pct, money=fmt_money, date=fmt_date, datetime=fmt_datetime,
+                       built=_Markdown)
+    return env
+
+
 def render_markdown(data: ReportData) -> str:
-    """Render the Markdown summary (no patient identifiers: they are in index.html and worklist.csv)."""
+    """Render the Markdown summary from its template (no patient identifiers: they are in index.html and worklist.csv)."""
     opt, run, cur = data.options, data.run, data.options.currency
-    title = md_escape(opt.title) + (f" - {md_escape(data.facility)}" if data.facility else "")
-    out: list[str] = [f"# {title}", ""]
-    meta = [f"Report as of {fmt_date(data.as_of)}; data to {fmt_date(data.data_through)}."]
-    if data.window:
-        meta.append(f"Report window: courses started {data.window.span}.")
-    if data.has_courses:
-        meta.append(f"History: {fmt_date(data.history_start)} to {fmt_date(data.history_end)}.")
-    if run is not None:
-        meta.append(f"Latest run {md_escape(run.run_id)} ({md_escape(run.status or 'status unknown')}, "
-                    f"finished {md_escape(fmt_datetime(run.finished_at))}).")
-    if data.pseudonymized:
-        meta.append("Patient identifiers pseudonymised.")
-    out += [" ".join(meta), ""]
-    if data.facility_note:
-        out += [f"**{md_escape(data.facility_note)}**", ""]
-    if data.stale_note:
-        out += [f"**{md_escape(data.stale_note)}**", ""]
-    if not data.has_courses:
-        out += ["**No courses audited yet.**", ""]
+    header, headline_rows = _headline_table(data, spans=False)
 
-    cols = [ph.headline for ph in data.periods] + ([data.history] if data.has_courses else [])
-    header = ["Measure"] + [f"{ph.period.label}" + (" (partial)" if ph.period.partial else "") for ph in data.periods] + (["All history"] if data.has_courses else [])
-    out += ["## Headline", ""]
-    out += _md_table(header, _headline_rows(cols, cur))
-    out += ["", f"Cost per gram {md_escape(fmt_money(opt.cost_per_gram, cur))}: {md_escape(opt.cost_source)}. "
-            "A course is appropriate when no warning or critical finding counts against it; after review, findings "
-            "dismissed with a reason that clears them no longer count. Grams avoidable count each course once, "
-            "under its first lever.", ""]
+    def group_rows(frame) -> list[list[str]]:
+        return [[r["group_label"], fmt_int(r["courses"]), fmt_int(r["patients"]), fmt_pct(r["pct_appropriate_flagged"]),
+                 fmt_pct(r["pct_appropriate_after_review"]), fmt_grams(r["grams_used"]), fmt_grams(r["grams_avoidable"])]
+                for r in frame.to_dicts()]
 
-    if data.has_courses:
-        out += [f"## Grams avoidable by lever ({md_escape(data.window.span)})", ""]
-        out += _md_table(
-            ["Lever", "How the grams count", "Courses", "Grams", "Money"],
-            [[r["lever_label"], r["meaning"], fmt_int(r["courses"]), fmt_grams(r["grams_avoidable"]),
-              fmt_money(r["money_avoidable"], cur)] for r in data.by_lever.to_dicts()]
-            + [["Total, each course once", "", fmt_int(int(data.by_lever["courses"].sum())),
-                fmt_grams(data.headline.grams_avoidable), fmt_money(data.headline.money_avoidable, cur)]],
-            align="llrrr",
-        )
-        for title, frame in (("By indication", data.by_indication), ("By service", data.by_service)):
-            out += ["", f"## {title} ({md_escape(data.window.span)})", ""]
-            out += _md_table(
-                [title.removeprefix("By ").capitalize(), "Courses", "Patients", "% appropriate (flagged)",
-                 "% appropriate (after review)", "Grams used", "Grams avoidable"],
-                [[r["group_label"], fmt_int(r["courses"]), fmt_int(r["patients"]), fmt_pct(r["pct_appropriate_flagged"]),
-                  fmt_pct(r["pct_appropriate_after_review"]), fmt_grams(r["grams_used"]), fmt_grams(r["grams_avoidable"])]
-                 for r in frame.to_dicts()],
-            )
-        out += ["", "## Trend by month (whole history)", ""]
-        out += _md_table(
-            ["Month", "Courses", "% appropriate (flagged)", "% appropriate (after review)", "Grams used", "Grams avoidable"],
-            [[r["month_label"] + (" (partial: " + fmt_date(r["covered_from"]) + " to " + fmt_date(r["covered_to"]) + ")" if r["partial"] else ""),
-              fmt_int(r["courses"]), fmt_pct(r["pct_appropriate_flagged"]), fmt_pct(r["pct_appropriate_after_review"]),
-              fmt_grams(r["grams_used"]), fmt_grams(r["grams_avoidable"])] for r in data.by_month.to_dicts()],
-        )
-        out += [""]
-        if data.intervention is not None:
-            out += [f"## Before and after: {md_escape(opt.intervention_label)} ({fmt_date(opt.intervention)})", ""]
-            out += _md_table(
-                ["", "Courses", "% appropriate (flagged)", "% appropriate (after review)", "Grams used", "Grams avoidable", "Money avoidable"],
-                [[r["label"], fmt_int(r["courses"]), fmt_pct(r["pct_appropriate_flagged"]), fmt_pct(r["pct_appropriate_after_review"]),
-                  fmt_grams(r["grams_used"]), fmt_grams(r["grams_avoidable"]), fmt_money(r["money_avoidable"], cur)]
-                 for r in data.intervention.to_dicts()],
-            )
-            out += [""]
-
-    if data.top_rules.height:
-        out += ["## Top rules (open findings)", ""]
-        out += _md_table(
-            ["Rule", "Rule id", "Category", "Severity", "Open findings", "Grams (sum)"],
-            [[r["rule_title"], r["rule_id"], r["category_label"], r["severity"], fmt_int(r["findings"]), fmt_grams(r["excess_g"])]
-             for r in data.top_rules.to_dicts()],
-            align="llllrr",
-        )
-        out += [""]
-
-    out += ["## Open critical and warning findings", ""]
-    if data.period_findings.height:
-        out += _md_table(
-            ["Severity", "Course start", "Rule", "Finding", "Indication", "Service", "Message", "Excess g"],
-            [[r["severity"], fmt_date(r["course_start"]), r["rule_title"], r["finding_id"], r["indication_label"], r["service"] or "-",
-              r["message"], fmt_grams(r["excess_g"]) if r["excess_g"] else "-"]
-             for r in data.period_findings.to_dicts()],
-            align="llllllll",
-        )
-        shown = data.period_findings.height
-        note = f"{shown} of {data.period_findings_total} shown" if shown < data.period_findings_total else f"{shown} shown"
-        out += ["", f"{note}; {data.period_info_findings} open info findings. Patients and courses: index.html "
-                "and worklist.csv."]
-    else:
-        out += ["No open critical or warning findings."]
-    out += [""]
-
-    if run is not None:
-        out += ["## Run", ""]
-        out += _md_table(
-            ["Item", "Value"],
-            [
-                ["Run id", run.run_id],
-                ["Profile", run.profile or "-"],
-                ["Rule pack", run.rule_pack_version or "-"],
-                ["Rows read", fmt_int(run.rows_read)],
-                ["Rows quarantined", fmt_int(run.rows_quarantined)],
-                ["Rows IVIG", fmt_int(run.rows_ivig)],
-                ["Rows passed through", fmt_int(run.rows_passed_through)],
-                ["Rows out of scope (other immunoglobulins)", fmt_int(run.rows_out_of_scope)],
-                ["Rows unrecognised immunoglobulin", fmt_int(run.rows_unrecognised_ig)],
-            ],
-            align="ll",
-        )
-        if run.inputs:
-            out += ["", "Input files:", ""]
-            out += _md_table(
-                ["File", "Extract", "Rows"],
-                [[f.name, f.extract or "-", fmt_int(f.rows)] for f in run.inputs],
-                align="llr",
-            )
-        out += [""]
-    return "\n".join(out).rstrip() + "\n"
+    shown = data.period_findings.height
+    text = _markdown_environment().get_template("summary.md.j2").render(
+        data=data, opt=opt, run=run,
+        headline_header=header, headline_rows=headline_rows,
+        lever_rows=[[r["lever_label"], r["meaning"], fmt_int(r["courses"]), fmt_grams(r["grams_avoidable"]),
+                     fmt_money(r["money_avoidable"], cur)] for r in data.by_lever.to_dicts()]
+        + [["Total, each course once", "", fmt_int(int(data.by_lever["courses"].sum())),
+            fmt_grams(data.headline.grams_avoidable), fmt_money(data.headline.money_avoidable, cur)]],
+        group_tables=[("By indication", group_rows(data.by_indication)), ("By service", group_rows(data.by_service))],
+        month_rows=[[r["month_label"] + (f" (partial: {fmt_date(r['covered_from'])} to {fmt_date(r['covered_to'])})" if r["partial"] else ""),
+                     fmt_int(r["courses"]), fmt_pct(r["pct_appropriate_flagged"]), fmt_pct(r["pct_appropriate_after_review"]),
+                     fmt_grams(r["grams_used"]), fmt_grams(r["grams_avoidable"])] for r in data.by_month.to_dicts()],
+        intervention_rows=[] if data.intervention is None else [
+            [r["label"], fmt_int(r["courses"]), fmt_pct(r["pct_appropriate_flagged"]), fmt_pct(r["pct_appropriate_after_review"]),
+             fmt_grams(r["grams_used"]), fmt_grams(r["grams_avoidable"]), fmt_money(r["money_avoidable"], cur)]
+            for r in data.intervention.to_dicts()],
+        rule_rows=[[r["rule_title"], r["rule_id"], r["category_label"], r["severity"], fmt_int(r["findings"]),
+                    fmt_grams(r["excess_g"])] for r in data.top_rules.to_dicts()],
+        finding_rows=[[r["severity"], fmt_date(r["course_start"]), r["rule_title"], r["indication_label"], r["service"] or "-",
+                       r["message"], fmt_grams(r["excess_g"]) if r["excess_g"] else "-"] for r in data.period_findings.to_dicts()],
+        finding_note=f"{shown} of {data.period_findings_total} shown" if shown < data.period_findings_total else f"{shown} shown",
+        run_rows=[] if run is None else [
+            ["Run id", run.run_id], ["Profile", run.profile or "-"], ["Rule pack", run.rule_pack_version or "-"],
+            ["Rows read", fmt_int(run.rows_read)], ["Rows quarantined", fmt_int(run.rows_quarantined)],
+            ["Rows IVIG", fmt_int(run.rows_ivig)], ["Rows passed through", fmt_int(run.rows_passed_through)],
+            ["Rows out of scope (other immunoglobulins)", fmt_int(run.rows_out_of_scope)],
+            ["Rows unrecognised immunoglobulin", fmt_int(run.rows_unrecognised_ig)]],
+        input_rows=[] if run is None else [[f.name, f.extract or "-", fmt_int(f.rows)] for f in run.inputs],
+    )
+    return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"

@@ -156,8 +156,8 @@ def _costed(options: ReportOptions, run: RunInfo | None, shipped_costs: Any) -> 
     cost, source = options.cost_per_gram, options.cost_source
     if cost is None and run is not None and run.cost_per_gram is not None:
         cost = float(run.cost_per_gram)
-        source = source or ("the rule pack's [costs] default" if cost == shipped_costs.cost_per_gram
-                            else "the cost per gram of the latest run")
+        source = source or (shipped_costs.source if cost == shipped_costs.cost_per_gram
+                            else "the cost per gram of the latest run (its rule pack's [costs])")
     if cost is None:
         cost = shipped_costs.cost_per_gram
     if source is None:
