@@ -1,13 +1,15 @@
-"""Whole tables and views read back (the report, the measure) and Parquet copies of them."""
+"""Whole tables and views read back (the report, the measure), the worklist and open criticals, and Parquet copies."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
+from checks.outputs import SEVERITIES
 from pipeline.warehouse.base import StoreError, _one_line, _q
 from pipeline.warehouse.connection import connect_read_only
 from pipeline.warehouse.schema import TABLES, VIEWS, order_by
@@ -80,3 +82,66 @@ def export_parquet(db_path: Path, out_dir: Path, pseudonym_key: bytes | None = N
     finally:
         con.close()
     return written
+
+
+def open_critical_findings(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Open critical findings nobody has reviewed yet (v_open_findings): finding id, rule and category."""
+    return con.sql(
+        "SELECT finding_id, rule_id, category FROM v_open_findings WHERE severity = 'critical' ORDER BY rule_id, finding_id"
+    ).pl()
+
+
+def read_findings(
+    db_path: Path,
+    status: str | None = "open",
+    category: str | None = None,
+    severity: str | None = None,
+    service: str | None = None,
+    since: datetime | None = None,
+    given_before: datetime | None = None,
+) -> tuple[pl.DataFrame, int]:
+    """Unresolved findings of a review status with their course figures, worst first, and how many were hidden.
+
+    Open findings come from v_open_findings; another status (None: every status) from `findings`
+    joined to `courses` for the view's columns. Filters are query parameters compared case-insensitively. With
+    `given_before`, info findings of courses whose last dose was before it (nothing left to act on)
+    are left out; their number is the second value.
+    """
+    con = connect_read_only(Path(db_path))
+    try:
+        view_columns = [row[0] for row in con.execute("DESCRIBE v_open_findings").fetchall()]
+        source_params: list = []
+        if status == "open":
+            source = "SELECT * FROM v_open_findings"
+        else:
+            finding_columns = {row[0] for row in con.execute("DESCRIBE findings").fetchall()}
+            picked = ", ".join(f"{'f' if name in finding_columns else 'c'}.{_q(name)}" for name in view_columns)
+            source = (
+                f"SELECT {picked} FROM findings AS f LEFT JOIN courses AS c ON c.course_id = f.course_id "
+                "WHERE f.resolved_run IS NULL"
+            )
+            if status is not None:
+                source += " AND lower(f.status) = lower(?)"
+                source_params.append(status)
+        conditions, params = ["TRUE"], []
+        for column, value in (("category", category), ("severity", severity), ("service", service)):
+            if value is not None:
+                conditions.append(f"lower(listed.{column}) = lower(?)")
+                params.append(value)
+        if since is not None:
+            conditions.append("listed.start >= ?")
+            params.append(since)
+        given_info = "listed.severity = 'info' AND c.\"end\" < ?" if given_before is not None else "FALSE"
+        given_params = [given_before] if given_before is not None else []
+        query = (
+            f"WITH listed AS ({source}) "
+            f"SELECT listed.*, COALESCE({given_info}, FALSE) AS _hidden "
+            "FROM listed LEFT JOIN courses AS c ON c.course_id = listed.course_id "
+            f"WHERE {' AND '.join(conditions)} "
+            "ORDER BY list_position(?, listed.severity) NULLS LAST, listed.start NULLS LAST, listed.finding_id"
+        )
+        rows = con.sql(query, params=source_params + given_params + params + [list(SEVERITIES)]).pl()
+    finally:
+        con.close()
+    hidden = int(rows["_hidden"].sum())
+    return rows.filter(~pl.col("_hidden")).drop("_hidden"), hidden
