@@ -66,7 +66,7 @@ def findings(
     severity: Annotated[Optional[str], typer.Option(help="Only this severity: " + ", ".join(SEVERITIES))] = None,
     service: Annotated[Optional[str], typer.Option(help="Only courses of this ordering service.")] = None,
     since: Annotated[Optional[datetime], typer.Option(help="Only courses starting on or after this date.", formats=["%Y-%m-%d"])] = None,
-    include_info: Annotated[bool, typer.Option("--include-info", help="Also list info findings of courses already given (hidden by default: nothing is left to act on).")] = False,
+    include_info: Annotated[bool, typer.Option("--include-info", help="Also list info findings of courses already given (hidden on the terminal by default: nothing is left to act on; --json and --csv hold them).")] = False,
     limit: Annotated[Optional[int], typer.Option(min=0, help=f"Show at most this many (0: all). Default: {DEFAULT_LIMIT} on the terminal, all with --json or --csv.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (every column of the worklist) instead of text.")] = False,
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Write the worklist to this CSV file (spreadsheet-safe).")] = None,
@@ -74,7 +74,9 @@ def findings(
     """List findings, critical first: the pharmacist's worklist (open ones unless --status).
 
     Each finding shows its severity, course start, patient, rule, message, what the policy expects,
-    what was observed and the suggested action. Filter values are case-insensitive.
+    what was observed and the suggested action. Filter values are case-insensitive. The terminal
+    shows a page (--limit) and hides info findings of courses already given (last dose before now:
+    --include-info shows them), saying how many; --json and --csv hold every finding the filters select.
 
     Exit status: 0 listed (none is not an error); 2 bad option or missing database; 3 the database
     cannot be read or the CSV written.
@@ -88,7 +90,7 @@ def findings(
     try:
         rows, hidden = read_findings(
             db, None if status == ANY_STATUS else status, category=category, severity=severity, service=service, since=since,
-            given_before=None if include_info else datetime.now(),
+            given_before=None if (include_info or as_json or csv is not None) else datetime.now(),
         )
     except StoreError as exc:
         fail(str(exc), EXIT_FAILURE)
