@@ -109,10 +109,12 @@ def _findings_json(db: Path, *args: str) -> dict:
 def test_findings_show_action_expected_and_observed(sample_db: Path):
     result = runner.invoke(app, ["findings", "--db", str(sample_db), "--severity", "critical", "--limit", "1"])
     assert result.exit_code == 0, result.output
-    finding_id, expected, observed, action = _rows(
-        sample_db, "SELECT finding_id, expected, observed, action FROM v_open_findings WHERE severity = 'critical' "
-                   "ORDER BY start NULLS LAST, finding_id LIMIT 1")[0]
-    assert f"id: {finding_id}" in result.stdout
+    shown = [line.split("id: ", 1)[1].split()[0] for line in result.stdout.splitlines() if line.startswith("           id: ")]
+    assert len(shown) == 1
+    severity, rule_id, expected, observed, action = _rows(
+        sample_db, "SELECT severity, rule_id, expected, observed, action FROM v_open_findings WHERE finding_id = ?", shown)[0]
+    assert severity == "critical" and expected and observed and action
+    assert f"rule: {rule_id}" in result.stdout
     assert f"expected: {expected}" in result.stdout
     assert f"observed: {observed}" in result.stdout
     assert f"action:   {action}" in result.stdout

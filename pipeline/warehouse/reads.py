@@ -100,48 +100,38 @@ def read_findings(
     since: datetime | None = None,
     given_before: datetime | None = None,
 ) -> tuple[pl.DataFrame, int]:
-    """Unresolved findings of a review status with their course figures, worst first, and how many were hidden.
+    """Unresolved findings of a review status, worst first, and how many were left out as already given.
 
-    Open findings come from v_open_findings; another status (None: every status) from `findings`
-    joined to `courses` for the view's columns. Filters are query parameters compared case-insensitively. With
-    `given_before`, info findings of courses whose last dose was before it (nothing left to act on)
-    are left out; their number is the second value.
+    Open findings are the worklist view v_open_findings, in its order; another status (None: every
+    status) is `findings` with its course's figures, critical first, then by course start. Filters
+    are query parameters compared case-insensitively. With `given_before`, info findings of courses
+    whose last dose was before it (nothing left to act on) are left out; their number is the second value.
     """
+    conditions, params = [], []
+    for column, value in (("status", status), ("category", category), ("severity", severity), ("service", service)):
+        if value is not None:
+            conditions.append(f"lower({column}) = lower(?)")
+            params.append(value)
+    if since is not None:
+        conditions.append("start >= ?")
+        params.append(since)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     con = connect_read_only(Path(db_path))
     try:
-        view_columns = [row[0] for row in con.execute("DESCRIBE v_open_findings").fetchall()]
-        source_params: list = []
         if status == "open":
-            source = "SELECT * FROM v_open_findings"
+            rows = con.sql(f"SELECT * FROM v_open_findings {where}", params=params).pl()
         else:
-            finding_columns = {row[0] for row in con.execute("DESCRIBE findings").fetchall()}
-            picked = ", ".join(f"{'f' if name in finding_columns else 'c'}.{_q(name)}" for name in view_columns)
-            source = (
-                f"SELECT {picked} FROM findings AS f LEFT JOIN courses AS c ON c.course_id = f.course_id "
-                "WHERE f.resolved_run IS NULL"
-            )
-            if status is not None:
-                source += " AND lower(f.status) = lower(?)"
-                source_params.append(status)
-        conditions, params = ["TRUE"], []
-        for column, value in (("category", category), ("severity", severity), ("service", service)):
-            if value is not None:
-                conditions.append(f"lower(listed.{column}) = lower(?)")
-                params.append(value)
-        if since is not None:
-            conditions.append("listed.start >= ?")
-            params.append(since)
-        given_info = "listed.severity = 'info' AND c.\"end\" < ?" if given_before is not None else "FALSE"
-        given_params = [given_before] if given_before is not None else []
-        query = (
-            f"WITH listed AS ({source}) "
-            f"SELECT listed.*, COALESCE({given_info}, FALSE) AS _hidden "
-            "FROM listed LEFT JOIN courses AS c ON c.course_id = listed.course_id "
-            f"WHERE {' AND '.join(conditions)} "
-            "ORDER BY list_position(?, listed.severity) NULLS LAST, listed.start NULLS LAST, listed.finding_id"
+            rows = con.sql(
+                "SELECT * FROM (SELECT f.*, c.start, c.total_g, c.g_per_kg, c.dosing_weight_kg, c.service, c.prescriber_id "
+                "FROM findings AS f LEFT JOIN courses AS c ON c.course_id = f.course_id WHERE f.resolved_run IS NULL) "
+                f"{where} ORDER BY list_position(?, severity) NULLS LAST, start NULLS LAST, finding_id",
+                params=params + [list(SEVERITIES)],
+            ).pl()
+        given = (
+            con.sql('SELECT course_id FROM courses WHERE "end" < ?', params=[given_before]).pl()["course_id"]
+            if given_before is not None else pl.Series("course_id", [], pl.String)
         )
-        rows = con.sql(query, params=source_params + given_params + params + [list(SEVERITIES)]).pl()
     finally:
         con.close()
-    hidden = int(rows["_hidden"].sum())
-    return rows.filter(~pl.col("_hidden")).drop("_hidden"), hidden
+    hidden = (pl.col("severity") == "info") & pl.col("course_id").is_in(given.implode()).fill_null(False)
+    return rows.filter(~hidden), rows.filter(hidden).height
