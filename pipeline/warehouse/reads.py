@@ -107,7 +107,7 @@ def read_findings(
     are query parameters compared case-insensitively. With `given_before`, info findings of courses
     whose last dose was before it (nothing left to act on) are left out; their number is the second value.
     """
-    conditions, params = [], []
+    conditions, params = ["TRUE"], []
     for column, value in (("status", status), ("category", category), ("severity", severity), ("service", service)):
         if value is not None:
             conditions.append(f"lower({column}) = lower(?)")
@@ -115,16 +115,15 @@ def read_findings(
     if since is not None:
         conditions.append("start >= ?")
         params.append(since)
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     con = connect_read_only(Path(db_path))
     try:
         if status == "open":
-            rows = con.sql(f"SELECT * FROM v_open_findings {where}", params=params).pl()
+            rows = con.sql(f"SELECT * FROM v_open_findings WHERE {' AND '.join(conditions)}", params=params).pl()
         else:
             rows = con.sql(
                 "SELECT * FROM (SELECT f.*, c.start, c.total_g, c.g_per_kg, c.dosing_weight_kg, c.service, c.prescriber_id "
                 "FROM findings AS f LEFT JOIN courses AS c ON c.course_id = f.course_id WHERE f.resolved_run IS NULL) "
-                f"{where} ORDER BY list_position(?, severity) NULLS LAST, start NULLS LAST, finding_id",
+                f"WHERE {' AND '.join(conditions)} ORDER BY list_position(?, severity) NULLS LAST, start NULLS LAST, finding_id",
                 params=params + [list(SEVERITIES)],
             ).pl()
         given = (
