@@ -46,7 +46,6 @@ def review(
     """
     status = choice(status, REVIEW_STATUSES, "--status")
     require_database(db)
-    from pipeline.reporting.files import terminal_safe
     from pipeline.warehouse import StoreError, record_review
 
     try:
@@ -55,7 +54,9 @@ def review(
         fail(str(exc), EXIT_BAD_INPUT)
     except StoreError as exc:
         fail(str(exc), EXIT_FAILURE)
-    typer.echo(f"{terminal_safe(event.finding_id)}: {event.status}" + (f" ({event.reason_code})" if event.reason_code else ""))
+    # The id is one the database holds: built from digests and a rule id (`crs-<digest>.<rule_id>`,
+    # pipeline.domain.identity), so it is shown as it is, without importing the report's text filters.
+    typer.echo(f"{event.finding_id}: {event.status}" + (f" ({event.reason_code})" if event.reason_code else ""))
 
 
 @app.command()

@@ -343,3 +343,16 @@ def test_make_runs_first_install_shows_progress():
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     install = [line for line in makefile.splitlines() if "pip install" in line and "-e '.[test]'" in line]
     assert install and all("--quiet" not in line for line in install)
+
+
+def test_review_imports_neither_prefect_nor_the_report(sample_db: Path, tmp_path: Path):
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(sample_db, db)
+    finding = _rows(db, "SELECT finding_id FROM v_open_findings LIMIT 1")[0][0]
+    loaded = _modules_after(
+        "from flows.cli import app\ntry:\n"
+        f"    app(['review', {finding!r}, '--status', 'acknowledged', '--by', 'A. Pharmacist', '--db', {str(db)!r}])\n"
+        "except SystemExit:\n    pass"
+    )
+    assert "duckdb" in loaded and "prefect" not in loaded and "altair" not in loaded
+    assert _rows(db, "SELECT status FROM findings WHERE finding_id = ?", [finding]) == [("acknowledged",)]
