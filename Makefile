@@ -7,10 +7,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: run test venv sample report server bench bench-10m clean
 
+# The first install downloads Polars, DuckDB, Prefect and their dependencies (a few minutes): pip shows its progress.
 $(STAMP): pyproject.toml
+	@echo "Installing ivig-audit and its dependencies into $(VENV) (the first time takes a few minutes)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --progress-bar on -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Annotated, Optional
 
 # Hospital hosts are offline: no telemetry, and a patient-data tool never persists task results.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -21,10 +22,24 @@ try:  # typer vendors click (typer._click) in the versions we pin; older ones us
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]  # noqa: E402
 
-from pipeline.config.products import ProductDictionaryError, load_products  # noqa: E402
-from pipeline.config.rulepack import RulePackError, load_rule_pack  # noqa: E402
+# Nothing heavy is imported here or by the command modules at import time (polars, duckdb, pandera,
+# prefect, altair): `--help`, `findings`, `review` and `dose` start fast; each command imports what it uses.
 
+#: Exit statuses of every command (docs/operations.md). A missing database is bad input (2) everywhere.
 EXIT_OK, EXIT_CRITICAL, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
+
+#: The database every command reads or writes unless given --db.
+DEFAULT_DB = Path("ivig_audit.duckdb")
+
+#: --db of the commands that read the database (`run` and `serve` write it: their help says so).
+DbOption = Annotated[Path, typer.Option("--db", help="DuckDB database written by `ivig-audit run`.")]
+
+# The site options `run` and `serve` share (and `dose` the configuration ones): one definition each.
+RulesOption = Annotated[Optional[Path], typer.Option("--rules", help="Site rule-pack TOML overriding the shipped defaults.")]
+ProfileOption = Annotated[Optional[str], typer.Option("--profile", help="Dosing-weight policy profile: default, ontario, ibw, discretionary.")]
+ProductsOption = Annotated[Optional[Path], typer.Option("--products", help="Site product dictionary TOML (replaces the shipped one).")]
+MappingOption = Annotated[Optional[str], typer.Option("--mapping", help="Column-mapping profile of the site's extract: canonical, epic_clarity, fhir_medication_request, fhir_medication_administration, mimic3, mimic4, or a TOML file (docs/ingest.md).")]
+CostPerGramOption = Annotated[Optional[float], typer.Option("--cost-per-gram", min=0, help="Cost of one gram of IVIG, for money avoidable. Default: the rule pack's [costs] cost_per_gram.")]
 
 
 class OneLineErrors(TyperGroup):
@@ -95,8 +110,28 @@ def default_sample_dir() -> Path:
     return here if here.is_dir() else Path(__file__).resolve().parents[1] / "sample_data"
 
 
+def choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | None:
+    """The allowed value an option names, compared case-insensitively, or a one-line error (exit 2)."""
+    if value is None:
+        return None
+    for name in allowed:
+        if value.strip().casefold() == name.casefold():
+            return name
+    fail(f"{flag} must be one of {', '.join(allowed)}, not {value!r}", EXIT_BAD_INPUT)
+    return None  # unreachable: fail exits
+
+
+def require_database(db: Path) -> None:
+    """A one-line error and exit 2 (bad input) when the database to read does not exist: the same for every command."""
+    if not Path(db).is_file():
+        fail(f"database not found: {db} (audit into it first with `ivig-audit run --db {db}`)", EXIT_BAD_INPUT)
+
+
 def configuration(rules: Path | None, profile: str | None, products: Path | None = None):
     """The effective rule pack and product dictionary, or a one-line error and exit 2."""
+    from pipeline.config.products import ProductDictionaryError, load_products
+    from pipeline.config.rulepack import RulePackError, load_rule_pack
+
     try:
         return load_rule_pack(rules, profile), load_products(products)
     except (RulePackError, ProductDictionaryError) as exc:

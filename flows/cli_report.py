@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli_app import EXIT_BAD_INPUT, EXIT_FAILURE, app, fail
-from pipeline.warehouse import StoreError
+from flows.cli_app import DEFAULT_DB, EXIT_BAD_INPUT, EXIT_FAILURE, DbOption, app, fail, require_database
 
 
 def _date_option(value: str | None, flag: str) -> date | None:
@@ -37,7 +36,7 @@ def _cost_option(value: str) -> float:
 
 @app.command()
 def report(
-    db: Annotated[Path, typer.Option(help="DuckDB database written by `ivig-audit run`.")] = Path("ivig_audit.duckdb"),
+    db: DbOption = DEFAULT_DB,
     out: Annotated[Path, typer.Option(help="Folder to write index.html, summary.md and worklist.csv to.")] = Path("reports"),
     period_from: Annotated[Optional[str], typer.Option("--from", help="First course start day of the period (YYYY-MM-DD). Default: last full month and month to date.")] = None,
     period_to: Annotated[Optional[str], typer.Option("--to", help="Last course start day of the period (YYYY-MM-DD, inclusive).")] = None,
@@ -61,6 +60,7 @@ def report(
         ReportOptionsError,
         build_report_from_database,
     )
+    from pipeline.warehouse import StoreError
 
     start = _date_option(period_from, "--from")
     end = _date_option(period_to, "--to")
@@ -80,8 +80,7 @@ def report(
         intervention=_date_option(intervention, "--intervention"),
         intervention_label=intervention_label,
     )
-    if not db.exists():
-        fail(f"database not found: {db}")
+    require_database(db)
     if out.exists() and not out.is_dir():
         fail(f"cannot write the report to {out}: it is a file, not a folder", EXIT_FAILURE)
     try:

@@ -10,18 +10,21 @@ from typing import Annotated, Optional
 import typer
 
 from flows.cli_app import (
+    DEFAULT_DB,
+    EXIT_BAD_INPUT,
     EXIT_CRITICAL,
     EXIT_FAILURE,
+    CostPerGramOption,
+    MappingOption,
+    ProductsOption,
+    ProfileOption,
+    RulesOption,
     app,
     configuration,
     default_sample_dir,
     fail,
 )
-from pipeline.config.rulepack import RulePackError, load_rule_pack
-from pipeline.ingest.errors import ExtractError
-from pipeline.ingest.mappings import load_mapping
-from pipeline.ingest.tables import scan_extract
-from pipeline.warehouse import StoreError
+
 
 def preflight(
     inputs: dict[str, list[Path]], rules: Path | None, profile: str | None,
@@ -32,6 +35,9 @@ def preflight(
     A mistake there fails fast with one line; the rows themselves are parsed once, by the flow's
     read stage, which reports a broken row with the same one-line message.
     """
+    from pipeline.ingest.mappings import load_mapping
+    from pipeline.ingest.tables import scan_extract
+
     configuration(rules, profile, products)
     profile_map = load_mapping(mapping) if mapping else None
     for extract, paths in inputs.items():
@@ -43,14 +49,14 @@ def run(
     orders: Annotated[Optional[list[Path]], typer.Option("--orders", help="Orders extract: a CSV or Parquet file or a folder of them. Repeat for several.")] = None,
     labs: Annotated[Optional[list[Path]], typer.Option("--labs", help="Labs extract (creatinine, eGFR, CBC, IgA): a file or folder. Repeat for several.")] = None,
     procedures: Annotated[Optional[list[Path]], typer.Option("--procedures", help="Procedures extract (plasma exchange): a file or folder. Repeat for several.")] = None,
-    db: Annotated[Path, typer.Option(help="DuckDB database to write.")] = Path("ivig_audit.duckdb"),
-    rules: Annotated[Optional[Path], typer.Option(help="Site rule-pack TOML overriding the shipped defaults.")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="Dosing-weight policy profile: default, ontario, ibw, discretionary.")] = None,
-    products: Annotated[Optional[Path], typer.Option(help="Site product dictionary TOML (replaces the shipped one).")] = None,
-    mapping: Annotated[Optional[str], typer.Option(help="Column-mapping profile of the site's extract: canonical, epic_clarity, fhir_medication_request, fhir_medication_administration, mimic3, mimic4, or a TOML file (docs/ingest.md).")] = None,
+    db: Annotated[Path, typer.Option(help="DuckDB database to write.")] = DEFAULT_DB,
+    rules: RulesOption = None,
+    profile: ProfileOption = None,
+    products: ProductsOption = None,
+    mapping: MappingOption = None,
     report_dir: Annotated[Path, typer.Option(help="Folder for the HTML and Markdown summary.")] = Path("reports"),
-    cost_per_gram: Annotated[Optional[float], typer.Option(min=0, help="Cost of one gram of IVIG, for money avoidable. Default: the rule pack's [costs] cost_per_gram.")] = None,
-    fail_on_critical: Annotated[bool, typer.Option(help="Exit 1 when the run found critical findings.")] = False,
+    cost_per_gram: CostPerGramOption = None,
+    fail_on_critical: Annotated[bool, typer.Option(help="Exit 1 when the database holds open critical findings nobody has reviewed yet (they are listed).")] = False,
     force: Annotated[bool, typer.Option(help="Audit input files again even if their content was audited before.")] = False,
     task_runner: Annotated[str, typer.Option(help="Where tasks run: 'threads' (this machine) or 'dask' (a Dask cluster).")] = "threads",
     dask_address: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster).")] = None,
@@ -62,9 +68,14 @@ def run(
     Orders, labs and procedures may each arrive on their own night (labs alone are evidence for
     the patients' courses). Without any input option the shipped sample data is audited.
 
-    Exit status: 0 audited; 1 audited with critical findings (only with --fail-on-critical);
-    2 bad input (missing file, unreadable extract, missing column, bad rule pack); 3 failure.
+    Exit status: 0 audited; 1 audited, and open critical findings nobody has reviewed remain (only
+    with --fail-on-critical; also on a night with nothing new); 2 bad input (missing file, unreadable
+    extract, missing column, bad rule pack); 3 failure.
     """
+    from pipeline.config.rulepack import RulePackError
+    from pipeline.ingest.errors import ExtractError
+    from pipeline.warehouse import StoreError
+
     inputs = {name: list(paths) for name, paths in (("orders", orders), ("labs", labs), ("procedures", procedures)) if paths}
     if not inputs:
         sample = default_sample_dir()
@@ -119,17 +130,43 @@ def run(
             f"nothing new to audit: all {summary.skipped_files} input file(s) were audited before "
             f"(database {summary.db}; run {summary.run_id} recorded); report {report}; use --force to audit them again"
         )
+    else:
+        severities = summary.findings_by_severity
+        scope = f"every patient again ({summary.reaudit_reason})" if summary.audit_scope == "full" else "the patients tonight's rows touch"
+        typer.echo(
+            f"audited {summary.rows.get('rows_ivig', 0)} IVIG order rows; judged {summary.patients_audited} patients "
+            f"({scope}): {summary.courses} courses, {summary.findings} findings (critical {severities.get('critical', 0)}, "
+            f"warning {severities.get('warning', 0)}, info {severities.get('info', 0)}); "
+            f"{summary.rows.get('rows_quarantined', 0)} rows quarantined; database {summary.db}; report {report}"
+        )
+    if fail_on_critical:
+        _fail_on_open_criticals(db)
+
+
+def _fail_on_open_criticals(db: Path) -> None:
+    """Exit 1 naming the open critical findings nobody has reviewed yet, if the database holds any."""
+    from pipeline.reporting.files import terminal_safe
+    from pipeline.warehouse import StoreError, connect_read_only, open_critical_findings
+
+    try:
+        con = connect_read_only(db)
+        try:
+            open_criticals = open_critical_findings(con)
+        finally:
+            con.close()
+    except StoreError as exc:
+        fail(str(exc), EXIT_FAILURE)
+    if open_criticals.is_empty():
         return
-    severities = summary.findings_by_severity
-    scope = f"every patient again ({summary.reaudit_reason})" if summary.audit_scope == "full" else "the patients tonight's rows touch"
+    by_rule = open_criticals.group_by("rule_id", maintain_order=True).len()
     typer.echo(
-        f"audited {summary.rows.get('rows_ivig', 0)} IVIG order rows; judged {summary.patients_audited} patients "
-        f"({scope}): {summary.courses} courses, {summary.findings} findings (critical {severities.get('critical', 0)}, "
-        f"warning {severities.get('warning', 0)}, info {severities.get('info', 0)}); "
-        f"{summary.rows.get('rows_quarantined', 0)} rows quarantined; database {summary.db}; report {report}"
+        f"{open_criticals.height} open critical finding(s) not yet reviewed ("
+        + ", ".join(f"{rule} {n}" for rule, n in by_rule.iter_rows())
+        + f"); review them with `ivig-audit findings --severity critical --db {db}`:"
     )
-    if fail_on_critical and severities.get("critical", 0) > 0:
-        raise typer.Exit(EXIT_CRITICAL)
+    for finding_id, rule_id in open_criticals.select("finding_id", "rule_id").iter_rows():
+        typer.echo(f"  {terminal_safe(finding_id)}  ({rule_id})")
+    raise typer.Exit(EXIT_CRITICAL)
 
 
 @app.command("rules")
@@ -138,7 +175,9 @@ def list_rules(
     profile: Annotated[Optional[str], typer.Option(help="Policy profile to show.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Print the effective rule pack: every rule with its version, category, severity and source."""
+    """Print the effective rule pack: every rule with its version, category, severity, source and parameters."""
+    from pipeline.config.rulepack import RulePackError, load_rule_pack
+
     try:
         pack = load_rule_pack(rules, profile)
     except RulePackError as exc:
@@ -165,6 +204,9 @@ def list_rules(
         typer.echo(
             f"{r.rule_id:<{width}}  v{r.version:<4} from {r.effective_date}  {r.category:<21} {r.severity:<8} {r.description}"
         )
+        typer.echo(f"    source: {r.source}")
+        if r.params:
+            typer.echo("    params: " + ", ".join(f"{key}={json.dumps(value)}" for key, value in r.params.items()))
 
 
 @app.command()
@@ -172,19 +214,36 @@ def serve(
     orders: Annotated[Path, typer.Option(help="Inbox folder the nightly extracts land in.")] = Path("inbox"),
     labs: Annotated[Optional[Path], typer.Option(help="Labs extract path, read each night.")] = None,
     procedures: Annotated[Optional[Path], typer.Option(help="Procedures extract path, read each night.")] = None,
-    db: Annotated[Path, typer.Option(help="DuckDB database to write.")] = Path("ivig_audit.duckdb"),
+    db: Annotated[Path, typer.Option(help="DuckDB database to write.")] = DEFAULT_DB,
     report_dir: Annotated[Path, typer.Option(help="Folder for the summary.")] = Path("reports"),
-    mapping: Annotated[Optional[str], typer.Option(help="Column-mapping profile name or TOML file.")] = None,
+    rules: RulesOption = None,
+    profile: ProfileOption = None,
+    products: ProductsOption = None,
+    mapping: MappingOption = None,
+    cost_per_gram: CostPerGramOption = None,
     cron: Annotated[str, typer.Option(help="Cron schedule of the nightly run.")] = "0 2 * * *",
     timezone: Annotated[str, typer.Option(help="Time zone of the schedule (IANA name).")] = "UTC",
 ) -> None:
-    """Serve the audit on a nightly schedule (needs a Prefect server: `prefect server start`)."""
+    """Serve the audit on a nightly schedule (needs a Prefect server: `prefect server start`).
+
+    The site options (--rules, --profile, --products, --mapping, --cost-per-gram) are those of
+    `ivig-audit run` and are checked before serving: a mistake is one line and exit 2, not a failed night.
+    """
     if not os.environ.get("PREFECT_API_URL"):
         fail(
             "serving on a schedule needs a Prefect server: start one with `prefect server start` "
             "(or `make server`) and set PREFECT_API_URL=http://127.0.0.1:4200/api; "
             "without a server, call `ivig-audit run` from cron or a systemd timer"
         )
+    from pipeline.ingest.errors import ExtractError
+    from pipeline.ingest.mappings import load_mapping
+
+    configuration(rules, profile, products)
+    try:
+        if mapping:
+            load_mapping(mapping)
+    except ExtractError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
     from prefect.schedules import Cron
 
     from flows.audit import audit_flow
@@ -198,6 +257,10 @@ def serve(
             "procedures": str(procedures.resolve()) if procedures else None,
             "db": str(db.resolve()),
             "report_dir": str(report_dir.resolve()),
+            "rules": str(rules.resolve()) if rules else None,
+            "profile": profile,
+            "products": str(products.resolve()) if products else None,
             "mapping": str(Path(mapping).resolve()) if mapping and Path(mapping).exists() else mapping,
+            "cost_per_gram": cost_per_gram,
         },
     )

@@ -11,8 +11,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli_app import EXIT_BAD_INPUT, EXIT_FAILURE, app, configuration, fail
-from pipeline.warehouse import StoreError
+from flows.cli_app import (
+    DEFAULT_DB,
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    DbOption,
+    ProductsOption,
+    ProfileOption,
+    RulesOption,
+    app,
+    configuration,
+    fail,
+    require_database,
+)
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -58,14 +69,14 @@ def dose(
     sex: Annotated[Optional[str], typer.Option(metavar="M|F", help="Sex for the ideal-body-weight formula: M or F.")] = None,
     age: Annotated[Optional[str], typer.Option(metavar="YEARS", help="Age in years (under 18: actual weight is used).")] = None,
     product: Annotated[Optional[str], typer.Option(help="Product name for a vial plan (Privigen, Gamunex-C, Octagam 10%, ...).")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="Dosing-weight policy profile: default, ontario, ibw, discretionary.")] = None,
+    profile: ProfileOption = None,
     pregnant: Annotated[bool, typer.Option("--pregnant", help="The patient is pregnant.")] = False,
     pre_pregnancy_weight: Annotated[Optional[str], typer.Option(metavar="KG", help="Pre-pregnancy weight in kg (used instead of the actual weight when --pregnant).")] = None,
     phase: Annotated[Optional[str], typer.Option(metavar="first|later", help="CIDP and MG: 'first' (induction/crisis, the default) or 'later' (maintenance).")] = None,
     days: Annotated[Optional[str], typer.Option(metavar="N", help="Days to give the course over, within the regimen (default: the regimen's longest).")] = None,
     g_per_kg: Annotated[Optional[str], typer.Option(metavar="G/KG", help="Course target in g/kg within a regimen range (default: the top of the range).")] = None,
-    rules: Annotated[Optional[Path], typer.Option(help="Site rule-pack TOML overriding the shipped defaults.")] = None,
-    products: Annotated[Optional[Path], typer.Option(help="Site product dictionary TOML (replaces the shipped one).")] = None,
+    rules: RulesOption = None,
+    products: ProductsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Calculate the IVIG course the audit would accept for one patient.
@@ -113,7 +124,7 @@ def measure(
     from_: Annotated[str, typer.Option("--from", metavar="YYYY-MM-DD", help="First day of the period (courses starting on or after it).")],
     to: Annotated[str, typer.Option("--to", metavar="YYYY-MM-DD", help="Last day of the period (inclusive).")],
     out: Annotated[Path, typer.Option(help="File to write the MeasureReport JSON to ('-' for the screen).")],
-    db: Annotated[Path, typer.Option(help="DuckDB database written by `ivig-audit run` (read only).")] = Path("ivig_audit.duckdb"),
+    db: DbOption = DEFAULT_DB,
 ) -> None:
     """Write IVIG appropriateness for a period as a FHIR R4 MeasureReport (JSON) others can compare.
 
@@ -124,13 +135,12 @@ def measure(
     Example: ivig-audit measure --db ivig_audit.duckdb --from 2026-01-01 --to 2026-03-31 --out q1.json
     """
     from pipeline.tools.measure import build_measure_report
-    from pipeline.warehouse import connect_read_only, measure_summaries
+    from pipeline.warehouse import StoreError, connect_read_only, measure_summaries
 
     start, end = _date(from_, "--from"), _date(to, "--to")
     if end < start:
         fail(f"--to {end} is before --from {start}", EXIT_BAD_INPUT)
-    if not db.exists():
-        fail(f"database not found: {db}", EXIT_BAD_INPUT)
+    require_database(db)
     try:
         con = connect_read_only(db)
     except StoreError as exc:
@@ -163,20 +173,12 @@ def measure(
 # Replay and diff (issue 9): scenarios never touch the live findings or their review states.
 # --------------------------------------------------------------------------------------------
 
-_DB_HELP = "DuckDB database written by `ivig-audit run`."
-
-
-def _require_db(db: Path) -> None:
-    if not db.exists():
-        fail(f"database not found: {db}", EXIT_BAD_INPUT)
-
-
 @app.command()
 def replay(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The past run whose history to re-audit (runs.run_id).")],
     rules: Annotated[Optional[Path], typer.Option(help="Site rule-pack TOML to try (merged over the shipped defaults).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="Policy profile to try: default, ontario, ibw, discretionary.")] = None,
-    db: Annotated[Path, typer.Option(help=_DB_HELP)] = Path("ivig_audit.duckdb"),
+    db: DbOption = DEFAULT_DB,
     name: Annotated[Optional[str], typer.Option(help="A name for the scenario (default: describes the replay).")] = None,
     products: Annotated[Optional[Path], typer.Option(help="Site product dictionary TOML (default: the shipped one).")] = None,
 ) -> None:
@@ -203,12 +205,13 @@ def replay(
     )
     from pipeline.warehouse import (
         ScenarioRecord,
+        StoreError,
         read_ledger_as_of,
         read_run,
         write_scenario,
     )
 
-    _require_db(db)
+    require_database(db)
     if is_scenario_id(run_id):
         fail(f"'{run_id}' is a scenario id; replay takes a run id (see `ivig-audit scenarios`)", EXIT_BAD_INPUT)
     pack, dictionary = configuration(rules, profile, products)
@@ -261,6 +264,8 @@ def replay(
 
 def _db_message(exc: BaseException) -> str:
     """One line for a database failure (a StoreError is already one line)."""
+    from pipeline.warehouse import StoreError
+
     if isinstance(exc, StoreError):
         return str(exc)
     text = str(exc).strip().splitlines()
@@ -271,7 +276,7 @@ def _db_message(exc: BaseException) -> str:
 def diff_command(
     a: Annotated[str, typer.Argument(metavar="A", help="Run id (20261128T021500Z-3f2a1c) or scenario id (scn-...): the before.")],
     b: Annotated[str, typer.Argument(metavar="B", help="Run id or scenario id: the after.")],
-    db: Annotated[Path, typer.Option(help=_DB_HELP)] = Path("ivig_audit.duckdb"),
+    db: DbOption = DEFAULT_DB,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """List the findings added, removed and changed from A to B, with counts by rule.
@@ -295,9 +300,9 @@ def diff_command(
         format_diff,
         is_scenario_id,
     )
-    from pipeline.warehouse import read_run_findings, read_scenario_findings
+    from pipeline.warehouse import StoreError, read_run_findings, read_scenario_findings
 
-    _require_db(db)
+    require_database(db)
     sides = []
     for ref in (a, b):
         try:
@@ -312,14 +317,14 @@ def diff_command(
 
 @app.command()
 def scenarios(
-    db: Annotated[Path, typer.Option(help=_DB_HELP)] = Path("ivig_audit.duckdb"),
+    db: DbOption = DEFAULT_DB,
 ) -> None:
     """List the stored scenarios (ivig-audit replay), oldest first."""
     import duckdb
 
-    from pipeline.warehouse import read_scenarios
+    from pipeline.warehouse import StoreError, read_scenarios
 
-    _require_db(db)
+    require_database(db)
     try:
         rows = read_scenarios(db)
     except (StoreError, duckdb.Error) as exc:

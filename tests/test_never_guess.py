@@ -211,13 +211,14 @@ def test_a_bad_option_is_one_line_not_a_usage_box(args, needle):
 
 def test_an_unexpected_failure_is_one_line_with_exit_3(tmp_path: Path, monkeypatch):
     """A bug (not a user's mistake) is still one line, exit 3, and its stack (no message) in the debug log."""
-    import flows.cli_warehouse as warehouse
+    import pipeline.warehouse as warehouse
 
     def broken(*args, **kwargs):
         raise KeyError(f"patient {PATIENTS[0]}")
 
-    monkeypatch.setattr(warehouse, "worklist", broken)
+    monkeypatch.setattr(warehouse, "read_findings", broken)  # `findings` imports it when it runs
     monkeypatch.setenv("IVIG_AUDIT_DEBUG_LOG", str(tmp_path / "debug.log"))
+    (tmp_path / "a.duckdb").touch()
     result = CliRunner().invoke(app, ["findings", "--db", str(tmp_path / "a.duckdb")])
     assert result.exit_code == 3
     lines = result.stderr.strip().splitlines()
@@ -282,5 +283,8 @@ def test_findings_on_the_terminal_strip_escape_sequences_and_bidi_overrides(tmp_
     result = CliRunner().invoke(app, ["findings", "--db", str(db)])
     assert result.exit_code == 0
     assert "sarcoid neuropathy" in result.stdout  # the text is shown...
+    as_json = CliRunner().invoke(app, ["findings", "--db", str(db), "--json", "--include-info"])
+    assert as_json.exit_code == 0 and "sarcoid neuropathy" in as_json.stdout
     for char in ("\x1b", "\u202e", "\u2066", "\u2069", "\x08", "\x7f", "\x9b", "\x07"):
         assert char not in result.stdout, repr(char)  # ...but nothing in it is acted on
+        assert char not in as_json.stdout, repr(char)  # JSON escapes it (\u001b)

@@ -261,7 +261,7 @@ def test_logs_of_a_whole_audit_carry_no_patient_data(tmp_path: Path, caplog):
 #   _q(table.name), _q(c.name), c.type, default,     DDL of the table catalog: names, types, defaults and
 #   _q(sequence), kept, previous, recorded,          sequences of its documents (schema.py: _sync_tables,
 #   create_table_sql(table)                          _rebuild, _stored_state)
-#   ' AND '.join(conditions)                         worklist(): "column = ?" with constant column names; values are parameters
+#   ' AND '.join(conditions)                         read_findings(): "lower(column) = lower(?)" with constant column names; values are parameters
 #   ', '.join(_q(n) ...), ', '.join('?' ...)         runs columns: the RunRecord field names, one ? each
 #   _AUDITED, cleared, facts, new, where, source, alias, change   _write_findings' constant conditions
 #                                                    (_history_sql is called with constants only)

@@ -400,7 +400,7 @@ def test_worklist_is_formula_safe_and_keeps_numbers():
     df = worklist_frame(summarise(tables, ReportOptions(**ALL)))
     assert df.columns == ["finding_id", "severity", "category", "rule_title", "rule_id", "patient_id", "course_id",
                           "indication", "course_start", "facility", "service", "prescriber_id", "message", "expected",
-                          "observed", "action", "excess_g"]
+                          "observed", "action", "excess_g", "status"]
     buf = io.StringIO()
     df.write_csv(buf, date_format="%Y-%m-%d")
     rows = list(csv.DictReader(io.StringIO(buf.getvalue())))

@@ -1,47 +1,40 @@
 """The manager report and the pharmacists' worklist: numbers (summary), words (labels, formatting), pictures (charts),
-pages (render) and files (write, files). Read by `ivig-audit report`, the nightly flow and the exports."""
+pages (render) and files (write, files). Read by `ivig-audit report`, the nightly flow and the exports.
 
-from pipeline.reporting.charts import CHART_BUILDERS, build_charts
-from pipeline.reporting.files import (
-    private_folder,
-    spreadsheet_safe,
-    terminal_safe,
-    write_owner_only,
-    write_safe_csv,
-)
-from pipeline.reporting.options import (
-    PSEUDONYM_ENV,
-    Headline,
-    Period,
-    ReportData,
-    ReportOptions,
-    ReportOptionsError,
-)
-from pipeline.reporting.pseudonyms import (
-    pseudonym_map,
-    pseudonymize_tables,
-    resolve_pseudonym_key,
-)
-from pipeline.reporting.render import (
-    aggregate_table,
-    headline_markdown,
-    md_escape,
-    render_html,
-    render_markdown,
-)
-from pipeline.reporting.summary import summarise
-from pipeline.reporting.write import (
-    WORKLIST_COLUMNS,
-    build_report,
-    build_report_from_database,
-    worklist_frame,
-    write_report,
-)
+Names are imported on first use (PEP 562): `pipeline.reporting.files` (what `ivig-audit findings` needs) loads
+without the charts (Altair, vl-convert) or the templates.
+"""
 
-__all__ = [
-    "CHART_BUILDERS", "PSEUDONYM_ENV", "WORKLIST_COLUMNS", "Headline", "Period", "ReportData",
-    "ReportOptions", "ReportOptionsError", "aggregate_table", "build_charts", "build_report", "build_report_from_database",
-    "headline_markdown", "md_escape", "private_folder", "pseudonym_map", "pseudonymize_tables", "render_html",
-    "render_markdown", "resolve_pseudonym_key", "spreadsheet_safe", "summarise", "terminal_safe", "worklist_frame",
-    "write_owner_only", "write_report", "write_safe_csv",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Where each public name lives.
+_EXPORTS: dict[str, str] = {
+    "CHART_BUILDERS": "charts", "build_charts": "charts",
+    "WORKLIST_COLUMNS": "files", "private_folder": "files", "spreadsheet_safe": "files", "terminal_safe": "files",
+    "worklist_table": "files", "write_owner_only": "files", "write_safe_csv": "files",
+    "PSEUDONYM_ENV": "options", "Headline": "options", "Period": "options", "ReportData": "options",
+    "ReportOptions": "options", "ReportOptionsError": "options",
+    "pseudonym_map": "pseudonyms", "pseudonymize_tables": "pseudonyms", "resolve_pseudonym_key": "pseudonyms",
+    "aggregate_table": "render", "headline_markdown": "render", "md_escape": "render", "render_html": "render",
+    "render_markdown": "render",
+    "summarise": "summary",
+    "build_report": "write", "build_report_from_database": "write", "worklist_frame": "write", "write_report": "write",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """The public name, imported from its module on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -44,6 +44,21 @@ def spreadsheet_safe(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(formula_safe(c) for c in text_columns)
 
 
+#: The worklist's columns, for the report's worklist.csv and `ivig-audit findings --csv` alike: those of
+#: v_unresolved_findings, the category and indication in words.
+WORKLIST_COLUMNS: tuple[str, ...] = (
+    "finding_id", "severity", "category", "rule_title", "rule_id", "patient_id", "course_id", "indication",
+    "course_start", "facility", "service", "prescriber_id", "message", "expected", "observed", "action", "excess_g",
+    "status",
+)
+
+
+def worklist_table(findings: pl.DataFrame) -> pl.DataFrame:
+    """Rows of v_unresolved_findings (or v_open_findings) as the worklist's columns."""
+    worded = findings.with_columns(category=pl.col("category_label"), indication=pl.col("indication_label"))
+    return worded.select(list(WORKLIST_COLUMNS))
+
+
 def private_folder(path: Path) -> Path:
     """A folder readable by its owner only (0700), also when it existed (mkdir's mode is masked by the umask)."""
     path = Path(path)

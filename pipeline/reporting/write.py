@@ -8,24 +8,16 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from pipeline.reporting.files import private_folder, spreadsheet_safe, write_owner_only
+from pipeline.reporting.files import WORKLIST_COLUMNS, private_folder, spreadsheet_safe, worklist_table, write_owner_only
 from pipeline.reporting.options import ReportData, ReportOptions
 from pipeline.reporting.render import render_html, render_markdown
 from pipeline.reporting.summary import summarise
 
 logger = logging.getLogger(__name__)
 
-#: The worklist's columns: v_open_findings' (its order too), the indication and category in words.
-WORKLIST_COLUMNS: tuple[str, ...] = (
-    "finding_id", "severity", "category", "rule_title", "rule_id", "patient_id", "course_id", "indication",
-    "course_start", "facility", "service", "prescriber_id", "message", "expected", "observed", "action", "excess_g",
-)
-
-
 def worklist_frame(data: ReportData) -> pl.DataFrame:
     """Every open finding for pharmacists, critical first; every text cell formula-safe, numbers stay numbers."""
-    worded = data.worklist.with_columns(category=pl.col("category_label"), indication=pl.col("indication_label"))
-    return spreadsheet_safe(worded.select(list(WORKLIST_COLUMNS)))
+    return spreadsheet_safe(worklist_table(data.worklist))
 
 
 def build_report(

@@ -10,8 +10,8 @@ from pipeline.warehouse.base import StoreError, writer_lock
 from pipeline.warehouse.connection import connect_read_only, upgrade_database
 from pipeline.warehouse.ledger import History, read_history, read_ledger_as_of
 from pipeline.warehouse.night_write import write_run
-from pipeline.warehouse.reads import export_parquet, measure_summaries, read_tables
-from pipeline.warehouse.reviews import REVIEW_STATUSES, disposition_codes, ReviewEvent, record_review, worklist
+from pipeline.warehouse.reads import export_parquet, measure_summaries, open_critical_findings, read_findings, read_tables
+from pipeline.warehouse.reviews import REVIEW_STATUSES, ReviewEvent, disposition_codes, record_review, worklist
 from pipeline.warehouse.runs import (
     REPORT_STATUSES,
     RUN_STATUSES,
@@ -37,7 +37,8 @@ from pipeline.warehouse.schema import SCHEMA_VERSION, TABLES, VIEWS
 
 __all__ = [
     "StoreError", "writer_lock", "connect_read_only", "upgrade_database", "History", "read_history",
-    "read_ledger_as_of", "write_run", "export_parquet", "measure_summaries", "read_tables", "disposition_codes", "REVIEW_STATUSES",
+    "read_ledger_as_of", "write_run", "export_parquet", "measure_summaries", "open_critical_findings", "read_findings",
+    "read_tables", "disposition_codes", "REVIEW_STATUSES",
     "ReviewEvent", "record_review", "worklist", "REPORT_STATUSES", "RUN_STATUSES", "NightState", "RunRecord",
     "audited_inputs", "latest_audit_seq", "processed_hashes", "read_night_state", "read_run", "set_report_status",
     "write_run_record", "SCENARIO_COURSE_COLUMNS", "ScenarioRecord", "read_run_findings", "read_scenario_findings",

@@ -1,9 +1,9 @@
-"""Whole tables and views read back (the report, the measure) and Parquet copies of them."""
+"""Whole tables and views read back (the report, the measure), the worklist and open criticals, and Parquet copies."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
@@ -98,3 +98,49 @@ def measure_summaries(con: duckdb.DuckDBPyConnection, start: date, end: date) ->
             "SELECT DISTINCT rule_pack_version, profile FROM runs WHERE run_id IN (SELECT c.run_id FROM courses AS c "
             "JOIN course_outcomes(?, ?, NULL) USING (course_id)) ORDER BY 1, 2", [start, end]),
     }
+
+
+def open_critical_findings(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Open critical findings nobody has reviewed yet (v_open_findings): finding id, rule and category."""
+    return con.sql(
+        "SELECT finding_id, rule_id, category FROM v_open_findings WHERE severity = 'critical' ORDER BY rule_id, finding_id"
+    ).pl()
+
+
+def read_findings(
+    db_path: Path,
+    status: str | None = "open",
+    category: str | None = None,
+    severity: str | None = None,
+    service: str | None = None,
+    since: datetime | None = None,
+    given_before: datetime | None = None,
+) -> tuple[pl.DataFrame, int]:
+    """Unresolved findings of a review status, worst first, and how many were left out as already given.
+
+    Every status reads v_unresolved_findings (v_open_findings is its open part), in the worklist's order
+    (critical first, then the newest course); None: every status. Filters are query parameters compared
+    case-insensitively. With `given_before`, info findings of courses
+    whose last dose was before it (nothing left to act on) are left out; their number is the second value.
+    """
+    conditions, params = ["TRUE"], []
+    for column, value in (("status", status), ("category", category), ("severity", severity), ("service", service)):
+        if value is not None:
+            conditions.append(f"lower({column}) = lower(?)")
+            params.append(value)
+    if since is not None:
+        conditions.append("start >= ?")
+        params.append(since)
+    con = connect_read_only(Path(db_path))
+    try:
+        rows = con.sql(
+            f"SELECT * FROM v_unresolved_findings WHERE {' AND '.join(conditions)} ORDER BY worklist_rank", params=params
+        ).pl()
+        given = (
+            con.sql('SELECT course_id FROM courses WHERE "end" < ?', params=[given_before]).pl()["course_id"]
+            if given_before is not None else pl.Series("course_id", [], pl.String)
+        )
+    finally:
+        con.close()
+    hidden = (pl.col("severity") == "info") & pl.col("course_id").is_in(given.implode()).fill_null(False)
+    return rows.filter(~hidden), rows.filter(hidden).height

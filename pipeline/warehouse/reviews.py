@@ -12,7 +12,8 @@ import polars as pl
 from checks.outputs import STATUSES
 
 from pipeline.warehouse.base import StoreError, _owner_only_files, _utc_naive
-from pipeline.warehouse.connection import _transaction, connect_read_only
+from pipeline.warehouse.connection import _transaction
+from pipeline.warehouse.reads import read_findings
 
 REVIEW_STATUSES = STATUSES
 
@@ -95,17 +96,5 @@ def worklist(
     service: str | None = None,
     since: datetime | None = None,
 ) -> pl.DataFrame:
-    """Open findings for a pharmacist's worklist, filtered (every filter is a query parameter)."""
-    conditions, params = ["TRUE"], []
-    for column, value in (("category", category), ("severity", severity), ("service", service)):
-        if value is not None:
-            conditions.append(f"{column} = ?")
-            params.append(value)
-    if since is not None:
-        conditions.append("start >= ?")
-        params.append(since)
-    con = connect_read_only(Path(db_path))
-    try:
-        return con.sql(f"SELECT * FROM v_open_findings WHERE {' AND '.join(conditions)}", params=params).pl()
-    finally:
-        con.close()
+    """Open findings for a pharmacist's worklist, filtered (every filter is a query parameter; see `read_findings`)."""
+    return read_findings(db_path, "open", category=category, severity=severity, service=service, since=since)[0]
