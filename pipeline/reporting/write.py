@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from pipeline.reporting.files import WORKLIST_COLUMNS, private_folder, spreadsheet_safe, worklist_table, write_owner_only
+from pipeline.reporting.files import private_folder, spreadsheet_safe, worklist_table, write_owner_only
 from pipeline.reporting.options import ReportData, ReportOptions
 from pipeline.reporting.render import render_html, render_markdown
 from pipeline.reporting.summary import summarise
