@@ -143,7 +143,10 @@ def _collect_extract(queries: list[pl.LazyFrame], extract: str) -> list[pl.DataF
     try:
         # Rechunked: polars 2.1 can panic formatting strings of a multi-chunk frame the streaming
         # engine produced (seen with pl.format after filters); one chunk each avoids it.
-        return [frame.rechunk() for frame in pl.collect_all(queries, engine="streaming")]
+        # No shared subplans: sharing the scan of an extract between queries (the kept rows and the
+        # row count) caches every row of it in memory (4.1 GB on 10M rows); each query scans alone.
+        frames = [query.collect(engine="streaming") for query in queries]
+        return [frame.rechunk() for frame in frames]
     except pl.exceptions.ComputeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExtractError(f"cannot read the {extract} extract: {first}") from None
@@ -223,8 +226,11 @@ def versions_in_force(valid: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFra
     every = pl.concat(
         [good.with_columns(valid=pl.lit(True), reason=pl.lit(None, dtype=pl.String)), bad.with_columns(valid=pl.lit(False))],
         how="diagonal_relaxed",
-    ).sort("order_id", *PRECEDENCE, nulls_last=False)
-    position = pl.int_range(pl.len()).over("order_id")
+    ).sort("order_id", *PRECEDENCE, nulls_last=False).with_row_index("position")
+    # The row's place in the sorted frame stands for its place among its order's versions: a window
+    # over a plain column is a grouped max, where one over `int_range(pl.len())` ran per order (1.5 s
+    # on 200k orders).
+    position = pl.col("position")
     in_force_at = pl.when(pl.col("valid")).then(position).max().over("order_id")
     return every.with_columns(
         state=pl.when(pl.col("valid") & (position == in_force_at))
