@@ -323,7 +323,7 @@ def prepare(
         "out_of_scope": split.out_of_scope.select(version_keys),
         "rejected_orders": rejected_orders,
         "rejected_ivig": split.quarantine,
-        "ledger_orders": ledger_rows(tonight(orders_text), "orders", time_zone),
+        "ledger_orders": ledger_rows(tonight(orders_text), "orders", time_zone, has_version=True),
     }
     if labs_lazy is not None:
         queries |= {"labs": labs_lazy, "rejected_labs": rejected_labs}
@@ -393,7 +393,7 @@ def _remembered(text_rows: pl.LazyFrame, extract: str, rejects: list[pl.DataFram
     good = tonight(text_rows)
     if bad is not None:
         good = good.join(bad.lazy().filter(pl.col("tonight")).select(arrival), on=arrival, how="anti")
-    return ledger_rows(good, extract, time_zone).collect(engine=IN_MEMORY)
+    return ledger_rows(good, extract, time_zone, has_version=True).collect(engine=IN_MEMORY)
 
 
 def courses_with_regimen(
