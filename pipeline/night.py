@@ -84,6 +84,26 @@ class NightRequest:
     shards: int = 1
     lock_timeout_seconds: float = 600.0
 
+    @classmethod
+    def of(
+        cls, orders: str | list[str] | None = None, labs: str | list[str] | None = None,
+        procedures: str | list[str] | None = None, db: str = "ivig_audit.duckdb", rules: str | None = None,
+        profile: str | None = None, products: str | None = None, report_dir: str | None = "reports",
+        cost_per_gram: float = 80.0, force: bool = False, shards: int = 1, mapping: str | None = None,
+        lock_timeout_seconds: float = 600.0,
+    ) -> "NightRequest":
+        """A request from the parameters of the flow and the command line (paths as text; each input one path or several)."""
+        def paths(value: str | list[str] | None) -> list[Path]:
+            return [] if value is None else [Path(p) for p in ([value] if isinstance(value, str) else value)]
+
+        inputs = {name: found for name, found in (("orders", paths(orders)), ("labs", paths(labs)), ("procedures", paths(procedures))) if found}
+        return cls(
+            db=Path(db), inputs=inputs, rules=Path(rules) if rules else None, profile=profile,
+            products=Path(products) if products else None, mapping=mapping,
+            report_dir=Path(report_dir) if report_dir else None, cost_per_gram=cost_per_gram, force=force,
+            shards=shards, lock_timeout_seconds=lock_timeout_seconds,
+        )
+
 
 @dataclass(frozen=True)
 class WrittenReport:
