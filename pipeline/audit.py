@@ -17,7 +17,7 @@ from pipeline.domain.history import PRECEDENCE, ledger_rows
 from pipeline.domain.identity import COURSE_PREFIX, lasting_course_ids, with_digest, with_finding_ids
 from pipeline.domain.normalise import VERSION_COLUMNS, candidate_rows, classify_medications, expand_daily_doses, evidence_rows, immunoglobulin_rows, map_indications, split_orders
 from pipeline.config.products import ProductDictionary
-from pipeline.ingest.errors import ExtractError
+from pipeline.ingest.errors import ExtractError, parse_error_message
 from pipeline.config.rulepack import RulePack
 from pipeline.rules import AuditContext, evaluate_rules
 
@@ -148,8 +148,8 @@ def _collect_extract(queries: list[pl.LazyFrame], extract: str) -> list[pl.DataF
         frames = [query.collect(engine="streaming") for query in queries]
         return [frame.rechunk() for frame in frames]
     except pl.exceptions.ComputeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExtractError(f"cannot read the {extract} extract: {first}") from None
+        # Polars quotes the offending field (a patient's row): the line names the problem instead.
+        raise ExtractError(f"cannot read the {extract} extract: {parse_error_message(exc)}") from None
 
 
 #: The columns of an evidence row the rules read (the rest is left empty: an extract holds many).
