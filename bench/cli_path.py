@@ -105,11 +105,11 @@ def recorded_timings(db: Path) -> dict:
     return json.loads(rows[0][0]) if rows and rows[0][0] else {}
 
 
-def cli_run(orders: Path, work: Path, tag: str, env: dict[str, str], timeout: float, max_rss_mb: float) -> dict:
-    """One `python -m flows.cli run` of an orders extract into a new database and report folder."""
+def cli_run(orders: Path, work: Path, tag: str, env: dict[str, str], timeout: float, max_rss_mb: float, src: Path = ROOT) -> dict:
+    """One `python -m flows.cli run` of an orders extract (the command line of checkout `src`) into a new database and report folder."""
     db, reports = work / f"{tag}.duckdb", work / f"{tag}-reports"
     command = [sys.executable, "-m", "flows.cli", "run", "--orders", str(orders), "--db", str(db), "--report-dir", str(reports)]
-    run = measure_command(command, timeout, max_rss_mb, env=env, cwd=ROOT)
+    run = measure_command(command, timeout, max_rss_mb, env=env, cwd=src)
     if "error" in run:
         return {"error": run["error"]}
     timings = recorded_timings(db)
@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--max-rss-mb", type=float, default=8000)
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown (and a .json) here")
+    parser.add_argument("--src", type=Path, default=ROOT, help="project checkout whose command line is measured")
     args = parser.parse_args(argv)
+    args.src = args.src.resolve()
     work = Path(tempfile.mkdtemp(prefix="ivig-cli-bench-"))
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(work / "prefect"),
                IVIG_AUDIT_DEBUG_LOG=str(work / "debug.log"))
@@ -155,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                 env["PREFECT_API_URL"] = stack.enter_context(prefect_server(work, env))
                 server = "a `prefect server start` of this benchmark's own"
             # A first run creates Prefect's flow and task records: not part of any measured night.
-            cli_run(tiny, work, "warm-up", env, args.timeout, args.max_rss_mb)
+            cli_run(tiny, work, "warm-up", env, args.timeout, args.max_rss_mb, args.src)
             for _ in range(args.repeat):  # alternated, so a burst of load hits both alike
-                results.setdefault("cli_tiny", {"runs": []})["runs"].append(cli_run(tiny, work, "tiny", env, args.timeout, args.max_rss_mb))
-                results.setdefault("cli_full", {"runs": []})["runs"].append(cli_run(args.csv, work, "full", env, args.timeout, args.max_rss_mb))
+                results.setdefault("cli_tiny", {"runs": []})["runs"].append(cli_run(tiny, work, "tiny", env, args.timeout, args.max_rss_mb, args.src))
+                results.setdefault("cli_full", {"runs": []})["runs"].append(cli_run(args.csv, work, "full", env, args.timeout, args.max_rss_mb, args.src))
                 for name, result in results.items():
                     last = result["runs"][-1]
                     print(f"{name:10s} " + (last["error"] if "error" in last else f"{last['wall_s']:7.2f} s  peak {last['peak_rss_mb']:6.0f} MB  {last['timings']}"),
@@ -172,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = markdown(results, args.csv, args.repeat, server, args.tiny_rows)
+    if args.src != ROOT:
+        text += f"\nCommand line measured from `{args.src}`.\n"
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
