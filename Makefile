@@ -41,8 +41,10 @@ clean:
 ## Benchmark the audit at 1M rows (bench/README.md); writes bench/data/ and bench/out/.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/generate.py --rows 1000000 --out bench/data/orders_1m.csv --parquet
+	$(BIN)/python bench/generate.py --rows 1000000 --out bench/data/orders_1m.csv --parquet --nights 30
 	$(BIN)/python bench/run.py bench/data/orders_1m.csv --out bench/out/results_1m.md
+	$(BIN)/python bench/run.py bench/data/orders_1m_nights --only ours_csv,ours_night --out bench/out/results_1m_nights.md
+	$(BIN)/python bench/cli_path.py bench/data/orders_1m.csv --repeat 3 --out bench/out/cli_1m.md
 	$(BIN)/python bench/profile_audit.py bench/data/orders_1m.csv
 	$(BIN)/python bench/prefect_overhead.py --repeat 3
 
