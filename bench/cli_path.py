@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown (and a .json) here")
     parser.add_argument("--src", type=Path, default=ROOT, help="project checkout whose command line is measured")
     args = parser.parse_args(argv)
-    args.src = args.src.resolve()
+    args.src, args.csv = args.src.resolve(), args.csv.resolve()
     work = Path(tempfile.mkdtemp(prefix="ivig-cli-bench-"))
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(work / "prefect"),
                IVIG_AUDIT_DEBUG_LOG=str(work / "debug.log"))
