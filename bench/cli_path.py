@@ -40,7 +40,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from run import floor_of, measure, measure_command  # noqa: E402
+from run import floor_of, measure, measure_command
 
 
 def free_port() -> int:
@@ -54,10 +54,9 @@ def wait_healthy(url: str, seconds: float) -> None:
     """Wait until a Prefect API answers its health check (RuntimeError after `seconds`)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            if answer.status == 200:
+                return
         time.sleep(0.5)
     raise RuntimeError(f"no Prefect server answered at {url} within {seconds:.0f} s")
 
@@ -66,23 +65,22 @@ def wait_healthy(url: str, seconds: float) -> None:
 def prefect_server(home: Path, env: dict[str, str]) -> Iterator[str]:
     """A `prefect server start` of our own in the background (its own PREFECT_HOME); yields its API URL."""
     port = free_port()
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env | {"PREFECT_HOME": str(home / "prefect")}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_healthy(url, 120)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server's own session: it and its workers, nothing else
+    with open(home / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env | {"PREFECT_HOME": str(home / "prefect")}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
         try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+            wait_healthy(url, 120)
+            yield url
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)  # the server's own session: it and its workers, nothing else
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
 
 
 def tiny_night(csv: Path, rows: int, out: Path) -> Path:
@@ -189,8 +187,8 @@ def markdown(results: dict, csv: Path, repeat: int, server: str, tiny_rows: int)
     tiny, full = best(results["cli_tiny"]["runs"], "wall_s"), best(results["cli_full"]["runs"], "wall_s")
     floor = floor_of(results)
     lines = [
-        f"Extract: `{csv}` ({csv.stat().st_size / 1e6:.0f} MB); Prefect server: {server}; best of {repeat} run(s); "
-        f"{os.cpu_count()} CPUs.", "",
+        (f"Extract: `{csv}` ({csv.stat().st_size / 1e6:.0f} MB); Prefect server: {server}; best of {repeat} run(s); "
+         f"{os.cpu_count()} CPUs."), "",
         "| what | wall s (best) | all runs | peak RSS MB | recorded stages (s) | load before/after |", "|---|---|---|---|---|---|",
     ]
     for name, label in (("cli_tiny", f"`ivig-audit run`, tiny night ({tiny_rows} rows)"), ("cli_full", "`ivig-audit run`, the whole file")):

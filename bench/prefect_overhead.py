@@ -31,7 +31,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from cli_path import prefect_server, tiny_night  # noqa: E402
+from cli_path import prefect_server, tiny_night
 
 BARE_FLOW = """
 from prefect import flow, task

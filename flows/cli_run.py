@@ -78,21 +78,21 @@ def run(
         fail(str(exc))
     if task_runner not in ("threads", "dask"):
         fail("--task-runner must be 'threads' or 'dask'")
-    parameters = dict(
-        orders=[str(p) for p in inputs.get("orders", [])],
-        labs=[str(p) for p in inputs.get("labs", [])],
-        procedures=[str(p) for p in inputs.get("procedures", [])],
-        db=str(db),
-        rules=str(rules) if rules else None,
-        profile=profile,
-        products=str(products) if products else None,
-        report_dir=str(report_dir),
-        cost_per_gram=cost_per_gram,
-        force=force,
-        shards=shards,
-        mapping=mapping,
-        lock_timeout_seconds=lock_timeout,
-    )
+    parameters = {
+        "orders": [str(p) for p in inputs.get("orders", [])],
+        "labs": [str(p) for p in inputs.get("labs", [])],
+        "procedures": [str(p) for p in inputs.get("procedures", [])],
+        "db": str(db),
+        "rules": str(rules) if rules else None,
+        "profile": profile,
+        "products": str(products) if products else None,
+        "report_dir": str(report_dir),
+        "cost_per_gram": cost_per_gram,
+        "force": force,
+        "shards": shards,
+        "mapping": mapping,
+        "lock_timeout_seconds": lock_timeout,
+    }
     if prefect:
         summary = _run_with_prefect(parameters, task_runner, dask_address)
     else:

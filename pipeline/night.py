@@ -91,7 +91,7 @@ class NightRequest:
         profile: str | None = None, products: str | None = None, report_dir: str | None = "reports",
         cost_per_gram: float = 80.0, force: bool = False, shards: int = 1, mapping: str | None = None,
         lock_timeout_seconds: float = 600.0,
-    ) -> "NightRequest":
+    ) -> NightRequest:
         """A request from the parameters of the flow and the command line (paths as text; each input one path or several)."""
         def paths(value: str | list[str] | None) -> list[Path]:
             return [] if value is None else [Path(p) for p in ([value] if isinstance(value, str) else value)]
