@@ -43,13 +43,17 @@ clean:
 ## Benchmark the audit at 1M rows (bench/README.md); writes bench/data/ and bench/out/.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/generate.py --rows 1000000 --out bench/data/orders_1m.csv --parquet
+	$(BIN)/python bench/generate.py --rows 1000000 --out bench/data/orders_1m.csv --parquet --nights 30
 	$(BIN)/python bench/run.py bench/data/orders_1m.csv --out bench/out/results_1m.md
+	$(BIN)/python bench/run.py bench/data/orders_1m_nights --only ours_csv,ours_night --out bench/out/results_1m_nights.md
+	$(BIN)/python bench/cli_path.py bench/data/orders_1m.csv --repeat 3 --out bench/out/cli_1m.md
 	$(BIN)/python bench/profile_audit.py bench/data/orders_1m.csv
 	$(BIN)/python bench/prefect_overhead.py --repeat 3
 
-## The issue's targets at 10M rows (1.4 GB CSV; about 3 minutes, 4 GB of RAM for the bare parse).
+## The issue's targets at 10M rows (1.4 GB CSV; about 10 minutes, 4 GB of RAM for the bare parse): the in-process
+## audit (run.py) and the whole command line against a tiny night (cli_path.py), each as a ratio of the bare parse.
 bench-10m: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/generate.py --rows 10000000 --out bench/data/orders_10m.csv --parquet
-	$(BIN)/python bench/run.py bench/data/orders_10m.csv --only parse_csv,parse_csv_stream,ours_csv,ours_parquet,polars_core,duckdb_sql --repeat 3 --out bench/out/results_10m.md
+	$(BIN)/python bench/run.py bench/data/orders_10m.csv --only parse_csv,parse_duckdb,parse_csv_stream,ours_csv,ours_night,ours_parquet,polars_core,duckdb_sql --repeat 3 --out bench/out/results_10m.md
+	$(BIN)/python bench/cli_path.py bench/data/orders_10m.csv --repeat 3 --out bench/out/cli_10m.md

@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--ivig-share", type=float, default=0.005)
     parser.add_argument("--parquet", action="store_true", help="also write <out>.parquet (typed columns)")
+    parser.add_argument("--nights", type=int, default=0,
+                        help="also write the same rows as this many nightly files (consecutive slices) in <out>_nights/")
     args = parser.parse_args(argv)
     out = args.out or Path(__file__).parent / "data" / f"orders_{args.rows}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -378,6 +380,14 @@ def main(argv: list[str] | None = None) -> None:
             "start_bad"
         ).write_parquet(pq, compression="zstd")
         msg += f"; {pq}: {pq.stat().st_size / 1e6:.0f} MB ({time.perf_counter() - t2:.1f} s)"
+    if args.nights:
+        folder = out.with_name(f"{out.stem}_nights")
+        folder.mkdir(exist_ok=True)
+        text = to_text(typed)
+        size = -(-text.height // args.nights)
+        for night in range(args.nights):
+            text.slice(night * size, size).write_csv(folder / f"night_{night + 1:03d}.csv", null_value="")
+        msg += f"; {folder}/: {args.nights} nightly files"
     ivig_rows = typed.filter(
         pl.col("medication").str.to_lowercase().str.contains(r"privigen|gamunex|gammagard|octagam|flebogamma|panzyga|gammaplex|bivigam|asceniv|carimune|kiovig|ivig|intravenous|globulin iv")
     ).height

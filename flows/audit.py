@@ -9,7 +9,6 @@ which may quote an id or a value, reaches Prefect's database, logs or result sto
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -56,13 +55,6 @@ class PrefectSteps:
         return [future.result() for future in futures]
 
 
-def _paths(value: str | list[str] | None) -> list[Path]:
-    """One path or several, as given."""
-    if value is None:
-        return []
-    return [Path(p) for p in ([value] if isinstance(value, str) else value)]
-
-
 def _headline_markdown(summary: NightSummary) -> str:
     """The run headline as Markdown (counts only, no patient identifiers)."""
     rows = summary.rows
@@ -104,12 +96,10 @@ def audit_flow(
     lock_timeout_seconds: float = 600.0,
 ) -> NightSummary:
     """Audit the new extracts together with the stored history into the database; write the summary."""
-    inputs = {name: paths for name, paths in (("orders", _paths(orders)), ("labs", _paths(labs)), ("procedures", _paths(procedures))) if paths}
-    request = NightRequest(
-        db=Path(db), inputs=inputs, rules=Path(rules) if rules else None, profile=profile,
-        products=Path(products) if products else None, mapping=mapping,
-        report_dir=Path(report_dir) if report_dir else None, cost_per_gram=cost_per_gram, force=force,
-        shards=shards, lock_timeout_seconds=lock_timeout_seconds,
+    request = NightRequest.of(
+        orders=orders, labs=labs, procedures=procedures, db=db, rules=rules, profile=profile, products=products,
+        report_dir=report_dir, cost_per_gram=cost_per_gram, force=force, shards=shards, mapping=mapping,
+        lock_timeout_seconds=lock_timeout_seconds,
     )
     summary = run_night(request, PrefectSteps())
     logger = get_run_logger()

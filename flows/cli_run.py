@@ -62,6 +62,7 @@ def run(
     dask_address: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster).")] = None,
     shards: Annotated[int, typer.Option(min=1, help="Audit patients in this many independent shards (tasks); use with --task-runner dask.")] = 1,
     lock_timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for another run on the same database to finish.")] = 600.0,
+    prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run each step as a Prefect task (default). --no-prefect runs the same night in this process without Prefect: no server to wait for (without PREFECT_API_URL, Prefect starts a temporary one, 10-20 s); the run is recorded in the database, not in Prefect.")] = True,
 ) -> None:
     """Audit the extracts into the database and write the summary (no options: the shipped sample data).
 
@@ -86,37 +87,57 @@ def run(
         preflight(inputs, rules, profile, mapping, products)
     except ExtractError as exc:
         fail(str(exc))
-    from flows.audit import audit_flow
-
     if task_runner not in ("threads", "dask"):
         fail("--task-runner must be 'threads' or 'dask'")
+    parameters = {
+        "orders": [str(p) for p in inputs.get("orders", [])],
+        "labs": [str(p) for p in inputs.get("labs", [])],
+        "procedures": [str(p) for p in inputs.get("procedures", [])],
+        "db": str(db),
+        "rules": str(rules) if rules else None,
+        "profile": profile,
+        "products": str(products) if products else None,
+        "report_dir": str(report_dir),
+        "cost_per_gram": cost_per_gram,
+        "force": force,
+        "shards": shards,
+        "mapping": mapping,
+        "lock_timeout_seconds": lock_timeout,
+    }
+    if prefect:
+        summary = _run_with_prefect(parameters, task_runner, dask_address)
+    else:
+        if task_runner == "dask":
+            fail("--task-runner dask runs tasks through Prefect: drop --no-prefect")
+        from pipeline.night import NightRequest, run_night
+
+        summary = _reported_failures(lambda: run_night(NightRequest.of(**parameters)))
+    _print_summary(summary, fail_on_critical)
+
+
+def _run_with_prefect(parameters: dict, task_runner: str, dask_address: str | None):
+    """The night as the Prefect flow (each step a task); its summary."""
+    from flows.audit import audit_flow
+
     if task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
         runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner()
         audit_flow = audit_flow.with_options(task_runner=runner)
-        shards = max(shards, 2)
+        parameters = parameters | {"shards": max(parameters["shards"], 2)}
     from flows.prefect_runtime import StageFailure, failure_detail, prepare_prefect_run
 
     prepare_prefect_run()
     try:
-        summary = audit_flow(
-            orders=[str(p) for p in inputs.get("orders", [])],
-            labs=[str(p) for p in inputs.get("labs", [])],
-            procedures=[str(p) for p in inputs.get("procedures", [])],
-            db=str(db),
-            rules=str(rules) if rules else None,
-            profile=profile,
-            products=str(products) if products else None,
-            report_dir=str(report_dir),
-            cost_per_gram=cost_per_gram,
-            force=force,
-            shards=shards,
-            mapping=mapping,
-            lock_timeout_seconds=lock_timeout,
-        )
+        return _reported_failures(lambda: audit_flow(**parameters))
     except StageFailure as exc:  # raised inside the flow: its message never went through Prefect
         fail(failure_detail(exc), exc.exit_status)
+
+
+def _reported_failures(night):
+    """Run the night; a bad input, a store or a file failure is the one-line error with its exit status."""
+    try:
+        return night()
     except (ExtractError, RulePackError) as exc:
         fail(str(exc))
     except StoreError as exc:
@@ -124,6 +145,10 @@ def run(
     except OSError as exc:  # disk full or no permission writing the report (or an input vanished mid-run)
         where = f" ({exc.filename})" if exc.filename else ""
         fail(f"the run failed on a file operation: {exc.strerror or exc}{where}", EXIT_FAILURE)
+
+
+def _print_summary(summary, fail_on_critical: bool) -> None:
+    """The run's one-line summary; exit 1 on critical findings when asked to."""
     report = {"written": ", ".join(summary.report_files), "up_to_date": "up to date"}.get(summary.report_status, "not written")
     if summary.nothing_new:
         typer.echo(

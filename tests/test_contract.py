@@ -351,7 +351,7 @@ def test_truncated_parquet_is_an_extract_error(tmp_path: Path):
     assert "cannot read" in _one_line(str(err.value))
 
 
-# scan_extract parses every field up front (read.py _validate_rows): a ragged row is a one-line ExtractError.
+# scan_extract parses every field up front (tables.py refuse_unparseable_rows): a ragged row is a one-line ExtractError.
 def test_ragged_csv_is_an_extract_error(tmp_path: Path):
     from pipeline.audit import Extracts, run_audit
     from tests.builders import pack, products

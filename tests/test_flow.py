@@ -125,3 +125,31 @@ def test_flow_on_a_dask_cluster_gives_the_same_audit(audited, tmp_path):
     with duckdb.connect(str(db), read_only=True) as con:
         sharded_findings = con.execute(query).fetchall()
     assert sharded_findings == audited["before"]
+
+
+def test_the_command_line_without_prefect_gives_the_same_audit(audited, tmp_path):
+    """`ivig-audit run --no-prefect` (no server, no PREFECT_API_URL): the flow's courses and findings, and Prefect is never imported."""
+    import os
+    import subprocess
+    import sys
+
+    db = tmp_path / "direct.duckdb"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "no-prefect")}
+    probe = (
+        "import sys, runpy; sys.argv = ['ivig-audit'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('flows.cli', run_name='__main__')\n"
+        "finally:\n    print('prefect imported' if 'prefect' in sys.modules else 'prefect not imported', file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "run", "--no-prefect", "--orders", str(SAMPLE / "orders"), "--labs", str(SAMPLE / "labs.csv"),
+         "--procedures", str(SAMPLE / "procedures.csv"), "--db", str(db), "--report-dir", str(tmp_path / "reports")],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{audited['first'].courses} courses" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "prefect not imported"
+    assert not (tmp_path / "no-prefect").exists()  # no temporary server, no Prefect database
+    query = "SELECT finding_id, rule_id, severity, excess_g FROM findings ORDER BY finding_id"
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute(query).fetchall() == audited["before"]
+    assert (tmp_path / "reports" / "index.html").is_file()

@@ -170,6 +170,23 @@ def test_a_broken_row_is_named_without_its_content(tmp_path: Path):
     assert "Jane" not in message and "MRN123" not in message
 
 
+def test_a_night_names_the_file_of_a_broken_row_and_writes_nothing(tmp_path: Path):
+    """The night parses rows once (in its selecting pass); a broken row still stops it naming its file, without its content."""
+    from pipeline.night import NightRequest, run_night
+
+    good = write_extract(tmp_path / "in" / "night_1.csv", [ivig_order("O1", "P1")])
+    broken = write_extract(tmp_path / "in" / "night_2.csv", [ivig_order("O2", "P2")])
+    broken.write_text(broken.read_text() + '"Jane Doe MRN123,1,2\n')
+    db = tmp_path / "audit.duckdb"
+    with pytest.raises(ExtractError) as caught:
+        run_night(NightRequest(db=db, inputs={"orders": [good.parent]}))
+    message = str(caught.value)
+    assert str(broken) in message and str(good) not in message
+    assert "quoted field is not closed" in message and "\n" not in message
+    assert "Jane" not in message and "MRN123" not in message
+    assert not db.exists()
+
+
 def test_a_used_nested_parquet_column_is_a_one_line_error(tmp_path: Path):
     frame = order_rows(ivig_order()).collect().drop("source_file", "source_row").with_columns(indication=pl.lit(["GBS"]))
     path = tmp_path / "x.parquet"

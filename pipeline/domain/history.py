@@ -108,8 +108,11 @@ def merged(tonight: pl.LazyFrame | None, stored: pl.LazyFrame | None) -> pl.Lazy
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
 
 
-def ledger_rows(text_rows: pl.LazyFrame, extract: str, time_zone: str) -> pl.LazyFrame:
+def ledger_rows(text_rows: pl.LazyFrame, extract: str, time_zone: str, *, has_version: bool = False) -> pl.LazyFrame:
     """Rows of one extract in the ledger layout: one row per key and version, at its first arrival.
+
+    `has_version`: the rows carry their `version` text already (`contract.with_identity`), which is
+    then used as it is instead of being encoded again (a JSON of every column: 0.8 s per 160k rows).
 
     `kind` says what retention applies: the canonical lab test of a lab ('iga', 'creatinine', ...;
     null for a test the audit does not read), 'procedure', or 'order'. `event_at` is the row's
@@ -128,7 +131,7 @@ def ledger_rows(text_rows: pl.LazyFrame, extract: str, time_zone: str) -> pl.Laz
         text_rows.select(
             pl.lit(extract).alias("extract"),
             row_key(extract).alias("row_key"),
-            version_text(extract).alias("version"),
+            (pl.col("version") if has_version else version_text(extract)).alias("version"),
             blank_to_null("patient_id").alias("patient_id"),
             kind.alias("kind"),
             event.alias("event_at"),

@@ -119,7 +119,7 @@ def _as_text(column: str, dtype: pl.DataType, path: Path) -> pl.Expr:
     return pl.col(column).cast(pl.String)
 
 
-def _validate_rows(lf: pl.LazyFrame, path: Path) -> None:
+def refuse_unparseable_rows(lf: pl.LazyFrame, path: Path) -> None:
     """Parse every field of the file once: a ragged row or broken quote is a clear error now, not mid-audit."""
     try:
         lf.select(pl.all().null_count()).collect()
@@ -203,7 +203,7 @@ def scan_extract(
             duplicated = sorted({n for n in names if names.count(n) > 1})
             raise ExtractError(f"{extract} extract {path} has duplicated column(s): {', '.join(duplicated)}")
         if validate_rows:
-            _validate_rows(lf, path)
+            refuse_unparseable_rows(lf, path)
         # Only the columns the audit reads are selected and turned into text: any other column, of any
         # type (a Parquet list or struct), is never parsed or cast.
         read = [
