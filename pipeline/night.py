@@ -90,7 +90,7 @@ class NightRequest:
         cls, orders: str | list[str] | None = None, labs: str | list[str] | None = None,
         procedures: str | list[str] | None = None, db: str = "ivig_audit.duckdb", rules: str | None = None,
         profile: str | None = None, products: str | None = None, report_dir: str | None = "reports",
-        cost_per_gram: float = 80.0, force: bool = False, shards: int = 1, mapping: str | None = None,
+        cost_per_gram: float | None = None, force: bool = False, shards: int = 1, mapping: str | None = None,
         lock_timeout_seconds: float = 600.0,
     ) -> NightRequest:
         """A request from the parameters of the flow and the command line (paths as text; each input one path or several)."""
