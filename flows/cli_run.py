@@ -73,9 +73,7 @@ def run(
     with --fail-on-critical; also on a night with nothing new); 2 bad input (missing file, unreadable
     extract, missing column, bad rule pack); 3 failure.
     """
-    from pipeline.config.rulepack import RulePackError
     from pipeline.ingest.errors import ExtractError
-    from pipeline.warehouse import StoreError
 
     inputs = {name: list(paths) for name, paths in (("orders", orders), ("labs", labs), ("procedures", procedures)) if paths}
     if not inputs:
@@ -112,7 +110,7 @@ def run(
         from pipeline.night import NightRequest, run_night
 
         summary = _reported_failures(lambda: run_night(NightRequest.of(**parameters)))
-    _print_summary(summary, fail_on_critical)
+    _print_summary(summary, fail_on_critical, db)
 
 
 def _run_with_prefect(parameters: dict, task_runner: str, dask_address: str | None):
@@ -136,6 +134,10 @@ def _run_with_prefect(parameters: dict, task_runner: str, dask_address: str | No
 
 def _reported_failures(night):
     """Run the night; a bad input, a store or a file failure is the one-line error with its exit status."""
+    from pipeline.config.rulepack import RulePackError
+    from pipeline.ingest.errors import ExtractError
+    from pipeline.warehouse import StoreError
+
     try:
         return night()
     except (ExtractError, RulePackError) as exc:
@@ -147,7 +149,7 @@ def _reported_failures(night):
         fail(f"the run failed on a file operation: {exc.strerror or exc}{where}", EXIT_FAILURE)
 
 
-def _print_summary(summary, fail_on_critical: bool) -> None:
+def _print_summary(summary, fail_on_critical: bool, db: Path) -> None:
     """The run's one-line summary; exit 1 on critical findings when asked to."""
     report = {"written": ", ".join(summary.report_files), "up_to_date": "up to date"}.get(summary.report_status, "not written")
     if summary.nothing_new:
