@@ -83,20 +83,18 @@ def _write_findings(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     merged = ", ".join(f"{kept.get(c, 'i.' + _q(c))} AS {_q(c)}" for c in columns)
     con.execute(f"CREATE OR REPLACE TEMP TABLE raised_again AS SELECT {merged} FROM {stored}", {"run": run_id, "pack": pack})
     stamped = ("last_seen_run", "confirmed_pack_version")
-    same = _same_row([c for c in columns if c not in stamped], "r", "findings")
+    same = _same_row([c for c in columns if c not in stamped], "r", "f")
     con.execute(
-        f"""UPDATE findings SET last_seen_run = r.last_seen_run, confirmed_pack_version = r.confirmed_pack_version
-            FROM raised_again AS r WHERE findings.finding_id = r.finding_id AND {same}"""
+        "CREATE OR REPLACE TEMP TABLE changed_again AS SELECT r.* FROM raised_again AS r "
+        f"JOIN findings AS f USING (finding_id) WHERE NOT ({same})"
     )
     con.execute(
-        f"""DELETE FROM findings WHERE finding_id IN (SELECT finding_id FROM raised_again)
-            AND NOT EXISTS (SELECT 1 FROM raised_again AS r WHERE r.finding_id = findings.finding_id AND {same})"""
+        """UPDATE findings SET last_seen_run = r.last_seen_run, confirmed_pack_version = r.confirmed_pack_version
+           FROM raised_again AS r WHERE findings.finding_id = r.finding_id"""
     )
+    con.execute("DELETE FROM findings WHERE finding_id IN (SELECT finding_id FROM changed_again)")
     listed = ", ".join(_q(c) for c in columns)
-    con.execute(
-        f"INSERT INTO findings ({listed}) SELECT {listed} FROM raised_again AS r "
-        "WHERE NOT EXISTS (SELECT 1 FROM findings AS f WHERE f.finding_id = r.finding_id)"
-    )
+    con.execute(f"INSERT INTO findings ({listed}) SELECT {listed} FROM changed_again")
     # 3. New: inserted as given, raised under this pack.
     new = "NOT EXISTS (SELECT 1 FROM findings AS f WHERE f.finding_id = i.finding_id)"
     con.execute(_history_sql("i", "raised", "incoming_findings AS i", new), [run_id, pack])
