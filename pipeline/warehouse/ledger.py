@@ -93,6 +93,11 @@ def _write_ledger(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     )
 
 
+def _may_go(alias: str) -> str:
+    """SQL true for a ledger row (of `alias`, a constant) that starts before the prune's `$cutoff`."""
+    return f"({alias}.event_at IS NULL OR {alias}.event_at < $cutoff)"
+
+
 def _prune_ledger(con: duckdb.DuckDBPyConnection, retention: dict[str, int | None], grace_days: int) -> None:
     """Forget evidence no rule can reach any more (pipeline.history.retention_days).
 
@@ -117,7 +122,6 @@ def _prune_ledger(con: duckdb.DuckDBPyConnection, retention: dict[str, int | Non
     cutoff = con.execute(
         f"SELECT GREATEST({newest}, (SELECT MAX(start) FROM courses)) - to_days(CAST(? AS INTEGER))", [shortest]
     ).fetchall()[0][0]
-    may_go = "({t}.event_at IS NULL OR {t}.event_at < $cutoff)"
     con.execute(
         f"""DELETE FROM ledger AS l USING (
                SELECT l2.extract, l2.row_key, l2.version_hash
@@ -126,14 +130,14 @@ def _prune_ledger(con: duckdb.DuckDBPyConnection, retention: dict[str, int | Non
                LEFT JOIN (SELECT patient_id, MIN(start) AS first_start FROM courses GROUP BY patient_id) AS c
                       ON c.patient_id = l2.patient_id
                CROSS JOIN (SELECT {newest} AS newest) AS h
-               WHERE {may_go.format(t="l2")}
+               WHERE {_may_go('l2')}
                  AND NOT COALESCE(r.forever, false)
                  AND NOT (l2.extract = 'orders' AND l2.row_key IN (SELECT order_id FROM orders))
                  AND (COALESCE(l2.event_until, l2.event_at) IS NULL
                       OR COALESCE(l2.event_until, l2.event_at)
                          < COALESCE(c.first_start, h.newest) - to_days(CAST(COALESCE(r.days, $grace) AS INTEGER)))
            ) AS gone
-           WHERE {may_go.format(t="l")}
+           WHERE {_may_go('l')}
              AND l.extract = gone.extract AND l.row_key IS NOT DISTINCT FROM gone.row_key AND l.version_hash = gone.version_hash""",
         {"grace": grace_days, "cutoff": cutoff},
     )

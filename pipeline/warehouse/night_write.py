@@ -44,15 +44,16 @@ def _replace_rows(con: duckdb.DuckDBPyConnection, table: str, key: str, run_id: 
     """
     columns = _columns(table)
     cols = ", ".join(_q(c) for c in columns)
-    scope = f"({_AUDITED} OR {key} IN (SELECT {key} FROM incoming_{table}))"
-    same = f"EXISTS (SELECT 1 FROM incoming_{table} AS i WHERE {_same_row(columns, 'i', table)})"
+    incoming = _q(f"incoming_{table}")
+    scope = f"({_AUDITED} OR {_q(key)} IN (SELECT {_q(key)} FROM {incoming}))"
+    same = f"EXISTS (SELECT 1 FROM {incoming} AS i WHERE {_same_row(columns, 'i', _q(table))})"
     # A key coming in twice is rewritten, so that the primary key refuses it (and the transaction rolls back).
-    twice = f"{key} IN (SELECT {key} FROM incoming_{table} GROUP BY {key} HAVING COUNT(*) > 1)"
-    con.execute(f"DELETE FROM {table} WHERE {scope} AND (NOT {same} OR {twice})")
-    con.execute(f"UPDATE {table} SET run_id = ? WHERE {key} IN (SELECT {key} FROM incoming_{table})", [run_id])
+    twice = f"{_q(key)} IN (SELECT {_q(key)} FROM {incoming} GROUP BY {_q(key)} HAVING COUNT(*) > 1)"
+    con.execute(f"DELETE FROM {_q(table)} WHERE {scope} AND (NOT {same} OR {twice})")
+    con.execute(f"UPDATE {_q(table)} SET run_id = ? WHERE {_q(key)} IN (SELECT {_q(key)} FROM {incoming})", [run_id])
     con.execute(
-        f"INSERT INTO {table} ({cols}, run_id) SELECT {cols}, ? FROM incoming_{table} AS i "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE t.{_q(key)} = i.{_q(key)})",
+        f"INSERT INTO {_q(table)} ({cols}, run_id) SELECT {cols}, ? FROM {incoming} AS i "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {_q(table)} AS t WHERE t.{_q(key)} = i.{_q(key)})",
         [run_id],
     )
 
