@@ -18,6 +18,7 @@ Seeded and deterministic (numpy default_rng): the same `--seed` gives the same y
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -74,7 +75,7 @@ def write_year(root: Path, days: int, labs_per_year: int, others_per_night: int,
     rng = np.random.default_rng(seed)
     doses = _ivig_doses(rng, days, cidp_patients, acute_patients).filter(pl.col("delivered") < days).sort("delivered", "patient_id", "day")
     doses = doses.with_columns(order_id=pl.format("IVO-{}", pl.int_range(pl.len()).cast(pl.String).str.zfill(7)))
-    ivig_ids = doses["patient_id"].unique().to_numpy()
+    ivig_ids = doses["patient_id"].unique().sort().to_numpy()  # sorted: unique() alone has no fixed order
     labs_per_night = labs_per_year // 365
     nights = []
     for night in range(days):
@@ -193,6 +194,9 @@ def main() -> None:
         "",
         f"`.venv/bin/python bench/nightly.py --days {args.days} --labs-per-year {args.labs_per_year} "
         f"--others-per-night {args.others_per_night}`",
+        "",
+        (f"Load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
+         "(a shared machine: figures of a loaded one are slower and noisier)."),
         "",
         f"IVIG doses {int(table['ivig_rows'].sum()):,}; labs {args.labs_per_year // 365 * args.days:,}; other order rows "
         f"{args.others_per_night * args.days:,}. At the end: {totals[0]:,} orders, {totals[1]:,} courses, {totals[2]:,} "

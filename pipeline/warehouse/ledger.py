@@ -93,6 +93,11 @@ def _write_ledger(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     )
 
 
+def _may_go(alias: str) -> str:
+    """SQL true for a ledger row (of `alias`, a constant) that starts before the prune's `$cutoff`."""
+    return f"({alias}.event_at IS NULL OR {alias}.event_at < $cutoff)"
+
+
 def _prune_ledger(con: duckdb.DuckDBPyConnection, retention: dict[str, int | None], grace_days: int) -> None:
     """Forget evidence no rule can reach any more (pipeline.history.retention_days).
 
@@ -106,25 +111,35 @@ def _prune_ledger(con: duckdb.DuckDBPyConnection, retention: dict[str, int | Non
         schema={"kind": pl.String, "days": pl.Int64, "forever": pl.Boolean},
     )
     con.register("incoming_retention", kinds)
+    # Results (labs, procedures) are never dated ahead, unlike a scheduled order.
+    newest = "(SELECT COALESCE(MAX(event_at) FILTER (WHERE extract <> 'orders'), MAX(event_at)) FROM ledger)"
+    # No row is pruned unless it ends before this: the shortest retention before the latest of the
+    # newest result and every course start. A constant, so that the scans of the ledger skip, by their
+    # zone maps, the row groups of recent rows (the ledger is appended night by night): the prune reads
+    # what may go, not the whole history. event_at <= event_until (history.ledger_rows), so a row
+    # ending before it starts before it.
+    shortest = min([d for d in retention.values() if d is not None] + [grace_days])
+    cutoff = con.execute(
+        f"SELECT GREATEST({newest}, (SELECT MAX(start) FROM courses)) - to_days(CAST(? AS INTEGER))", [shortest]
+    ).fetchall()[0][0]
     con.execute(
-        """DELETE FROM ledger AS l USING (
+        f"""DELETE FROM ledger AS l USING (
                SELECT l2.extract, l2.row_key, l2.version_hash
                FROM ledger AS l2
                LEFT JOIN incoming_retention AS r ON r.kind = l2.kind
                LEFT JOIN (SELECT patient_id, MIN(start) AS first_start FROM courses GROUP BY patient_id) AS c
                       ON c.patient_id = l2.patient_id
-               CROSS JOIN (
-                   -- Results (labs, procedures) are never dated ahead, unlike a scheduled order.
-                   SELECT COALESCE(MAX(event_at) FILTER (WHERE extract <> 'orders'), MAX(event_at)) AS newest FROM ledger
-               ) AS h
-               WHERE NOT COALESCE(r.forever, false)
+               CROSS JOIN (SELECT {newest} AS newest) AS h
+               WHERE {_may_go('l2')}
+                 AND NOT COALESCE(r.forever, false)
                  AND NOT (l2.extract = 'orders' AND l2.row_key IN (SELECT order_id FROM orders))
                  AND (COALESCE(l2.event_until, l2.event_at) IS NULL
                       OR COALESCE(l2.event_until, l2.event_at)
-                         < COALESCE(c.first_start, h.newest) - to_days(CAST(COALESCE(r.days, ?) AS INTEGER)))
+                         < COALESCE(c.first_start, h.newest) - to_days(CAST(COALESCE(r.days, $grace) AS INTEGER)))
            ) AS gone
-           WHERE l.extract = gone.extract AND l.row_key IS NOT DISTINCT FROM gone.row_key AND l.version_hash = gone.version_hash""",
-        [grace_days],
+           WHERE {_may_go('l')}
+             AND l.extract = gone.extract AND l.row_key IS NOT DISTINCT FROM gone.row_key AND l.version_hash = gone.version_hash""",
+        {"grace": grace_days, "cutoff": cutoff},
     )
     con.unregister("incoming_retention")
 

@@ -19,16 +19,43 @@ _AUDITED = "patient_id IN (SELECT patient_id FROM incoming_patients)"
 
 def _write_orders(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
     """Replace the orders of every audited patient (and any order_id coming in), stamping this run_id."""
-    cols = ", ".join(_q(c) for c in _columns("orders"))
-    con.execute(f"DELETE FROM orders WHERE {_AUDITED} OR order_id IN (SELECT order_id FROM incoming_orders)")
-    con.execute(f"INSERT INTO orders ({cols}, run_id) SELECT {cols}, ? FROM incoming_orders", [run_id])
+    _replace_rows(con, "orders", "order_id", run_id)
 
 
 def _write_courses(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
     """Replace the courses of every audited patient (and any course_id coming in)."""
-    cols = ", ".join(_q(c) for c in _columns("courses"))
-    con.execute(f"DELETE FROM courses WHERE {_AUDITED} OR course_id IN (SELECT course_id FROM incoming_courses)")
-    con.execute(f"INSERT INTO courses ({cols}, run_id) SELECT {cols}, ? FROM incoming_courses", [run_id])
+    _replace_rows(con, "courses", "course_id", run_id)
+
+
+def _same_row(columns: list[str], left: str, right: str) -> str:
+    """SQL true when two rows (table aliases) hold the same value in every one of `columns` (constant names)."""
+    return " AND ".join(f"{left}.{_q(c)} IS NOT DISTINCT FROM {right}.{_q(c)}" for c in columns)
+
+
+def _replace_rows(con: duckdb.DuckDBPyConnection, table: str, key: str, run_id: str) -> None:
+    """Make `table`'s rows of the audited patients (and of any key coming in) those of `incoming_<table>`,
+    stamped with this run_id.
+
+    Only what changed is rewritten: a stored row equal to its incoming row in every column keeps its
+    place and only takes the run_id (an UPDATE of that one unindexed column), the others are deleted
+    and the new or changed rows inserted. A patient's rows are judged again whole every night one of
+    their rows arrives; rewriting all of them made the commit grow with the patient's history
+    (bench/nightly.py, issue 13).
+    """
+    columns = _columns(table)
+    cols = ", ".join(_q(c) for c in columns)
+    incoming = _q(f"incoming_{table}")
+    scope = f"({_AUDITED} OR {_q(key)} IN (SELECT {_q(key)} FROM {incoming}))"
+    same = f"EXISTS (SELECT 1 FROM {incoming} AS i WHERE {_same_row(columns, 'i', _q(table))})"
+    # A key coming in twice is rewritten, so that the primary key refuses it (and the transaction rolls back).
+    twice = f"{_q(key)} IN (SELECT {_q(key)} FROM {incoming} GROUP BY {_q(key)} HAVING COUNT(*) > 1)"
+    con.execute(f"DELETE FROM {_q(table)} WHERE {scope} AND (NOT {same} OR {twice})")
+    con.execute(f"UPDATE {_q(table)} SET run_id = ? WHERE {_q(key)} IN (SELECT {_q(key)} FROM {incoming})", [run_id])
+    con.execute(
+        f"INSERT INTO {_q(table)} ({cols}, run_id) SELECT {cols}, ? FROM {incoming} AS i "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {_q(table)} AS t WHERE t.{_q(key)} = i.{_q(key)})",
+        [run_id],
+    )
 
 
 def _write_findings(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
@@ -45,8 +72,10 @@ def _write_findings(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     stored = "findings AS f JOIN incoming_findings AS i USING (finding_id)"
     con.execute(_history_sql("i", "reopened", stored, "f.resolved_run IS NOT NULL"), [run_id, pack])
     con.execute(_history_sql("i", "changed", stored, f"f.resolved_run IS NULL AND f.facts_hash IS DISTINCT FROM {facts}"), [run_id, pack])
-    # Replaced (deleted and inserted) rather than updated: an UPDATE of a few thousand rows of an
-    # indexed table took seconds in DuckDB 2.0 (bench/nightly.py), the same rows rewritten 0.02 s.
+    # A finding raised again as it was stored only takes this run and pack (an UPDATE of two unindexed
+    # columns); one whose columns changed is replaced (deleted and inserted) rather than updated: an
+    # UPDATE of many columns of a few thousand rows of an indexed table took seconds in DuckDB 2.0,
+    # the same rows rewritten 0.02 s (bench/nightly.py).
     kept = {"finding_id": "f.finding_id", "status": "f.status", "first_seen_run": "f.first_seen_run",
             "last_seen_run": "$run", "resolved_run": "NULL", "raised_pack_version": "f.raised_pack_version",
             "confirmed_pack_version": "$pack", "facts_hash": facts, "reviewed_facts_hash": "f.reviewed_facts_hash",
@@ -54,9 +83,19 @@ def _write_findings(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     columns = [*_columns("findings"), *(c for c in kept if c not in _columns("findings"))]
     merged = ", ".join(f"{kept.get(c, 'i.' + _q(c))} AS {_q(c)}" for c in columns)
     con.execute(f"CREATE OR REPLACE TEMP TABLE raised_again AS SELECT {merged} FROM {stored}", {"run": run_id, "pack": pack})
-    con.execute("DELETE FROM findings WHERE finding_id IN (SELECT finding_id FROM raised_again)")
+    stamped = ("last_seen_run", "confirmed_pack_version")
+    same = _same_row([c for c in columns if c not in stamped], "r", "f")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE changed_again AS SELECT r.* FROM raised_again AS r "
+        f"JOIN findings AS f USING (finding_id) WHERE NOT ({same})"
+    )
+    con.execute(
+        """UPDATE findings SET last_seen_run = r.last_seen_run, confirmed_pack_version = r.confirmed_pack_version
+           FROM raised_again AS r WHERE findings.finding_id = r.finding_id"""
+    )
+    con.execute("DELETE FROM findings WHERE finding_id IN (SELECT finding_id FROM changed_again)")
     listed = ", ".join(_q(c) for c in columns)
-    con.execute(f"INSERT INTO findings ({listed}) SELECT {listed} FROM raised_again")
+    con.execute(f"INSERT INTO findings ({listed}) SELECT {listed} FROM changed_again")
     # 3. New: inserted as given, raised under this pack.
     new = "NOT EXISTS (SELECT 1 FROM findings AS f WHERE f.finding_id = i.finding_id)"
     con.execute(_history_sql("i", "raised", "incoming_findings AS i", new), [run_id, pack])
