@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Optional
 import polars as pl
 from pydantic import Field, ValidationError
 
-from pipeline.config.validation import Regex, Strict, describe
+from pipeline.config.validation import Regex, Strict, describe, read_toml
 
 
 @dataclass(frozen=True)
@@ -97,17 +97,7 @@ def _read_product_file(path: Path | None) -> tuple[dict[str, Any], str]:
     if path is None:
         text = resources.files("pipeline").joinpath("data/products.toml").read_text(encoding="utf-8")
         return tomllib.loads(text), "shipped product dictionary pipeline/data/products.toml"
-    where = f"product dictionary {path}"
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8")), where
-    except FileNotFoundError:
-        raise ProductDictionaryError(f"product dictionary not found: {path}") from None
-    except IsADirectoryError:
-        raise ProductDictionaryError(f"{where} is a folder, not a TOML file") from None
-    except OSError as exc:
-        raise ProductDictionaryError(f"cannot read {where}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ProductDictionaryError(f"{where} is not valid TOML: {exc}") from None
+    return read_toml(Path(path), "product dictionary", ProductDictionaryError), f"product dictionary {path}"
 
 
 def _validated(raw: dict[str, Any], where: str) -> ProductFile:

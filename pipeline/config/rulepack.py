@@ -23,7 +23,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, mo
 
 from checks.inputs import LAB_TESTS
 from checks.outputs import CATEGORIES, SEVERITIES
-from pipeline.config.validation import Regex, Strict, TimeZone, describe, did_you_mean, dotted, unknown_key_problem, valid_regex
+from pipeline.config.validation import deep_merge, read_toml, Regex, Strict, TimeZone, describe, did_you_mean, dotted, unknown_key_problem, valid_regex
 from pipeline.domain.justification import NO_KIND, Vocabulary
 
 SHIPPED = "shipped rule pack pipeline/data/rulepack.toml"
@@ -358,29 +358,9 @@ def default_pack_text() -> str:
     return resources.files("pipeline").joinpath("data/rulepack.toml").read_text(encoding="utf-8")
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Merge a site's override into the pack: tables merge key by key, values replace."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def _read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, turning a missing or unreadable file and parse errors into a one-line message."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RulePackError(f"rule pack file not found: {path}") from None
-    except IsADirectoryError:
-        raise RulePackError(f"rule pack {path} is a folder, not a TOML file") from None
-    except OSError as exc:
-        raise RulePackError(f"cannot read rule pack {path}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise RulePackError(f"rule pack {path} is not valid TOML: {exc}") from None
+    """A site's rule pack as TOML, or a one-line RulePackError."""
+    return read_toml(path, "rule pack file", RulePackError)
 
 
 def _at(table: Any, loc: tuple) -> bool:
@@ -484,7 +464,7 @@ def load_rule_pack(override_path: Path | None = None, profile: str | None = None
     if override_path is not None:
         override = _read_toml(Path(override_path))
         _check_override(override, shipped, str(override_path))
-        raw = _deep_merge(shipped, override)
+        raw = deep_merge(shipped, override)
         model = validate_pack(raw, shipped, override, str(override_path))
     profile_name = profile or model.settings.default_profile
     if profile_name not in model.profiles:

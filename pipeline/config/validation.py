@@ -8,10 +8,13 @@ Defaults live in the TOML data; the models require keys rather than invent value
 
 from __future__ import annotations
 
+import copy
 import difflib
+import tomllib
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -161,3 +164,28 @@ def unknown_key_problem(
             if found:
                 return found
     return None
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A site's override merged into shipped data: tables merge key by key, other values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_toml(path: Path, kind: str, error: type[Exception]) -> dict[str, Any]:
+    """A site's TOML file, or `error` with one line naming the kind of file ('rule pack file'), the path and the problem."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{kind} not found: {path}") from None
+    except IsADirectoryError:
+        raise error(f"{kind} {path} is a folder, not a TOML file") from None
+    except OSError as exc:
+        raise error(f"cannot read {kind} {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{kind} {path} is not valid TOML: {exc}") from None

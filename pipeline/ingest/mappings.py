@@ -17,7 +17,6 @@ Two formats:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -39,7 +38,7 @@ from pydantic import (
 )
 
 from checks.inputs import EXTRACT_COLUMNS
-from pipeline.config.validation import Strict, describe
+from pipeline.config.validation import Strict, deep_merge, describe
 from pipeline.contract.parse import DATE_COLUMNS, ISO_DATE_LAYOUTS, ISO_DATETIME_LAYOUTS, ISO_OFFSET_LAYOUTS, blank_to_null, has_offset, parse_with_layouts
 from pipeline.ingest.errors import ExtractError, MappingError
 
@@ -314,19 +313,8 @@ def _read_profile(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple
         base, _ = _read_profile(parent_ref, (*seen, where))
         base.pop("name", None)
         base.pop("description", None)
-        raw = _deep_merge(base, raw)
+        raw = deep_merge(base, raw)
     return raw, where
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Tables merge key by key; other values replace."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def _names(value: Any) -> tuple[str, ...]:
