@@ -40,7 +40,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from run import floor_of, measure, measure_command
+from run import best, floor_of, measure, measure_command, report
 
 
 def free_port() -> int:
@@ -119,12 +119,6 @@ def cli_run(orders: Path, work: Path, tag: str, env: dict[str, str], timeout: fl
     return {"wall_s": run["process_s"], "peak_rss_mb": run["peak_rss_mb"], "timings": timings, "load": run["load"]}
 
 
-def best(runs: list[dict], key: str) -> dict:
-    """The fastest successful run (or the first failure)."""
-    ok = [r for r in runs if "error" not in r]
-    return min(ok, key=lambda r: r[key]) if ok else runs[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     """Measure the command line on one extract; print the table and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -166,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_parse:
             for name in ("parse_csv", "parse_duckdb"):
                 runs = [measure(name, args.csv, args.timeout, args.max_rss_mb, ROOT) for _ in range(args.repeat)]
-                results[name] = best(runs, "work_s") if any("error" not in r for r in runs) else runs[0]
+                results[name] = best(runs, "work_s")
                 r = results[name]
                 print(f"{name:12s} " + (r["error"] if "error" in r else f"{r['work_s']:7.2f} s  peak {r['peak_rss_mb']:6.0f} MB"), file=sys.stderr, flush=True)
     finally:
@@ -174,11 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(results, args.csv, args.repeat, server, args.tiny_rows)
     if args.src != ROOT:
         text += f"\nCommand line measured from `{args.src}`.\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    report(text, results, args.out)
     return 0
 
 

@@ -480,8 +480,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: skipped (no Parquet twin)", file=sys.stderr)
             continue
         runs = [measure(name, path, args.timeout, args.max_rss_mb, args.src.resolve()) for _ in range(args.repeat)]
-        ok = [r for r in runs if "error" not in r]
-        results[name] = min(ok, key=lambda r: r["work_s"]) if ok else runs[0]
+        results[name] = best(runs, "work_s")
         r = results[name]
         print(f"{name:20s} " + (r["error"] if "error" in r else
               f"work {r['work_s']:7.2f} s  process {r['process_s']:7.2f} s  peak {r['peak_rss_mb']:6.0f} MB  {r['detail']}"),
@@ -489,11 +488,22 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(results, args.csv, parquet, args.repeat)
     if args.src.resolve() != ROOT:
         text += f"\nOur audit measured from `{args.src}`.\n"
+    report(text, results, args.out)
+
+
+def best(runs: list[dict], key: str) -> dict:
+    """The fastest successful run (or the first failure)."""
+    ok = [r for r in runs if "error" not in r]
+    return min(ok, key=lambda r: r[key]) if ok else runs[0]
+
+
+def report(text: str, results: dict, out: Path | None) -> None:
+    """Print the Markdown table; with `out`, write it there and the raw results beside it (.json)."""
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        out.with_suffix(".json").write_text(json.dumps(results, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -480,7 +480,7 @@ def output_tables(
     of_course = findings.filter(pl.col("course_id").is_not_null())
     inappropriate = of_course.filter(pl.col("counts_against_course")).select("course_id").unique()
     avoidable = (
-        of_course.filter(lever_expr(pack.levers, pl.col("rule_id")).is_not_null())
+        of_course.filter(lever_expr(pack.levers, pack.rules, pl.col("rule_id")).is_not_null())
         .group_by("course_id").agg(avoidable_g=pl.col("excess_g").max())
     )
     courses_out = (

@@ -107,7 +107,7 @@ def _check_views_equal_recomputation(db: Path) -> None:
         findings.filter(pl.col("resolved_run").is_null(), pl.col("course_id").is_not_null())
         .join(latest, on="finding_id", how="left")
         .with_columns(cleared=(pl.col("status") == "dismissed") & pl.col("reason_code").is_in(clearing).fill_null(False),
-                      lever=lever_expr(pack.levers, pl.col("rule_id")))
+                      lever=lever_expr(pack.levers, pack.rules, pl.col("rule_id")))
     )
     flagged_bad = set(current.filter(pl.col("counts_against_course"))["course_id"])
     reviewed_bad = set(current.filter(pl.col("counts_against_course") & ~pl.col("cleared"))["course_id"])

@@ -106,6 +106,12 @@ def _headline_rows(columns: list[Headline], cur: str) -> list[list[str]]:
     ]
 
 
+def _render_markdown(template: str, **context: Any) -> str:
+    """A Markdown template rendered, with runs of blank lines (from the template's blocks) made one."""
+    text = _markdown_environment().get_template(template).render(**context)
+    return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"
+
+
 def _headline_table(data: ReportData, spans: bool) -> tuple[list[str], list[list[str]]]:
     """The headline table's header and rows: a column per period (with its span, or its partial mark) and all history."""
     header = ["Measure"] + [ph.period.label + (f" ({ph.period.span})" if spans else " (partial)" if ph.period.partial else "")
@@ -120,9 +126,7 @@ def _headline_table(data: ReportData, spans: bool) -> tuple[list[str], list[list
 def headline_markdown(data: ReportData) -> str:
     """The headline as Markdown for a Prefect artifact: counts and grams only, no patient identifiers."""
     header, rows = _headline_table(data, spans=True)
-    text = _markdown_environment().get_template("headline.md.j2").render(
-        data=data, opt=data.options, headline_header=header, headline_rows=rows)
-    return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"
+    return _render_markdown("headline.md.j2", data=data, opt=data.options, headline_header=header, headline_rows=rows)
 
 
 def aggregate_table(data: ReportData) -> list[dict[str, Any]]:
@@ -163,7 +167,7 @@ def render_markdown(data: ReportData) -> str:
                 for r in frame.to_dicts()]
 
     shown = data.period_findings.height
-    text = _markdown_environment().get_template("summary.md.j2").render(
+    return _render_markdown("summary.md.j2",
         data=data, opt=opt, run=run,
         headline_header=header, headline_rows=headline_rows,
         lever_rows=[[r["lever_label"], r["meaning"], fmt_int(r["courses"]), fmt_grams(r["grams_avoidable"]),
@@ -191,4 +195,3 @@ def render_markdown(data: ReportData) -> str:
             ["Rows unrecognised immunoglobulin", fmt_int(run.rows_unrecognised_ig)]],
         input_rows=[] if run is None else [[f.name, f.extract or "-", fmt_int(f.rows)] for f in run.inputs],
     )
-    return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import duckdb
 import polars as pl
 
-from pipeline.reporting.labels import SEVERITIES
+from pipeline.reporting.labels import REVIEW_STATUSES, SEVERITIES
 from pipeline.reporting.options import (
     TOP_RULES_LIMIT,
     Headline,
@@ -229,9 +229,8 @@ def _summarise(con: duckdb.DuckDBPyConnection, options: ReportOptions, shipped_c
         return _headline(summary("all", start, end), money, quarantined)
 
     quarantine_reasons = _query(con, """
-        SELECT reason, CAST(COUNT(*) AS BIGINT) AS rows FROM quarantine
-        WHERE run_id = (SELECT run_id FROM runs ORDER BY started_at DESC NULLS LAST, seq DESC LIMIT 1)
-        GROUP BY reason ORDER BY rows DESC, reason""")
+        SELECT reason, CAST(COUNT(*) AS BIGINT) AS rows FROM quarantine WHERE run_id = ?
+        GROUP BY reason ORDER BY rows DESC, reason""", [run.run_id if run is not None else None])
     rows_quarantined = run.rows_quarantined if run is not None and run.rows_quarantined is not None else int(quarantine_reasons["rows"].sum())
 
     period_headlines = tuple(PeriodHeadline(p, headline(p.start, p.end)) for p in periods)
@@ -250,10 +249,11 @@ def _summarise(con: duckdb.DuckDBPyConnection, options: ReportOptions, shipped_c
     if key is not None:
         outputs = pseudonymize_tables(outputs, key)
 
-    review_status = dict(_query(con, """
-        SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM v_finding_verdicts WHERE current GROUP BY status""").iter_rows())
-    review_status = {s: int(review_status.get(s, 0)) for s in ("open", "acknowledged", "actioned", "dismissed")}
-    review_status["resolved"] = int(con.execute("SELECT COUNT(*) FROM findings WHERE resolved_run IS NOT NULL").fetchall()[0][0])
+    # Current findings by review status; those a later run no longer raised as 'resolved'.
+    counted = dict(_query(con, """
+        SELECT CASE WHEN current THEN status ELSE 'resolved' END AS state, CAST(COUNT(*) AS BIGINT) AS n
+        FROM v_finding_verdicts GROUP BY state""").iter_rows())
+    review_status = {s: int(counted.get(s, 0)) for s in (*REVIEW_STATUSES, "resolved")}
 
     intervention = None
     if options.intervention is not None:

@@ -7,28 +7,21 @@ pack (`[levers.*]`). Each finding's lever is set once, here, and stored with the
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import polars as pl
 
 
-def _matches(rule_id: pl.Expr, pattern: str) -> pl.Expr:
-    """A rule id equal to a pattern, or starting with it when the pattern ends in '.'."""
-    return rule_id.str.starts_with(pattern) if pattern.endswith(".") else rule_id == pattern
-
-
-def lever_expr(levers: Mapping, rule_id: pl.Expr) -> pl.Expr:
-    """The lever key a finding's rule measures (the first lever in priority order; null for none)."""
-    expr: pl.Expr = pl.lit(None, dtype=pl.String)
-    for key, lever in reversed(list(levers.items())):
-        condition = pl.any_horizontal([_matches(rule_id, p) for p in lever.rules])
-        expr = pl.when(condition).then(pl.lit(key)).otherwise(expr)
-    return expr
-
-
 def lever_of(levers: Mapping, rule_id: str) -> str | None:
-    """The lever of one rule id (for the rule catalog)."""
+    """The lever of one rule id: the first lever (priority order) naming it or a prefix of it ending in '.'."""
     for key, lever in levers.items():
         if any(rule_id.startswith(p) if p.endswith(".") else rule_id == p for p in lever.rules):
             return key
     return None
+
+
+def lever_expr(levers: Mapping, rule_ids: Iterable[str], rule_id: pl.Expr) -> pl.Expr:
+    """The lever key of a finding's rule (null for none), looked up in lever_of's answer for each rule id
+    of the pack (findings are raised by the pack's rules only)."""
+    lookup = {r: lever_of(levers, r) for r in rule_ids}
+    return rule_id.replace_strict(lookup, default=None, return_dtype=pl.String)
