@@ -6,9 +6,10 @@
 
 `run_night` calls each step through a `Steps` runner: `DirectSteps` calls it in this process
 (tests, the benchmark, replay); `flows.audit` passes a runner that makes each step a Prefect task.
-Whatever runs it, the night is the same, and so is its result: a night audits the patients its
-rows touch together with everything the history ledger holds for them (pipeline.history), so
-any split of the same extracts into nights ends where one run over all of them does.
+Whatever runs it, the night is the same, and so is its result: a night audits what its rows can
+change (the patients they touch, from the courses they can reach on) together with what the
+history ledger holds for it (pipeline.history, warehouse.read_history), so any split of the same
+extracts into nights ends where one run over all of them does.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ import polars as pl
 
 from pipeline import audit as stages
 from pipeline import warehouse
-from pipeline.domain.history import arrived, empty_text_rows, merged, retention_days, stored_text_rows, touched_patients
+from pipeline.warehouse import HistoryReach
+from pipeline.domain.history import (
+    arrived, empty_text_rows, merged, retention_days, stored_text_rows, tonight_touches, touched_patients,
+)
 from pipeline.contract.parse import parse_datetime
 from pipeline.config.products import ProductDictionary, load_products
 from pipeline.domain.normalise import immunoglobulin_rows
@@ -37,7 +41,7 @@ from pipeline.ingest.errors import ExtractError
 from pipeline.ingest.files import SourceFile, content_sha256, discover
 from pipeline.config.reference import reference_tables
 from pipeline.config.rulepack import RulePack, load_rule_pack
-from pipeline.rules import longest_follow_up
+from pipeline.rules import evidence_windows, follow_up_windows, order_reach_days
 
 log = logging.getLogger(__name__)
 
@@ -266,18 +270,29 @@ def _arrived_as(selected: stages.Extracts, run_seq: int) -> stages.Extracts:
     )
 
 
-def tonight_keys(selected: stages.Extracts, products: ProductDictionary) -> tuple[pl.Series, pl.Series, pl.Series]:
-    """Tonight's patients (any extract), order ids, and patients with an immunoglobulin row tonight."""
+@dataclass(frozen=True)
+class TonightKeys:
+    """Who and what tonight's rows touch, for choosing what of the history a night judges (warehouse.read_history)."""
+
+    patients: pl.Series  # of any extract
+    order_ids: pl.Series
+    immunoglobulin: pl.Series  # patients with an immunoglobulin row tonight
+    touches: pl.DataFrame  # every row's patient, kind and dates (history.tonight_touches)
+
+
+def tonight_keys(selected: stages.Extracts, products: ProductDictionary, time_zone: str) -> TonightKeys:
+    """Tonight's patients (any extract), order ids, immunoglobulin patients, and where each row touches a history."""
     collected = {name: frame.collect() for name, frame in selected.frames().items() if frame is not None}
     patients = touched_patients(collected)
+    touches = tonight_touches(collected, time_zone)
     orders = collected.get("orders")
     if orders is None or orders.is_empty():
         empty = pl.Series("x", [], dtype=pl.String)
-        return patients, empty.alias("order_id"), empty.alias("patient_id")
+        return TonightKeys(patients, empty.alias("order_id"), empty.alias("patient_id"), touches)
     ndc = "ndc" if "ndc" in orders.columns else None
     ids = orders.select(pl.col("order_id").str.strip_chars()).drop_nulls().unique()["order_id"]
     ig = orders.filter(immunoglobulin_rows(products, ndc)).select(pl.col("patient_id").str.strip_chars()).drop_nulls().unique()["patient_id"]
-    return patients, ids, ig
+    return TonightKeys(patients, ids, ig, touches)
 
 
 def audit_tonight(
@@ -299,8 +314,28 @@ def audit_tonight(
     prepared = stages.prepare(extracts, products, pack, rows_read)
     courses, order_course = stages.courses_with_regimen(prepared.ivig, pack, history.courses)
     findings = stages.judge(courses, prepared, pack, run_id, history.labs_through)
-    patients = pl.concat([history.patients, stages.audited_patients(prepared)]).unique().sort("patient_id")
-    return stages.output_tables(prepared, courses, order_course, findings, pack, run_id, patients)
+    judged = _with_judged_from(history.patients)
+    patients = pl.concat([judged, _with_judged_from(stages.audited_patients(prepared).join(judged, on="patient_id", how="anti"))])
+    courses, findings = judged_part(courses, findings, patients)
+    return stages.output_tables(prepared, courses, order_course, findings, pack, run_id, patients.sort("patient_id"))
+
+
+def _with_judged_from(patients: pl.DataFrame) -> pl.DataFrame:
+    """Patients with the time their judged courses start from (null, every course, unless the history says otherwise)."""
+    if "judged_from" in patients.columns:
+        return patients.select("patient_id", pl.col("judged_from").cast(pl.Datetime("us")))
+    return patients.select("patient_id", judged_from=pl.lit(None, dtype=pl.Datetime("us")))
+
+
+def judged_part(courses: pl.DataFrame, findings: pl.DataFrame, patients: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The courses a night judged (ending at or after their patient's `judged_from`; all when null) and their
+    findings, with every finding of no course: the rest was built only to number and name the courses the
+    same way, and read without the evidence no rule of a judged course reaches (warehouse.read_history)."""
+    kept = courses.join(patients, on="patient_id", how="left").filter(
+        pl.col("judged_from").is_null() | (pl.col("end") >= pl.col("judged_from"))
+    ).drop("judged_from")
+    of_kept = pl.col("course_id").is_null() | pl.col("course_id").is_in(kept["course_id"].implode())
+    return kept, findings.filter(of_kept)
 
 
 def commit(db: Path, run: warehouse.RunRecord, result: stages.AuditResult, pack: RulePack) -> None:
@@ -398,7 +433,7 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
             selected, rows_read, sources = tonight if tonight is not None else (stages.Extracts(None), 0, [])
             # Tonight's rows take this run's sequence number (the arrival they are versions by).
             selected = _arrived_as(selected, state.last_seq + 1)
-            patients, order_ids, ig = tonight_keys(selected, products)
+            keys = tonight_keys(selected, products, pack.settings["site_timezone"])
             given = state.extracts_given | set(new)
             if state.has_history and set(new) - state.extracts_given and reason is None:
                 kinds = " and ".join(sorted(set(new) - state.extracts_given))
@@ -406,7 +441,8 @@ def run_night(request: NightRequest, steps: Steps | None = None, run_id: str | N
             labs_through = _labs_through(state.labs_through, selected, pack.settings["site_timezone"])
             ended = _follow_ups_due(state.labs_through, labs_through, pack)
             history = dataclasses.replace(
-                steps("load history", warehouse.read_history, db, patients, order_ids, ig, reason is not None, ended),
+                steps("load history", warehouse.read_history, db, keys.patients, keys.order_ids, keys.immunoglobulin,
+                      reason is not None, ended, HistoryReach(keys.touches, evidence_windows(pack), order_reach_days(pack))),
                 extracts_given=frozenset(given), labs_through=labs_through,
             )
             lap("history")
@@ -468,12 +504,19 @@ def _labs_through(stored: datetime | None, selected: stages.Extracts, time_zone:
     return max((d for d in (stored, tonight) if d is not None), default=None)
 
 
-def _follow_ups_due(before: datetime | None, after: datetime | None, pack: RulePack) -> tuple[datetime, datetime] | None:
-    """The course ends whose follow-up window tonight's labs may have carried the data past (rules.FOLLOW_UP)."""
+def _follow_ups_due(before: datetime | None, after: datetime | None, pack: RulePack) -> list[tuple[datetime, datetime]]:
+    """The ranges of course ends whose follow-up window tonight's labs carried the data past (rules.FOLLOW_UP).
+
+    A rule judges a window of w days after a course once the labs run past its end + w: a night
+    moving the date the labs run to from `before` to `after` brings due the courses that ended in
+    [before - w, after - w] (both ends kept: a superset), one range per window length.
+    """
     if after is None or (before is not None and after <= before):
-        return None
-    longest = timedelta(days=longest_follow_up(pack))
-    return (before - longest if before is not None else datetime.min, after)
+        return []
+    return [
+        (before - timedelta(days=days) if before is not None else datetime.min, after - timedelta(days=days))
+        for days in follow_up_windows(pack)
+    ]
 
 
 def _judged(result: stages.AuditResult) -> int:

@@ -124,6 +124,13 @@ def random_cohort(rng: random.Random, versioned: bool = False, max_lateness: int
                 if versioned:
                     asa["updated_at"] = _day(start - 3)
                 cohort.add("orders", start - 1, **asa)
+        if starts and rng.random() < 0.6:  # results long after the last course (in no rule's window): no finding may move
+            for _ in range(rng.randint(1, 3)):
+                taken = starts[-1] + days + rng.randint(15, 60)
+                test = rng.choice(["sodium", "platelets", "creatinine", "hemoglobin"])
+                cohort.add("labs", taken + rng.randint(0, 2), patient_id=patient, collected_at=_day(taken),
+                           test=test, value=140 if test == "sodium" else 120, unit="mmol/L" if test == "sodium" else "g/L",
+                           ref_low=50, ref_high=160)
     # Someone without IVIG: labs and an aspirin order that must stay evidence only.
     cohort.add("labs", 20, patient_id="NB-OTHER", collected_at=_day(19), test="creatinine", value=90, unit="umol/L")
     cohort.add("orders", 21, order_id="NO-900", patient_id="NB-OTHER", medication="aspirin", dose=75, dose_unit="mg",
@@ -174,6 +181,8 @@ def nights(feed: list[FeedFile], rng: random.Random, shuffle_orders: bool) -> li
     """
     periods = sorted({f.period for f in feed})
     cuts = sorted(rng.sample(range(1, len(periods)), k=min(len(periods) - 1, rng.randint(1, 6)))) if len(periods) > 1 else []
+    if len(periods) <= 25 and rng.random() < 0.4:  # every week its own night, as a weekly feed: the labs move a week at a time
+        cuts = list(range(1, len(periods)))
     bounds = [0, *cuts, len(periods)]
     groups = [set(periods[a:b]) for a, b in zip(bounds, bounds[1:])]
     own_night = {p: i for i, g in enumerate(groups) for p in g}

@@ -78,6 +78,61 @@ def test_evidence_that_arrives_before_the_first_ivig_order_is_kept(tmp_path: Pat
     assert "combination.ivig_with_plasma_exchange" in rules_of(db, "SC-P")
 
 
+def test_labs_no_rule_can_read_for_a_stored_course_judge_nobody_and_end_as_one_run(tmp_path: Path):
+    """A result outside every rule's window around the patient's courses (or of a test no rule reads)
+    cannot change a finding: the night does not judge the patient; one in a window does. Either way
+    the end is that of one run over the same files."""
+    db = tmp_path / "nightly.duckdb"
+    # The labs already run to 30 June after the first night (someone else's result): no follow-up
+    # window comes due on a later night, so only the patient's own rows can make them judged.
+    first = {
+        "orders": write_rows(tmp_path / "n1" / "orders.csv", "orders", [dose(f"SC-A{d}", ADULT, d) for d in range(5, 10)]),
+        "labs": write_rows(tmp_path / "n1" / "labs.csv", "labs", [
+            lab("SC-A", 1, "creatinine", 80), lab("SC-A", 1, "hemoglobin", 130),
+            {**lab("SC-OTHER", 1, "creatinine", 80), "collected_at": "2026-06-30 08:00:00"}]),
+    }
+    outside = write_rows(tmp_path / "n2" / "labs.csv", "labs", [
+        lab("SC-A", 28, "hemoglobin", 128),  # 19 days after the last dose: past the 10-day hemolysis window
+        {**lab("SC-A", 10, "sodium", 140), "unit": "mmol/L"},  # a test no rule reads
+    ])
+    inside = write_rows(tmp_path / "n3" / "labs.csv", "labs", [lab("SC-A", 12, "creatinine", 85)])  # in the renal follow-up window
+    night(db, **first)
+    stored = table(db, "SELECT finding_id, last_seen_run FROM findings WHERE patient_id = 'SC-A' ORDER BY 1")
+    assert stored
+    quiet = night(db, labs=outside)
+    assert quiet.patients_audited == 0
+    assert table(db, "SELECT finding_id, last_seen_run FROM findings WHERE patient_id = 'SC-A' ORDER BY 1") == stored
+    # The result is kept for the courses to come (the sodium never was: no rule reads it).
+    assert table(db, "SELECT kind, event_at FROM ledger WHERE patient_id = 'SC-A' AND extract = 'labs' AND run_id = ?",
+                 [quiet.run_id]) == [("hemoglobin", datetime(2026, 5, 28, 8, 0))]
+    assert night(db, labs=inside).patients_audited == 1
+    batch = tmp_path / "batch.duckdb"
+    night(batch, orders=first["orders"], labs=[first["labs"], outside, inside])
+    assert outcome(db) == outcome(batch)
+
+
+def test_a_new_course_judges_it_and_leaves_the_patients_earlier_courses_as_they_were(tmp_path: Path):
+    """A dose months after the patient's last course can change only the courses within the course gap
+    of it and the later ones: the new course is judged (as the second of its series: a repeat), the
+    earlier one is not read again nor re-stamped, and the end is that of one run over the same files."""
+    db = tmp_path / "nightly.duckdb"
+    may = write_rows(tmp_path / "n1" / "orders.csv", "orders", [dose(f"SC-A{d}", ADULT, d, 40.0) for d in range(5, 10)])  # above target
+    july = write_rows(tmp_path / "n2" / "orders.csv", "orders",
+                      [dose(f"SC-J{d}", ADULT, d, start=f"2026-07-{d:02d} 09:00:00") for d in range(1, 6)])
+    first = night(db, orders=may)
+    earlier = table(db, "SELECT finding_id, last_seen_run FROM findings WHERE patient_id = 'SC-A' ORDER BY 1")
+    assert earlier and {run for _, run in earlier} == {first.run_id}
+    second = night(db, orders=july)
+    after = table(db, "SELECT finding_id, last_seen_run FROM findings WHERE patient_id = 'SC-A' AND resolved_run IS NULL ORDER BY 1")
+    assert set(earlier) < set(after)  # the May course's findings are untouched, not raised again
+    assert {run for f, run in after if (f, run) not in earlier} == {second.run_id}
+    assert "repeat_justification.repeat_without_justification" in rules_of(db, "SC-A")
+    assert table(db, "SELECT COUNT(*) FROM courses WHERE patient_id = 'SC-A'") == [(2,)]
+    batch = tmp_path / "batch.duckdb"
+    night(batch, orders=[may, july])
+    assert outcome(db) == outcome(batch)
+
+
 def test_a_feed_that_reuses_one_file_name_keeps_every_nights_quarantine_and_counts(tmp_path: Path):
     db, inbox = tmp_path / "audit.duckdb", tmp_path / "inbox" / "orders.csv"
     write_rows(inbox, "orders", [dose("SC-A1", ADULT, 1), dose("SC-A2", ADULT, 2, -5)])

@@ -108,34 +108,55 @@ def merged(tonight: pl.LazyFrame | None, stored: pl.LazyFrame | None) -> pl.Lazy
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
 
 
+def evidence_kind(extract: str) -> pl.Expr:
+    """What kind of evidence a row is, as rules declare what they read (`rules.Window`) and retention
+    applies: the canonical lab test of a lab ('iga', 'creatinine', ...; null for a test the audit does
+    not read), 'procedure', or 'order'."""
+    if extract == "labs":
+        return blank_to_null("test").str.to_lowercase().replace_strict(LAB_TEST_SPELLINGS, default=None, return_dtype=pl.String)
+    return pl.lit("procedure" if extract == "procedures" else "order", dtype=pl.String)
+
+
+def event_span(extract: str, time_zone: str) -> tuple[pl.Expr, pl.Expr]:
+    """`event_at`, a row's clinical time, and `event_until`, the last day it covers (an order of n daily doses covers n days)."""
+    event = parse_datetime(EVENT_COLUMN[extract], time_zone)
+    until = event
+    if extract == "orders":
+        days = parse_number("doses").fill_null(1).clip(1, MAX_DAYS_COVERED) - 1
+        until = event + pl.duration(days=days.cast(pl.Int64))
+    return event.alias("event_at"), until.alias("event_until")
+
+
+def tonight_touches(frames: dict[str, pl.DataFrame], time_zone: str) -> pl.DataFrame:
+    """Where tonight's rows touch each patient's history: extract, patient, kind, event_at and event_until
+    of every row (distinct), for deciding what of the history a night judges (pipeline.warehouse.read_history)."""
+    parts = [
+        frames[extract].lazy().select(pl.lit(extract).alias("extract"), blank_to_null("patient_id").alias("patient_id"),
+                                      evidence_kind(extract).alias("kind"), *event_span(extract, time_zone))
+        for extract in LEDGER_EXTRACTS if frames.get(extract) is not None
+    ]
+    schema = {"extract": pl.String, "patient_id": pl.String, "kind": pl.String, "event_at": pl.Datetime("us"), "event_until": pl.Datetime("us")}
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    return pl.concat(parts).filter(pl.col("patient_id").is_not_null()).unique().collect().cast(schema)
+
+
 def ledger_rows(text_rows: pl.LazyFrame, extract: str, time_zone: str, *, has_version: bool = False) -> pl.LazyFrame:
     """Rows of one extract in the ledger layout: one row per key and version, at its first arrival.
 
     `has_version`: the rows carry their `version` text already (`contract.with_identity`), which is
     then used as it is instead of being encoded again (a JSON of every column: 0.8 s per 160k rows).
 
-    `kind` says what retention applies: the canonical lab test of a lab ('iga', 'creatinine', ...;
-    null for a test the audit does not read), 'procedure', or 'order'. `event_at` is the row's
-    clinical time and `event_until` the last day it covers (an order of n daily doses covers n days).
+    `kind`, `event_at`, `event_until`: see `evidence_kind` and `event_span`.
     """
-    if extract == "labs":
-        kind = blank_to_null("test").str.to_lowercase().replace_strict(LAB_TEST_SPELLINGS, default=None, return_dtype=pl.String)
-    else:
-        kind = pl.lit("procedure" if extract == "procedures" else "order", dtype=pl.String)
-    event = parse_datetime(EVENT_COLUMN[extract], time_zone)
-    until = event
-    if extract == "orders":
-        days = parse_number("doses").fill_null(1).clip(1, MAX_DAYS_COVERED) - 1
-        until = event + pl.duration(days=days.cast(pl.Int64))
     return (
         text_rows.select(
             pl.lit(extract).alias("extract"),
             row_key(extract).alias("row_key"),
             (pl.col("version") if has_version else version_text(extract)).alias("version"),
             blank_to_null("patient_id").alias("patient_id"),
-            kind.alias("kind"),
-            event.alias("event_at"),
-            until.alias("event_until"),
+            evidence_kind(extract).alias("kind"),
+            *event_span(extract, time_zone),
             "source_file",
             pl.col("source_row").cast(pl.Int64),
             pl.col("run_seq").cast(pl.Int64),

@@ -15,6 +15,6 @@ from pipeline.rules import (  # noqa: F401 - each module registers its rules
     repeat_justification,
     weight_basis,
 )
-from pipeline.rules.engine import RULES, AuditContext, evaluate_rules, evidence_reach, longest_follow_up
+from pipeline.rules.engine import RULES, AuditContext, Window, evaluate_rules, evidence_reach, evidence_windows, follow_up_windows, order_reach_days
 
-__all__ = ["RULES", "AuditContext", "evaluate_rules", "evidence_reach", "longest_follow_up"]
+__all__ = ["RULES", "AuditContext", "Window", "evaluate_rules", "evidence_reach", "evidence_windows", "follow_up_windows", "order_reach_days"]

@@ -7,6 +7,7 @@ import polars as pl
 from pipeline.config.rulepack import RuleSpec
 from pipeline.rules.engine import (
     AuditContext,
+    Window,
     _days,
     finding,
     has_text_matching,
@@ -16,7 +17,7 @@ from pipeline.rules.engine import (
 
 
 # ------------------------------------------------------------------------------------- combination
-@rule("combination.ivig_with_plasma_exchange", reach=lambda spec, pack: {"procedure": _days(spec, "window_days")})
+@rule("combination.ivig_with_plasma_exchange", reach=lambda spec, pack: {"procedure": Window(_days(spec, "window_days"), _days(spec, "window_days"))})
 def ivig_with_plasma_exchange(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Courses with a plasma exchange within the episode window."""
     if ctx.procedures is None:
@@ -45,7 +46,7 @@ def ivig_with_plasma_exchange(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame
     )
 
 
-@rule("combination.kawasaki_without_aspirin", reach=lambda spec, pack: {"order": _days(spec, "days_before", "days_after")})
+@rule("combination.kawasaki_without_aspirin", reach=lambda spec, pack: {"order": Window(_days(spec, "days_before"), _days(spec, "days_after"))})
 def kawasaki_without_aspirin(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Kawasaki courses with no aspirin order from days_before the course to days_after it."""
     before = pl.duration(days=int(spec.params["days_before"]))

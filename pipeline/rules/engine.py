@@ -54,9 +54,23 @@ RuleQuery = Callable[[AuditContext, RuleSpec], pl.LazyFrame]
 RULES: dict[str, RuleQuery] = {}
 
 
-#: How far from a course each rule reads evidence, in days, per kind of evidence (a lab test, 'procedure',
-#: 'order' for other medications): None means at any distance. Read from the rule's parameters.
-Reach = Callable[[RuleSpec, RulePack], dict[str, int | None]]
+@dataclass(frozen=True)
+class Window:
+    """How far around a course a rule reads one kind of evidence, in days: `before` its first dose and
+    `after` its last (None: at any distance on that side). The rule reads nothing outside it."""
+
+    before: int | None = 0
+    after: int | None = 0
+
+    @property
+    def farthest(self) -> int | None:
+        """The longer side, in days (None: at any distance)."""
+        return None if self.before is None or self.after is None else max(self.before, self.after)
+
+
+#: Where around a course each rule reads evidence, per kind of evidence (a lab test, 'procedure',
+#: 'order' for other medications). Read from the rule's parameters.
+Reach = Callable[[RuleSpec, RulePack], dict[str, Window]]
 
 
 REACH: dict[str, Reach] = {}
@@ -87,26 +101,39 @@ def rule(rule_id: str, reach: Reach | None = None, follow_up: FollowUp | None = 
     return register
 
 
-def evidence_reach(pack: RulePack) -> dict[str, int | None]:
-    """The farthest any enabled rule of the pack reads each kind of evidence from a course, in days (None: any)."""
-    farthest: dict[str, int | None] = {}
+def evidence_windows(pack: RulePack) -> dict[str, Window]:
+    """Where around a course any enabled rule of the pack reads each kind of evidence (the widest window on each side)."""
+    def wider(a: int | None, b: int | None) -> int | None:
+        return None if a is None or b is None else max(a, b)
+
+    windows: dict[str, Window] = {}
     for rule_id, spec in pack.rules.items():
         if rule_id not in REACH or not spec.params.get("enabled", True):
             continue
-        for kind, days in REACH[rule_id](spec, pack).items():
-            if kind in farthest and (farthest[kind] is None or days is None):
-                farthest[kind] = None
-            else:
-                farthest[kind] = days if kind not in farthest else max(farthest[kind], days)
-    return farthest
+        for kind, window in REACH[rule_id](spec, pack).items():
+            known = windows.get(kind)
+            windows[kind] = window if known is None else Window(wider(known.before, window.before), wider(known.after, window.after))
+    return windows
 
 
-def longest_follow_up(pack: RulePack) -> int:
-    """The longest window after a course any enabled rule judges, in days (0: none)."""
-    return max(
-        (FOLLOW_UP[r](spec) for r, spec in pack.rules.items() if r in FOLLOW_UP and spec.params.get("enabled", True)),
-        default=0,
-    )
+def order_reach_days(pack: RulePack) -> int | None:
+    """How far before a dose (or any order) the stored courses it can change may end, in days (None: any).
+
+    A dose joins a course whose last dose is within the course gap of it (and may bridge two);
+    another order is evidence as far as the rules' window after a course for orders reaches.
+    """
+    after = evidence_windows(pack).get("order", Window()).after
+    return None if after is None else max(int(pack.settings["course_gap_days"]) + 1, after)
+
+
+def evidence_reach(pack: RulePack) -> dict[str, int | None]:
+    """The farthest any enabled rule of the pack reads each kind of evidence from a course, in days (None: any)."""
+    return {kind: window.farthest for kind, window in evidence_windows(pack).items()}
+
+
+def follow_up_windows(pack: RulePack) -> list[int]:
+    """The distinct lengths, in days, of the windows after a course the enabled rules judge (shortest first)."""
+    return sorted({FOLLOW_UP[r](spec) for r, spec in pack.rules.items() if r in FOLLOW_UP and spec.params.get("enabled", True)})
 
 
 def _days(spec: RuleSpec, *params: str) -> int:

@@ -8,6 +8,7 @@ from pipeline.config.rulepack import RuleSpec
 from pipeline.rules.engine import (
     DT,
     AuditContext,
+    Window,
     _days,
     finding,
     num,
@@ -17,7 +18,8 @@ from pipeline.rules.product_safety import renal_impairment
 
 
 # ------------------------------------------------------------------------------------- monitoring
-@rule("monitoring.no_baseline_labs", reach=lambda spec, pack: dict.fromkeys([*pack.labs.renal_function, *pack.labs.blood_count], _days(spec, "window_days")))
+@rule("monitoring.no_baseline_labs",
+      reach=lambda spec, pack: dict.fromkeys([*pack.labs.renal_function, *pack.labs.blood_count], Window(before=_days(spec, "window_days"))))
 def no_baseline_labs(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Courses with no creatinine (or eGFR) or no CBC (haemoglobin or platelets) in the window before start."""
     if ctx.labs is None:
@@ -84,7 +86,7 @@ def labs_after_course(ctx: AuditContext, courses: pl.LazyFrame, tests: list[str]
     )
 
 
-@rule("monitoring.no_hemoglobin_after_course", reach=lambda spec, pack: {"hemoglobin": _days(spec, "window_days")},
+@rule("monitoring.no_hemoglobin_after_course", reach=lambda spec, pack: {"hemoglobin": Window(after=_days(spec, "window_days"))},
       follow_up=lambda spec: _days(spec, "window_days"))
 def no_hemoglobin_after_course(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """High-dose courses (g/kg at or above the limit) with no hemoglobin in the window after the last dose."""
@@ -106,7 +108,7 @@ def no_hemoglobin_after_course(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFram
 
 
 @rule("monitoring.no_renal_function_after_course",
-      reach=lambda spec, pack: dict.fromkeys(pack.labs.renal_function, max(_days(spec, "window_days"), _days(spec, "lookback_days"))),
+      reach=lambda spec, pack: dict.fromkeys(pack.labs.renal_function, Window(before=_days(spec, "lookback_days"), after=_days(spec, "window_days"))),
       follow_up=lambda spec: _days(spec, "window_days"))
 def no_renal_function_after_course(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Courses with renal risk (renal impairment, a sucrose product, age at or above the limit) and no

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.config.rulepack import RuleSpec
-from pipeline.rules.engine import AuditContext, _days, finding, num, rule
+from pipeline.rules.engine import AuditContext, Window, _days, finding, num, rule
 
 
 # ------------------------------------------------------------------------------------- product safety
@@ -52,7 +52,7 @@ def _risk_courses(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     )
 
 
-@rule("product_safety.sucrose_risk", reach=lambda spec, pack: dict.fromkeys(pack.labs.renal_function, _days(spec, "lookback_days")))
+@rule("product_safety.sucrose_risk", reach=lambda spec, pack: dict.fromkeys(pack.labs.renal_function, Window(before=_days(spec, "lookback_days"))))
 def sucrose_risk(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Sucrose-containing product in a patient of the age limit or with renal impairment."""
     offending = _risk_courses(ctx, spec).filter(pl.col("any_sucrose").fill_null(False))
@@ -64,7 +64,7 @@ def sucrose_risk(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     )
 
 
-@rule("product_safety.iga_deficiency", reach=lambda spec, pack: {"iga": None})
+@rule("product_safety.iga_deficiency", reach=lambda spec, pack: {"iga": Window(before=None)})
 def iga_deficiency(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """IgA deficiency (result below range or below the limit) with a product that is not IgA-depleted."""
     if ctx.labs is None:
@@ -93,7 +93,7 @@ def iga_deficiency(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     )
 
 
-@rule("product_safety.slow_rate_reminder", reach=lambda spec, pack: dict.fromkeys(pack.labs.renal_function, _days(spec, "lookback_days")))
+@rule("product_safety.slow_rate_reminder", reach=lambda spec, pack: dict.fromkeys(pack.labs.renal_function, Window(before=_days(spec, "lookback_days"))))
 def slow_rate_reminder(ctx: AuditContext, spec: RuleSpec) -> pl.LazyFrame:
     """Elderly patients or renal impairment: a reminder to infuse slowly and hydrate."""
     offending = _risk_courses(ctx, spec)

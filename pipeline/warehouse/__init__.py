@@ -8,7 +8,7 @@ IO with the database lives here and nowhere else. `pipeline.warehouse` is its pu
 
 from pipeline.warehouse.base import StoreError, writer_lock
 from pipeline.warehouse.connection import connect_read_only, upgrade_database
-from pipeline.warehouse.ledger import History, read_history, read_ledger_as_of
+from pipeline.warehouse.ledger import History, HistoryReach, read_history, read_ledger_as_of
 from pipeline.warehouse.night_write import write_run
 from pipeline.warehouse.reads import export_parquet, measure_summaries, open_critical_findings, read_findings, read_tables
 from pipeline.warehouse.reviews import REVIEW_STATUSES, ReviewEvent, disposition_codes, record_review, worklist
@@ -36,7 +36,7 @@ from pipeline.warehouse.scenarios import (
 from pipeline.warehouse.schema import SCHEMA_VERSION, TABLES, VIEWS
 
 __all__ = [
-    "StoreError", "writer_lock", "connect_read_only", "upgrade_database", "History", "read_history",
+    "StoreError", "writer_lock", "connect_read_only", "upgrade_database", "History", "HistoryReach", "read_history",
     "read_ledger_as_of", "write_run", "export_parquet", "measure_summaries", "open_critical_findings", "read_findings",
     "read_tables", "disposition_codes", "REVIEW_STATUSES",
     "ReviewEvent", "record_review", "worklist", "REPORT_STATUSES", "RUN_STATUSES", "NightState", "RunRecord",

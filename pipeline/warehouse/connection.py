@@ -23,13 +23,9 @@ from pipeline.warehouse.schema import _stored_version, bring_up_to_date, is_curr
 _migrate = bring_up_to_date
 
 
-def _empty_database(db_path: Path) -> bool:
-    """Whether a DuckDB file holds no table at all: what a first run killed before its COMMIT leaves behind."""
-    con = _connect(db_path, read_only=True)
-    try:
-        return not con.execute("SELECT COUNT(*) FROM duckdb_tables()").fetchall()[0][0]
-    finally:
-        con.close()
+def _holds_no_table(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the open database holds no table at all: what a first run killed before its COMMIT leaves behind."""
+    return not con.execute("SELECT COUNT(*) FROM duckdb_tables()").fetchall()[0][0]
 
 
 @_owner_only_files
@@ -42,14 +38,13 @@ def upgrade_database(db_path: Path) -> None:
     db_path = Path(db_path)
     if not db_path.exists() or db_path.stat().st_size == 0:
         return  # created by the night's first write (nothing is created for a night that stops before)
-    if _empty_database(db_path):  # a file DuckDB made but no migration ever committed to
-        with _transaction(db_path):
-            pass
-        return
     con = _connect(db_path, read_only=True)
     try:
-        refuse_newer(con, db_path)
-        current = is_current(con)
+        # A file DuckDB made but no migration ever committed to is built like a new one.
+        empty = _holds_no_table(con)
+        if not empty:
+            refuse_newer(con, db_path)
+        current = not empty and is_current(con)
     finally:
         con.close()
     if not current:
@@ -115,7 +110,11 @@ def connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
     db_path = Path(db_path)
     if not db_path.is_file():
         raise StoreError(f"database {db_path} does not exist; run the audit first")
-    con = _connect(db_path, read_only=True)
+    return _checked(_connect(db_path, read_only=True), db_path)
+
+
+def _checked(con: duckdb.DuckDBPyConnection, db_path: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection after checking its schema version (brought up to date first when older)."""
     try:
         stored = _stored_version(con)
     except duckdb.Error as exc:
@@ -143,6 +142,15 @@ def connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
 def _open_existing(db_path: Path) -> duckdb.DuckDBPyConnection | None:
     """A read-only connection to an audit database, or None when there is none yet (or an empty file)."""
     db_path = Path(db_path)
-    if not db_path.exists() or _empty_database(db_path):
+    if not db_path.is_file():
         return None
-    return connect_read_only(db_path)
+    con = _connect(db_path, read_only=True)
+    try:
+        empty = _holds_no_table(con)
+    except BaseException:
+        con.close()
+        raise
+    if empty:
+        con.close()
+        return None
+    return _checked(con, db_path)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import polars as pl
@@ -12,6 +14,9 @@ import polars as pl
 from pipeline.warehouse.base import _has_table
 from pipeline.warehouse.connection import _open_existing, connect_read_only
 from pipeline.warehouse.runs import RunRecord
+
+if TYPE_CHECKING:
+    from pipeline.rules.engine import Window
 
 #: Ledger columns an incoming frame (pipeline.history.ledger_rows) fills, and how.
 _LEDGER_INSERT = ("extract", "row_key", "version_hash", "version", "patient_id", "kind", "event_at", "event_until",
@@ -146,6 +151,18 @@ def _prune_ledger(con: duckdb.DuckDBPyConnection, retention: dict[str, int | Non
 
 
 
+def _windows_frame(windows: dict[str, Window]) -> pl.DataFrame:
+    """The rules' evidence windows as a frame (kind, before_days, after_days; null: any distance)."""
+    return pl.DataFrame(
+        {"kind": list(windows), "before_days": [w.before for w in windows.values()], "after_days": [w.after for w in windows.values()]},
+        schema={"kind": pl.String, "before_days": pl.Int64, "after_days": pl.Int64},
+    )
+
+
+_NO_TOUCHES = pl.DataFrame(schema={"extract": pl.String, "patient_id": pl.String, "kind": pl.String,
+                                   "event_at": pl.Datetime("us"), "event_until": pl.Datetime("us")})
+
+
 #: The ledger columns a night reads back (pipeline.history.stored_text_rows).
 _LEDGER_READ = "extract, version, patient_id, source_file, source_row, run_seq, file_pos"
 
@@ -157,7 +174,8 @@ class History:
     ledger    stored rows (pipeline.history layout) of the patients judged tonight, and every stored
               version of tonight's order_ids
     courses   course_id, patient_id, start, order_ids of the stored courses of those patients
-    patients  the patients whose orders, courses and findings tonight's audit replaces
+    patients  the patients whose orders, courses and findings tonight's audit replaces, with `judged_from`:
+              their courses ending then or later are judged and replaced (null: every course)
     extracts_given  the extracts any run (tonight's included) has read: a rule that needs labs is
               judged for every patient once a labs extract was given, even one with no lab
     labs_through  the date the labs extract runs to after tonight (its newest result, any patient)
@@ -170,69 +188,150 @@ class History:
     labs_through: datetime | None = None
 
 
+@dataclass(frozen=True)
+class HistoryReach:
+    """Where tonight's rows can reach the stored history, which narrows what a night judges (read_history).
+
+    touches     every row of tonight: extract, patient_id, kind, event_at, event_until (history.tonight_touches)
+    windows     where the rules read each kind of evidence around a course (rules.evidence_windows)
+    order_days  how far before an order the stored courses it can change may end (rules.order_reach_days; None: any)
+    """
+
+    touches: pl.DataFrame
+    windows: dict[str, Window]
+    order_days: int | None
+
+
 def read_history(
     db_path: Path,
     tonight_patients: pl.Series,
     tonight_orders: pl.Series,
     tonight_immunoglobulin: pl.Series,
     everyone: bool = False,
-    ended_between: tuple[datetime, datetime] | None = None,
+    ended_between: Sequence[tuple[datetime, datetime]] = (),
+    reach: HistoryReach | None = None,
 ) -> History:
-    """The stored rows and courses a night needs: those of every patient it judges.
+    """The stored rows and courses a night needs: those of every patient it judges, and from when.
 
     A patient is judged tonight when a row of theirs arrived (or a row reusing one of their
     order_ids) and they have IVIG orders or open findings stored, or when tonight brought an
     immunoglobulin row of theirs; `everyone` judges every patient with stored IVIG again (the
-    rule pack or product dictionary changed). A patient with a course that ended in
-    `ended_between` (both inclusive) is judged too: tonight's labs carried the data past a
+    rule pack or product dictionary changed). A patient with a course that ended in one of the
+    `ended_between` ranges (both inclusive) is judged too: tonight's labs carried the data past a
     follow-up window of that course (rules.FOLLOW_UP). Every stored version of tonight's order_ids
     is read too, whoever its patient, so the version in force is decided among all of them.
+
+    With `reach` (docs/history.md, "Incremental nights"), a night judges only what its rows can change:
+    - a patient whose only rows tonight are labs or procedures, none in a rule's window around one
+      of their stored courses, is not judged (no finding can change; the rows still reach the ledger);
+    - a judged patient's courses are judged from `judged_from` on (patients.judged_from; null: all):
+      the courses ending then or later, which are all a row of tonight can change (an order: the
+      courses within the course gap of it and every later one, whose numbering and series it may
+      move; a result: the courses whose window after them reaches it); every order of the patient
+      is read (to build the same courses), and only the evidence those courses' windows reach.
+    An undated row reaches everything.
     """
     empty = History(
         ledger=pl.DataFrame(schema={c.strip(): pl.String for c in _LEDGER_READ.split(",")}),
         courses=pl.DataFrame(schema={"course_id": pl.String, "patient_id": pl.String, "start": pl.Datetime("us"), "order_ids": pl.String}),
-        patients=pl.DataFrame({"patient_id": pl.concat([tonight_patients, tonight_immunoglobulin]).unique().sort()}),
+        patients=pl.DataFrame({"patient_id": pl.concat([tonight_patients, tonight_immunoglobulin]).unique().sort()})
+        .with_columns(judged_from=pl.lit(None, dtype=pl.Datetime("us"))),
     )
     con = _open_existing(db_path)
     if con is None:
         return empty
+    touches = _NO_TOUCHES if reach is None or everyone else reach.touches.select(_NO_TOUCHES.columns)
     try:
         con.register("tonight_patients", pl.DataFrame({"patient_id": tonight_patients.cast(pl.String)}))
         con.register("tonight_orders", pl.DataFrame({"order_id": tonight_orders.cast(pl.String)}))
         con.register("tonight_ig", pl.DataFrame({"patient_id": tonight_immunoglobulin.cast(pl.String)}))
+        con.register("tonight_touches", touches)
+        con.register("evidence_windows", _windows_frame(reach.windows if reach is not None else {}))
         audited = "SELECT patient_id FROM judged" if everyone else \
             "SELECT patient_id FROM candidates WHERE patient_id IN (SELECT patient_id FROM judged)"
-        if ended_between is not None and not everyone:
-            audited += ' UNION SELECT patient_id FROM courses WHERE "end" >= $ended_after AND "end" <= $ended_by'
-        params = {"ended_after": ended_between[0], "ended_by": ended_between[1]} if ended_between and not everyone else {}
+        params: dict[str, Any] = {"order_days": reach.order_days if reach is not None else None}
+        due = "false"
+        if ended_between and not everyone:
+            due = " OR ".join(f'("end" >= $ended_after_{i} AND "end" <= $ended_by_{i})' for i in range(len(ended_between)))
+            audited += f" UNION SELECT patient_id FROM courses WHERE {due}"
+            for i, (after, by) in enumerate(ended_between):
+                params |= {f"ended_after_{i}": after, f"ended_by_{i}": by}
         con.execute(
             f"""CREATE TEMP TABLE night_patients AS
                 WITH linked AS (
                     SELECT DISTINCT patient_id FROM ledger
                     WHERE extract = 'orders' AND row_key IN (SELECT order_id FROM tonight_orders) AND patient_id IS NOT NULL
                 ),
-                candidates AS (SELECT patient_id FROM tonight_patients UNION SELECT patient_id FROM linked),
+                -- where each of tonight's rows can reach a stored course (an undated row: everywhere)
+                reaching AS (
+                    SELECT DISTINCT t.patient_id FROM tonight_touches AS t JOIN evidence_windows AS w ON w.kind = t.kind
+                    WHERE t.extract <> 'orders' AND (t.event_at IS NULL OR EXISTS (
+                        SELECT 1 FROM courses AS c WHERE c.patient_id = t.patient_id
+                          AND (w.before_days IS NULL OR COALESCE(t.event_until, t.event_at) >= c.start - to_days(CAST(w.before_days AS INTEGER)))
+                          AND (w.after_days IS NULL OR t.event_at <= c."end" + to_days(CAST(w.after_days AS INTEGER)))))
+                ),
+                quiet AS (
+                    SELECT DISTINCT patient_id FROM tonight_touches
+                    WHERE patient_id NOT IN (SELECT patient_id FROM tonight_touches WHERE extract = 'orders')
+                      AND patient_id IN (SELECT patient_id FROM courses)
+                      AND patient_id NOT IN (SELECT patient_id FROM linked)
+                      AND patient_id NOT IN (SELECT patient_id FROM reaching)
+                ),
+                candidates AS (
+                    SELECT patient_id FROM tonight_patients WHERE patient_id NOT IN (SELECT patient_id FROM quiet)
+                    UNION SELECT patient_id FROM linked
+                ),
                 judged AS (SELECT patient_id FROM orders UNION SELECT patient_id FROM findings WHERE resolved_run IS NULL),
-                audited AS ({audited} UNION SELECT patient_id FROM tonight_ig)
-                SELECT patient_id, true AS audited FROM audited
+                audited AS ({audited} UNION SELECT patient_id FROM tonight_ig),
+                touch_from AS (
+                    SELECT patient_id, event_at - to_days(CAST($order_days AS INTEGER)) AS judged_from,
+                           event_at IS NULL OR $order_days IS NULL AS everything
+                    FROM tonight_touches WHERE extract = 'orders'
+                    UNION ALL
+                    SELECT patient_id, event_at - to_days(CAST($order_days AS INTEGER)), event_at IS NULL OR $order_days IS NULL
+                    FROM ledger WHERE extract = 'orders' AND row_key IN (SELECT order_id FROM tonight_orders) AND patient_id IS NOT NULL
+                    UNION ALL
+                    SELECT t.patient_id, t.event_at - to_days(CAST(w.after_days AS INTEGER)), t.event_at IS NULL OR w.after_days IS NULL
+                    FROM tonight_touches AS t JOIN evidence_windows AS w ON w.kind = t.kind WHERE t.extract <> 'orders'
+                    UNION ALL
+                    SELECT patient_id, "end", false FROM courses WHERE {due}
+                ),
+                touched_from AS (
+                    SELECT patient_id, CASE WHEN bool_or(everything) THEN NULL ELSE MIN(judged_from) END AS judged_from
+                    FROM touch_from GROUP BY patient_id
+                )
+                SELECT a.patient_id, true AS audited, {"NULL" if everyone else "t.judged_from"} AS judged_from
+                FROM audited AS a LEFT JOIN touched_from AS t USING (patient_id)
                 UNION ALL
-                SELECT patient_id, false FROM candidates WHERE patient_id NOT IN (SELECT patient_id FROM audited)""",
+                SELECT patient_id, false, NULL FROM candidates WHERE patient_id NOT IN (SELECT patient_id FROM audited)""",
             params,
         )
+        # The earliest start of a course judged tonight: the evidence before it that a rule reads is read back.
+        con.execute(
+            """CREATE TEMP TABLE night_scope AS
+               SELECT n.patient_id, n.judged_from, LEAST(n.judged_from, MIN(c.start)) AS evidence_from
+               FROM night_patients AS n LEFT JOIN courses AS c ON c.patient_id = n.patient_id AND c."end" >= n.judged_from
+               WHERE n.audited GROUP BY n.patient_id, n.judged_from"""
+        )
         ledger = con.sql(
-            f"""SELECT {_LEDGER_READ} FROM ledger
-                WHERE patient_id IN (SELECT patient_id FROM night_patients WHERE audited)
-                   OR (extract = 'orders' AND row_key IN (SELECT order_id FROM tonight_orders))
-                ORDER BY extract, run_seq, file_pos, source_row"""
+            f"""SELECT {', '.join('l.' + c.strip() for c in _LEDGER_READ.split(','))} FROM ledger AS l
+                LEFT JOIN night_scope AS s ON s.patient_id = l.patient_id
+                LEFT JOIN evidence_windows AS w ON w.kind = l.kind
+                WHERE (s.patient_id IS NOT NULL AND (
+                         l.extract = 'orders' OR s.evidence_from IS NULL OR w.before_days IS NULL
+                         OR COALESCE(l.event_until, l.event_at) IS NULL
+                         OR COALESCE(l.event_until, l.event_at) >= s.evidence_from - to_days(CAST(w.before_days AS INTEGER))))
+                   OR (l.extract = 'orders' AND l.row_key IN (SELECT order_id FROM tonight_orders))
+                ORDER BY l.extract, l.run_seq, l.file_pos, l.source_row"""
         ).pl()
         courses = con.sql(
             """SELECT course_id, patient_id, start, order_ids FROM courses
                WHERE patient_id IN (SELECT patient_id FROM night_patients WHERE audited)"""
         ).pl()
-        patients = con.sql("SELECT DISTINCT patient_id FROM night_patients ORDER BY patient_id").pl()
+        patients = con.sql("SELECT patient_id, judged_from FROM night_patients ORDER BY patient_id").pl()
     finally:
         con.close()
-    return History(ledger=ledger, courses=courses, patients=patients)
+    return History(ledger=ledger, courses=courses, patients=patients.cast({"judged_from": pl.Datetime("us")}))
 
 
 def read_ledger_as_of(db_path: Path, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -22,9 +22,19 @@ def _write_orders(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
     _replace_rows(con, "orders", "order_id", run_id)
 
 
+#: Stored courses the night judged: of an audited patient, ending at or after the patient's judged_from (null: all).
+_JUDGED_COURSE = ("EXISTS (SELECT 1 FROM incoming_patients AS p WHERE p.patient_id = courses.patient_id "
+                  'AND (p.judged_from IS NULL OR courses."end" >= p.judged_from))')
+
+
 def _write_courses(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    """Replace the courses of every audited patient (and any course_id coming in)."""
-    _replace_rows(con, "courses", "course_id", run_id)
+    """Replace the courses the night judged (of each audited patient, from its judged_from; and any course_id coming in)."""
+    # Before the replacement: a judged course that is gone tonight (merged, superseded) takes its findings with it.
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE judged_courses AS SELECT course_id FROM courses WHERE {_JUDGED_COURSE} "
+        "UNION SELECT course_id FROM incoming_courses"
+    )
+    _replace_rows(con, "courses", "course_id", run_id, _JUDGED_COURSE)
 
 
 def _same_row(columns: list[str], left: str, right: str) -> str:
@@ -32,9 +42,9 @@ def _same_row(columns: list[str], left: str, right: str) -> str:
     return " AND ".join(f"{left}.{_q(c)} IS NOT DISTINCT FROM {right}.{_q(c)}" for c in columns)
 
 
-def _replace_rows(con: duckdb.DuckDBPyConnection, table: str, key: str, run_id: str) -> None:
-    """Make `table`'s rows of the audited patients (and of any key coming in) those of `incoming_<table>`,
-    stamped with this run_id.
+def _replace_rows(con: duckdb.DuckDBPyConnection, table: str, key: str, run_id: str, audited: str = _AUDITED) -> None:
+    """Make `table`'s rows of the audited patients (`audited`, constant SQL: every row of theirs unless
+    narrowed) and of any key coming in those of `incoming_<table>`, stamped with this run_id.
 
     Only what changed is rewritten: a stored row equal to its incoming row in every column keeps its
     place and only takes the run_id (an UPDATE of that one unindexed column), the others are deleted
@@ -45,7 +55,7 @@ def _replace_rows(con: duckdb.DuckDBPyConnection, table: str, key: str, run_id: 
     columns = _columns(table)
     cols = ", ".join(_q(c) for c in columns)
     incoming = _q(f"incoming_{table}")
-    scope = f"({_AUDITED} OR {_q(key)} IN (SELECT {_q(key)} FROM {incoming}))"
+    scope = f"({audited} OR {_q(key)} IN (SELECT {_q(key)} FROM {incoming}))"
     same = f"EXISTS (SELECT 1 FROM {incoming} AS i WHERE {_same_row(columns, 'i', _q(table))})"
     # A key coming in twice is rewritten, so that the primary key refuses it (and the transaction rolls back).
     twice = f"{_q(key)} IN (SELECT {_q(key)} FROM {incoming} GROUP BY {_q(key)} HAVING COUNT(*) > 1)"
@@ -63,8 +73,9 @@ def _write_findings(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     longer raised, mark a reviewed finding whose facts changed, and append every change to finding_history."""
     run_id, pack = run.run_id, run.rule_pack_version
     facts = "finding_facts_hash(i.severity, i.expected, i.observed, i.excess_g, i.order_ids)"
-    # 1. Cleared: stored, unresolved, of an audited patient, not raised again.
-    cleared = f"findings.resolved_run IS NULL AND findings.{_AUDITED} AND NOT EXISTS " \
+    # 1. Cleared: stored, unresolved, of an audited patient and of no course or a judged one, not raised again.
+    cleared = f"findings.resolved_run IS NULL AND findings.{_AUDITED} " \
+              "AND (findings.course_id IS NULL OR findings.course_id IN (SELECT course_id FROM judged_courses)) AND NOT EXISTS " \
               "(SELECT 1 FROM incoming_findings AS i WHERE i.finding_id = findings.finding_id)"
     con.execute(_history_sql("findings", "resolved", "findings", cleared), [run_id, pack])
     con.execute(f"UPDATE findings SET resolved_run = ? WHERE {cleared}", [run_id])
@@ -159,7 +170,8 @@ def write_run(
 
     The orders, courses and findings of `patients` (default: the patients of the incoming courses)
     are replaced by the incoming ones: a stored finding of such a patient that is not raised again
-    is resolved. `ledger` and `versions` are what the history learns (pipeline.history); with
+    is resolved. A patient's `judged_from` (a column of `patients`; null or absent: all) narrows
+    their courses and course findings to those of courses ending then or later. `ledger` and `versions` are what the history learns (pipeline.history); with
     `retention` the evidence no rule can reach any more is pruned after the write. `reference` replaces
     the ref_* tables (pipeline.config.reference: the rule pack's words and rules the views read).
     """
@@ -173,7 +185,8 @@ def write_run(
         run = _sequenced(con, run)
         for table, df in frames.items():
             con.register(f"incoming_{table}", df)
-        con.register("incoming_patients", patients.select("patient_id"))
+        judged_from = pl.col("judged_from") if "judged_from" in patients.columns else pl.lit(None)
+        con.register("incoming_patients", patients.select("patient_id", judged_from.cast(pl.Datetime("us")).alias("judged_from")))
         if ledger is not None:
             con.register("incoming_ledger", ledger)
             con.register("incoming_versions", versions if versions is not None else _NO_VERSIONS)

@@ -14,7 +14,6 @@ from checks.outputs import REPORT_STATUSES, RUN_STATUSES
 
 from pipeline.warehouse.base import StoreError, _owner_only_files, _q, _utc_naive
 from pipeline.warehouse.connection import (
-    _empty_database,
     _open_existing,
     _transaction,
     connect_read_only,
@@ -168,10 +167,9 @@ def audited_inputs(db_path: Path) -> tuple[set[str], set[int] | None]:
     The sizes are None when a stored input lacks its size (runs written before sizes were
     recorded): then no file can be called new by its size alone.
     """
-    db_path = Path(db_path)
-    if not db_path.exists() or _empty_database(db_path):
+    con = _open_existing(Path(db_path))
+    if con is None:
         return set(), set()
-    con = connect_read_only(db_path)
     try:
         rows = con.execute(
             "SELECT DISTINCT json_extract_string(i.value, '$.sha256'), TRY_CAST(json_extract(i.value, '$.bytes') AS BIGINT) "
