@@ -275,6 +275,7 @@ ALLOWED_INTERPOLATIONS = {
     "_AUDITED", "cleared", "facts", "new", "', '.join(_LEDGER_INSERT)", "', '.join(_LEDGER_SELECT)", "_LEDGER_STATE",
     "_LEDGER_READ", "_LEDGER_UNSEEN", "incoming", "merged", "stored", "listed",
     "_q(key)", "scope", "same", "twice", "newest", "_may_go('l')", "_may_go('l2')",
+    "due", "judged_from", "_LEDGER_READ_OF_L", "_JUDGED_COURSE",
 }
 #: Functions returning SQL built from constants only (read by hand).
 ALLOWED_SQL_BUILDERS = {"_history_sql", "_known_versions_sql", "create_table_sql"}

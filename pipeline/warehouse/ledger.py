@@ -167,6 +167,10 @@ _NO_TOUCHES = pl.DataFrame(schema={"extract": pl.String, "patient_id": pl.String
 _LEDGER_READ = "extract, version, patient_id, source_file, source_row, run_seq, file_pos"
 
 
+#: The same columns of the ledger aliased `l`.
+_LEDGER_READ_OF_L = ", ".join(f"l.{c.strip()}" for c in _LEDGER_READ.split(","))
+
+
 @dataclass(frozen=True)
 class History:
     """What a night audits together with tonight's rows.
@@ -256,6 +260,7 @@ def read_history(
             audited += f" UNION SELECT patient_id FROM courses WHERE {due}"
             for i, (after, by) in enumerate(ended_between):
                 params |= {f"ended_after_{i}": after, f"ended_by_{i}": by}
+        judged_from = "NULL" if everyone else "t.judged_from"  # everyone: every course again
         con.execute(
             f"""CREATE TEMP TABLE night_patients AS
                 WITH linked AS (
@@ -300,7 +305,7 @@ def read_history(
                     SELECT patient_id, CASE WHEN bool_or(everything) THEN NULL ELSE MIN(judged_from) END AS judged_from
                     FROM touch_from GROUP BY patient_id
                 )
-                SELECT a.patient_id, true AS audited, {"NULL" if everyone else "t.judged_from"} AS judged_from
+                SELECT a.patient_id, true AS audited, {judged_from} AS judged_from
                 FROM audited AS a LEFT JOIN touched_from AS t USING (patient_id)
                 UNION ALL
                 SELECT patient_id, false, NULL FROM candidates WHERE patient_id NOT IN (SELECT patient_id FROM audited)""",
@@ -314,7 +319,7 @@ def read_history(
                WHERE n.audited GROUP BY n.patient_id, n.judged_from"""
         )
         ledger = con.sql(
-            f"""SELECT {', '.join('l.' + c.strip() for c in _LEDGER_READ.split(','))} FROM ledger AS l
+            f"""SELECT {_LEDGER_READ_OF_L} FROM ledger AS l
                 LEFT JOIN night_scope AS s ON s.patient_id = l.patient_id
                 LEFT JOIN evidence_windows AS w ON w.kind = l.kind
                 WHERE (s.patient_id IS NOT NULL AND (
