@@ -81,8 +81,8 @@ def write_year(root: Path, days: int, labs_per_year: int, others_per_night: int,
     nights = []
     for night in range(days):
         day = YEAR_START + timedelta(days=night)
-        folder = root / f"{day:%Y-%m-%d}"
-        folder.mkdir(parents=True, exist_ok=True)
+        files = _night_files(root, night)
+        files["orders"].parent.mkdir(parents=True, exist_ok=True)
         tonight = doses.filter(pl.col("delivered") == night)
         at = lambda col: (pl.lit(datetime.combine(YEAR_START, datetime.min.time())) + pl.duration(days=col, hours=9)).dt.strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
         ivig = tonight.select(
@@ -105,7 +105,7 @@ def write_year(root: Path, days: int, labs_per_year: int, others_per_night: int,
             [pl.col(c) if c in ivig.columns or c in others.columns else pl.lit(None, dtype=pl.String).alias(c)
              for c in EXTRACT_COLUMNS["orders"]]
         )
-        orders.write_csv(folder / f"orders_{day:%Y-%m-%d}.csv")
+        orders.write_csv(files["orders"])
         m = labs_per_night
         from_ivig = rng.random(m) < 0.08
         patients = np.where(from_ivig, rng.choice(ivig_ids, m), np.char.add("LP-", np.char.zfill(rng.integers(0, 60_000, m).astype(str), 6)))
@@ -115,8 +115,8 @@ def write_year(root: Path, days: int, labs_per_year: int, others_per_night: int,
             "value": np.round(rng.uniform(50, 150, m), 1).astype(str), "unit": ["umol/L"] * m,
             "ref_low": ["45"] * m, "ref_high": ["110"] * m,
         })
-        labs.write_csv(folder / f"labs_{day:%Y-%m-%d}.csv")
-        nights.append({"orders": folder / f"orders_{day:%Y-%m-%d}.csv", "labs": folder / f"labs_{day:%Y-%m-%d}.csv"})
+        labs.write_csv(files["labs"])
+        nights.append(files)
     return nights
 
 
@@ -130,10 +130,10 @@ def _locked(timings: dict[str, float]) -> float:
     return sum(timings.get(step, 0.0) for step in ("history", "audit", "store"))
 
 
-def _night_files(root: Path, night: int) -> dict[str, Path]:
-    """The files write_year wrote for one night (0 is the first)."""
+def _night_files(feed: Path, night: int) -> dict[str, Path]:
+    """The files of one night of the feed folder (0 is the first), as write_year writes them."""
     day = YEAR_START + timedelta(days=night)
-    return {e: root / "feed" / f"{day:%Y-%m-%d}" / f"{e}_{day:%Y-%m-%d}.csv" for e in ("orders", "labs")}
+    return {e: feed / f"{day:%Y-%m-%d}" / f"{e}_{day:%Y-%m-%d}.csv" for e in ("orders", "labs")}
 
 
 def _probes(args: argparse.Namespace, db: Path, every_night: list[dict[str, Path]]) -> dict[str, tuple[float, float, float, int, float]]:
@@ -184,7 +184,7 @@ def main() -> None:
 
     db = args.work / "audit.duckdb"
     if args.probe_only:
-        for label, (wall, locked, write, patients, mb) in _probes(args, db, [_night_files(args.work, n) for n in range(args.days + 1)]).items():
+        for label, (wall, locked, write, patients, mb) in _probes(args, db, [_night_files(args.work / "feed", n) for n in range(args.days + 1)]).items():
             print(f"probe {label}: wall {wall:.2f} s, locked {locked:.2f} s, write {write:.2f} s, {patients} patients judged, "
                   f"database {mb:.0f} MB")
         return

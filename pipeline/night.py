@@ -31,7 +31,7 @@ from pipeline import audit as stages
 from pipeline import warehouse
 from pipeline.warehouse import HistoryReach
 from pipeline.domain.history import (
-    arrived, empty_text_rows, merged, retention_days, stored_text_rows, tonight_touches, touched_patients,
+    arrived, empty_text_rows, merged, retention_days, stored_text_rows, tonight_touches,
 )
 from pipeline.contract.parse import parse_datetime
 from pipeline.config.products import ProductDictionary, load_products
@@ -283,8 +283,8 @@ class TonightKeys:
 def tonight_keys(selected: stages.Extracts, products: ProductDictionary, time_zone: str) -> TonightKeys:
     """Tonight's patients (any extract), order ids, immunoglobulin patients, and where each row touches a history."""
     collected = {name: frame.collect() for name, frame in selected.frames().items() if frame is not None}
-    patients = touched_patients(collected)
     touches = tonight_touches(collected, time_zone)
+    patients = touches["patient_id"].unique().sort()
     orders = collected.get("orders")
     if orders is None or orders.is_empty():
         empty = pl.Series("x", [], dtype=pl.String)

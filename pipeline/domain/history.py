@@ -127,6 +127,10 @@ def event_span(extract: str, time_zone: str) -> tuple[pl.Expr, pl.Expr]:
     return event.alias("event_at"), until.alias("event_until")
 
 
+#: The layout of tonight_touches.
+TOUCHES = {"extract": pl.String, "patient_id": pl.String, "kind": pl.String, "event_at": pl.Datetime("us"), "event_until": pl.Datetime("us")}
+
+
 def tonight_touches(frames: dict[str, pl.DataFrame], time_zone: str) -> pl.DataFrame:
     """Where tonight's rows touch each patient's history: extract, patient, kind, event_at and event_until
     of every row (distinct), for deciding what of the history a night judges (pipeline.warehouse.read_history)."""
@@ -135,10 +139,9 @@ def tonight_touches(frames: dict[str, pl.DataFrame], time_zone: str) -> pl.DataF
                                       evidence_kind(extract).alias("kind"), *event_span(extract, time_zone))
         for extract in LEDGER_EXTRACTS if frames.get(extract) is not None
     ]
-    schema = {"extract": pl.String, "patient_id": pl.String, "kind": pl.String, "event_at": pl.Datetime("us"), "event_until": pl.Datetime("us")}
     if not parts:
-        return pl.DataFrame(schema=schema)
-    return pl.concat(parts).filter(pl.col("patient_id").is_not_null()).unique().collect().cast(schema)
+        return pl.DataFrame(schema=TOUCHES)
+    return pl.concat(parts).filter(pl.col("patient_id").is_not_null()).unique().collect().cast(TOUCHES)
 
 
 def ledger_rows(text_rows: pl.LazyFrame, extract: str, time_zone: str, *, has_version: bool = False) -> pl.LazyFrame:
@@ -181,11 +184,3 @@ def retention_days(pack: RulePack) -> dict[str, int | None]:
 
     grace = int(pack.settings["late_arrival_days"])
     return {kind: (None if days is None else days + grace) for kind, days in evidence_reach(pack).items()}
-
-
-def touched_patients(frames: dict[str, pl.DataFrame]) -> pl.Series:
-    """The distinct patients of tonight's rows (any extract)."""
-    parts = [f.select(blank_to_null("patient_id").alias("patient_id")) for f in frames.values() if f is not None]
-    if not parts:
-        return pl.Series("patient_id", [], dtype=pl.String)
-    return pl.concat(parts).drop_nulls().unique()["patient_id"].sort()

@@ -159,10 +159,6 @@ def _windows_frame(windows: dict[str, Window]) -> pl.DataFrame:
     )
 
 
-_NO_TOUCHES = pl.DataFrame(schema={"extract": pl.String, "patient_id": pl.String, "kind": pl.String,
-                                   "event_at": pl.Datetime("us"), "event_until": pl.Datetime("us")})
-
-
 #: The ledger columns a night reads back (pipeline.history.stored_text_rows).
 _LEDGER_READ = "extract, version, patient_id, source_file, source_row, run_seq, file_pos"
 
@@ -244,7 +240,9 @@ def read_history(
     con = _open_existing(db_path)
     if con is None:
         return empty
-    touches = _NO_TOUCHES if reach is None or everyone else reach.touches.select(_NO_TOUCHES.columns)
+    from pipeline.domain.history import TOUCHES
+
+    touches = pl.DataFrame(schema=TOUCHES) if reach is None or everyone else reach.touches.select(list(TOUCHES))
     try:
         con.register("tonight_patients", pl.DataFrame({"patient_id": tonight_patients.cast(pl.String)}))
         con.register("tonight_orders", pl.DataFrame({"order_id": tonight_orders.cast(pl.String)}))
