@@ -10,9 +10,11 @@ import duckdb
 
 from pipeline.warehouse.base import (
     LOCK_RETRY_SECONDS,
+    WRITE_MEMORY_LIMIT,
     StoreError,
     writer_lock,
     _connect,
+    _literal,
     _one_line,
     _owner_only_files,
     _store_error,
@@ -93,6 +95,10 @@ def _transaction(db_path: Path):
         _create_atomically(db_path)
     con = _connect(db_path)
     try:
+        try:
+            con.execute(f"SET memory_limit = {_literal(WRITE_MEMORY_LIMIT)}")
+        except duckdb.Error as exc:
+            raise StoreError(f"IVIG_AUDIT_WRITE_MEMORY_LIMIT={WRITE_MEMORY_LIMIT!r} is not a DuckDB memory size: {_one_line(exc)}") from None
         con.execute("BEGIN TRANSACTION")
         try:
             _migrate(con, db_path)
