@@ -80,10 +80,10 @@ def _owner_only_files(function):
 #: How long an open waits for another process's short transaction (a review, a night's commit).
 LOCK_RETRY_SECONDS = float(os.environ.get("IVIG_AUDIT_LOCK_RETRY_SECONDS", "5"))
 
-#: DuckDB's memory limit on a write connection (a DuckDB size: 256MB, 1GB). Beyond it DuckDB writes
+#: DuckDB's memory limit on a write connection (a DuckDB size: 128MB, 1GB). Beyond it DuckDB writes
 #: its buffers to a spill folder beside the database (`<db>.tmp`, removed when the write ends) instead
 #: of holding them: without it, a 10M-row first night's write held 700 MB more than its frames.
-WRITE_MEMORY_LIMIT = os.environ.get("IVIG_AUDIT_WRITE_MEMORY_LIMIT", "256MB")
+WRITE_MEMORY_LIMIT = os.environ.get("IVIG_AUDIT_WRITE_MEMORY_LIMIT", "128MB")
 
 
 def _register(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
