@@ -309,7 +309,7 @@ def prepare(
     # Materialised once: the version text (a JSON of every column, about 500 bytes a row) is read by the
     # checks and by the ledger; left lazy, each query encoded it again and the night held both copies.
     orders_text = with_identity(source.orders, "orders").collect(engine=IN_MEMORY).lazy()
-    valid_orders, rejected_orders = check_orders(orders_text, time_zone)
+    valid_orders, rejected_orders = check_orders(orders_text, time_zone, has_identity=True)
     # Materialise once: every query below starts from these two frames.
     valid_df, rejected_df = pl.collect_all([classify_medications(valid_orders, products), rejected_orders], engine=IN_MEMORY)
     rejected_orders = rejected_df.lazy()
