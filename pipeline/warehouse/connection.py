@@ -14,7 +14,6 @@ from pipeline.warehouse.base import (
     StoreError,
     writer_lock,
     _connect,
-    _literal,
     _one_line,
     _owner_only_files,
     _store_error,
@@ -96,7 +95,7 @@ def _transaction(db_path: Path):
     con = _connect(db_path)
     try:
         try:
-            con.execute(f"SET memory_limit = {_literal(WRITE_MEMORY_LIMIT)}")
+            con.execute("SET memory_limit = ?", [WRITE_MEMORY_LIMIT])
         except duckdb.Error as exc:
             raise StoreError(f"IVIG_AUDIT_WRITE_MEMORY_LIMIT={WRITE_MEMORY_LIMIT!r} is not a DuckDB memory size: {_one_line(exc)}") from None
         con.execute("BEGIN TRANSACTION")
