@@ -204,9 +204,15 @@ def _relevant_orders(text_rows: pl.LazyFrame, products: ProductDictionary, pack:
 
 
 # ------------------------------------------------------------------------------------ versions
+#: The key of an order's version: its text alone, which holds the order_id (contract.version_text),
+#: so it tells (order_id, version) apart. A join or unique on both columns row-encoded a copy of every
+#: version text (+90 MB in the audit of a 10M-row night); on one text column it hashes them in place.
+VERSION_KEY = "version"
+
+
 def _first_arrival_of_each_version(rows: pl.DataFrame) -> pl.DataFrame:
     """One row per (order_id, version): its first arrival (a version re-sent later is the same version)."""
-    return rows.sort("run_seq", "file_pos", "source_row").unique(["order_id", "version"], keep="first", maintain_order=True)
+    return rows.sort("run_seq", "file_pos", "source_row").unique(VERSION_KEY, keep="first", maintain_order=True)
 
 
 def versions_in_force(valid: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFrame:
@@ -223,7 +229,7 @@ def versions_in_force(valid: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFra
     good = _first_arrival_of_each_version(valid.select(keys))
     bad = _first_arrival_of_each_version(
         rejected.filter(pl.col("order_id").is_not_null()).select(*keys, "reason")
-    ).join(good.select("order_id", "version"), on=["order_id", "version"], how="anti")
+    ).join(good.select(VERSION_KEY), on=VERSION_KEY, how="anti")
     every = pl.concat(
         [good.with_columns(valid=pl.lit(True), reason=pl.lit(None, dtype=pl.String)), bad.with_columns(valid=pl.lit(False))],
         how="diagonal_relaxed",
@@ -247,8 +253,8 @@ def versions_in_force(valid: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFra
 
 def _in_force(frame: pl.DataFrame, versions: pl.DataFrame) -> pl.DataFrame:
     """The rows of a frame that are the version in force of their order (first arrival of it)."""
-    current = versions.filter(pl.col("state") == "in_force").select("order_id", "version")
-    return _first_arrival_of_each_version(frame.join(current, on=["order_id", "version"], how="semi"))
+    current = versions.filter(pl.col("state") == "in_force").select(VERSION_KEY)
+    return _first_arrival_of_each_version(frame.join(current, on=VERSION_KEY, how="semi"))
 
 
 def rejected_corrections(versions: pl.DataFrame) -> pl.DataFrame:
@@ -300,8 +306,10 @@ def prepare(
         refuse_undeclared_date_layouts(source, time_zone, float(pack.settings["date_failure_share"]))
     else:  # the night selected and checked tonight's rows before it touched the database
         source = extracts
-    orders_text = with_identity(source.orders, "orders")
-    valid_orders, rejected_orders = check_orders(orders_text, time_zone)
+    # Materialised once: the version text (a JSON of every column, about 500 bytes a row) is read by the
+    # checks and by the ledger; left lazy, each query encoded it again and the night held both copies.
+    orders_text = with_identity(source.orders, "orders").collect(engine=IN_MEMORY).lazy()
+    valid_orders, rejected_orders = check_orders(orders_text, time_zone, has_identity=True)
     # Materialise once: every query below starts from these two frames.
     valid_df, rejected_df = pl.collect_all([classify_medications(valid_orders, products), rejected_orders], engine=IN_MEMORY)
     rejected_orders = rejected_df.lazy()

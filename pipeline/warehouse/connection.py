@@ -10,6 +10,7 @@ import duckdb
 
 from pipeline.warehouse.base import (
     LOCK_RETRY_SECONDS,
+    WRITE_MEMORY_LIMIT,
     StoreError,
     writer_lock,
     _connect,
@@ -88,6 +89,10 @@ def _transaction(db_path: Path):
         _create_atomically(db_path)
     con = _connect(db_path)
     try:
+        try:
+            con.execute("SET memory_limit = ?", [WRITE_MEMORY_LIMIT])
+        except duckdb.Error as exc:
+            raise StoreError(f"IVIG_AUDIT_WRITE_MEMORY_LIMIT={WRITE_MEMORY_LIMIT!r} is not a DuckDB memory size: {_one_line(exc)}") from None
         con.execute("BEGIN TRANSACTION")
         try:
             _migrate(con, db_path)

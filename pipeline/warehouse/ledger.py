@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import polars as pl
 
-from pipeline.warehouse.base import _has_table
+from pipeline.warehouse.base import _has_table, _register
 from pipeline.warehouse.connection import _open_existing, connect_read_only
 from pipeline.warehouse.runs import RunRecord
 
@@ -68,7 +68,7 @@ def ledger_from_source_rows(con: duckdb.DuckDBPyConnection) -> None:
             continue
         # Stored text is as read: a date with an offset is read in UTC (the site's zone is not known here).
         rows = ledger_rows(stored_text_rows(part, extract), extract, "UTC").collect().join(runs, on="run_seq", how="left")
-        con.register("migrated_ledger", rows)
+        _register(con, "migrated_ledger", rows)
         con.execute(_known_versions_sql("migrated_ledger"))
         con.execute(
             f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)

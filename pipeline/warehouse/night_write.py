@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from pipeline.warehouse.base import _owner_only_files, _q, log
+from pipeline.warehouse.base import _owner_only_files, _q, _register, log
 from pipeline.warehouse.connection import _transaction
 from pipeline.warehouse.ledger import _prune_ledger, _write_ledger
 from pipeline.warehouse.runs import RunRecord, _data_through, _sequenced, _write_runs
@@ -144,7 +144,7 @@ def _write_reference(con: duckdb.DuckDBPyConnection, reference: dict[str, pl.Dat
     for table, frame in reference.items():
         _check_frame(table, frame)
         cols = ", ".join(_q(c) for c in _columns(table))
-        con.register("incoming_reference", frame)
+        _register(con, "incoming_reference", frame)
         con.execute(f"DELETE FROM {_q(table)}")
         con.execute(f"INSERT INTO {_q(table)} ({cols}) SELECT {cols} FROM incoming_reference")
         con.unregister("incoming_reference")
@@ -184,12 +184,12 @@ def write_run(
     with _transaction(db_path) as con:
         run = _sequenced(con, run)
         for table, df in frames.items():
-            con.register(f"incoming_{table}", df)
+            _register(con, f"incoming_{table}", df)
         judged_from = pl.col("judged_from") if "judged_from" in patients.columns else pl.lit(None)
-        con.register("incoming_patients", patients.select("patient_id", judged_from.cast(pl.Datetime("us")).alias("judged_from")))
+        _register(con, "incoming_patients", patients.select("patient_id", judged_from.cast(pl.Datetime("us")).alias("judged_from")))
         if ledger is not None:
-            con.register("incoming_ledger", ledger)
-            con.register("incoming_versions", versions if versions is not None else _NO_VERSIONS)
+            _register(con, "incoming_ledger", ledger)
+            _register(con, "incoming_versions", (_NO_VERSIONS if versions is None else versions).select(_NO_VERSIONS.columns))
             _write_ledger(con, run)
         _write_orders(con, run.run_id)
         _write_courses(con, run.run_id)
@@ -206,4 +206,5 @@ def write_run(
     )
 
 
+#: The columns of `versions` the write reads (the version text only for its content number).
 _NO_VERSIONS = pl.DataFrame(schema={"order_id": pl.String, "version": pl.String, "state": pl.String, "reason": pl.String})
