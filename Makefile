@@ -21,9 +21,10 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/ivig-audit run --db ivig_audit.duckdb --report-dir reports
 
-## Run the test suite.
+## Run the test suite, one worker per core (pytest-xdist; PYTEST_WORKERS=0 runs it in this process).
+PYTEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 ## Regenerate the synthetic sample extracts (deterministic).
 sample: $(STAMP)
