@@ -23,13 +23,14 @@ _LEDGER_INSERT = ("extract", "row_key", "version_hash", "version", "patient_id",
                   "source_file", "source_row", "run_seq", "file_pos")
 
 
+#: The same, selected from an incoming frame aliased i.
 _LEDGER_SELECT = (
-    "extract", "CASE WHEN extract = 'orders' THEN row_key END", "md5_number(version)", "version",
-    "patient_id", "kind", "event_at", "event_until", "source_file", "source_row", "run_seq", "file_pos",
+    "i.extract", "CASE WHEN i.extract = 'orders' THEN i.row_key END", "md5_number(i.version)", "i.version",
+    "i.patient_id", "i.kind", "i.event_at", "i.event_until", "i.source_file", "i.source_row", "i.run_seq", "i.file_pos",
 )
 
 
-_LEDGER_STATE = "CASE WHEN extract = 'orders' THEN 'in_force' ELSE 'kept' END"
+_LEDGER_STATE = "CASE WHEN i.extract = 'orders' THEN 'in_force' ELSE 'kept' END"
 
 
 #: An incoming ledger row (alias i) not stored yet: its extract, key and content are new. The
@@ -72,22 +73,36 @@ def ledger_from_source_rows(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(_known_versions_sql("migrated_ledger"))
         con.execute(
             f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
-                SELECT {', '.join(_LEDGER_SELECT)}, run_id, {_LEDGER_STATE}, run_id FROM migrated_ledger AS i
+                SELECT {', '.join(_LEDGER_SELECT)}, i.run_id, {_LEDGER_STATE}, i.run_id FROM migrated_ledger AS i
                 WHERE {_LEDGER_UNSEEN}"""
         )
         con.unregister("migrated_ledger")
     con.execute("DROP TABLE source_rows")
 
 
-def _write_ledger(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+def _write_ledger(
+    con: duckdb.DuckDBPyConnection, run: RunRecord, retention: dict[str, int | None] | None = None, grace_days: int = 0,
+) -> None:
     """Remember tonight's rows (a version already known keeps its first arrival) and the state of every
-    order version the audit saw (in_force, superseded, rejected)."""
+    order version the audit saw (in_force, superseded, rejected); with `retention`, forget the evidence
+    no rule can reach any more (_FORGOTTEN), tonight's rows included.
+
+    Written after tonight's orders and courses, which decide what is forgotten. A row of tonight that
+    is forgotten is not stored at all: inserting and deleting it in one transaction cost the first
+    night of a 10M-row extract a second (a third of its ledger rows are old evidence).
+    """
     con.execute(_known_versions_sql("incoming_ledger"))
+    params: dict[str, Any] = {"run_id": run.run_id}
+    forgotten = "false"
+    if retention is not None:
+        params |= _retention_parameters(con, retention, grace_days)
+        forgotten = _FORGOTTEN
     con.execute(
         f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
-            SELECT {', '.join(_LEDGER_SELECT)}, ?, {_LEDGER_STATE}, ? FROM incoming_ledger AS i
-            WHERE {_LEDGER_UNSEEN}""",
-        [run.run_id, run.run_id],
+            SELECT {', '.join(_LEDGER_SELECT)}, $run_id, {_LEDGER_STATE}, $run_id FROM incoming_ledger AS i
+            {_RETENTION_JOINS}
+            WHERE {_LEDGER_UNSEEN} AND NOT ({forgotten})""",
+        params,
     )
     con.execute(
         """UPDATE ledger SET state = v.state, reason = v.reason, state_run = ?
@@ -96,59 +111,67 @@ def _write_ledger(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
              AND (ledger.state IS DISTINCT FROM v.state OR ledger.reason IS DISTINCT FROM v.reason)""",
         [run.run_id],
     )
+    if retention is not None:
+        _prune_stored(con, params)
+        con.unregister("incoming_retention")
 
 
-def _may_go(alias: str) -> str:
-    """SQL true for a ledger row (of `alias`, a constant) that starts before the prune's `$cutoff`."""
-    return f"({alias}.event_at IS NULL OR {alias}.event_at < $cutoff)"
+#: SQL true for a ledger row (alias i, joined by _RETENTION_JOINS) no rule can reach any more
+#: (pipeline.history.retention_days): it ends before its kind's retention of the newest result of
+#: the history (data time, not the clock), or, for a patient with IVIG, of that patient's first
+#: course. Versions of IVIG orders, and evidence a rule reads at any distance (retention None), are
+#: never forgotten. `$cutoff` (_retention_parameters) is a constant no row ending later can pass:
+#: the scans of the ledger skip, by their zone maps, the row groups of recent rows.
+_FORGOTTEN = """(i.event_at IS NULL OR i.event_at < $cutoff)
+    AND NOT COALESCE(r.forever, false)
+    AND NOT (i.extract = 'orders' AND i.row_key IN (SELECT order_id FROM orders))
+    AND (COALESCE(i.event_until, i.event_at) IS NULL
+         OR COALESCE(i.event_until, i.event_at)
+            < COALESCE(c.first_start, $newest) - to_days(CAST(COALESCE(r.days, $grace) AS INTEGER)))"""
 
 
-def _prune_ledger(con: duckdb.DuckDBPyConnection, retention: dict[str, int | None], grace_days: int) -> None:
-    """Forget evidence no rule can reach any more (pipeline.history.retention_days).
+#: The retention of a ledger row's kind (r) and the first course of its patient (c), for _FORGOTTEN.
+_RETENTION_JOINS = """LEFT JOIN incoming_retention AS r ON r.kind = i.kind
+    LEFT JOIN (SELECT patient_id, MIN(start) AS first_start FROM courses GROUP BY patient_id) AS c
+           ON c.patient_id = i.patient_id"""
 
-    A row is kept while it is within its kind's retention of the newest result of the history
-    (data time, not the clock: a lab or procedure, which is never dated ahead as a scheduled order
-    may be), or, for a patient with IVIG, of that patient's first course. Versions of
-    IVIG orders, and evidence a rule reads at any distance (retention None), are never pruned.
+
+def _retention_parameters(con: duckdb.DuckDBPyConnection, retention: dict[str, int | None], grace_days: int) -> dict[str, Any]:
+    """Register the retention of each kind (`incoming_retention`) and return the parameters of _FORGOTTEN.
+
+    newest  the newest result of the history, tonight's rows included (labs and procedures are never
+            dated ahead, unlike a scheduled order; without any, the newest row)
+    cutoff  the shortest retention before the latest of `newest` and every course start: a row
+            ending later is kept (event_at <= event_until, history.ledger_rows)
     """
     kinds = pl.DataFrame(
         {"kind": list(retention), "days": [d for d in retention.values()], "forever": [d is None for d in retention.values()]},
         schema={"kind": pl.String, "days": pl.Int64, "forever": pl.Boolean},
     )
     con.register("incoming_retention", kinds)
-    # Results (labs, procedures) are never dated ahead, unlike a scheduled order.
-    newest = "(SELECT COALESCE(MAX(event_at) FILTER (WHERE extract <> 'orders'), MAX(event_at)) FROM ledger)"
-    # No row is pruned unless it ends before this: the shortest retention before the latest of the
-    # newest result and every course start. A constant, so that the scans of the ledger skip, by their
-    # zone maps, the row groups of recent rows (the ledger is appended night by night): the prune reads
-    # what may go, not the whole history. event_at <= event_until (history.ledger_rows), so a row
-    # ending before it starts before it.
+    newest = con.execute(
+        """SELECT COALESCE(MAX(event_at) FILTER (WHERE extract <> 'orders'), MAX(event_at))
+           FROM (SELECT extract, event_at FROM ledger UNION ALL SELECT extract, event_at FROM incoming_ledger)"""
+    ).fetchall()[0][0]
     shortest = min([d for d in retention.values() if d is not None] + [grace_days])
     cutoff = con.execute(
-        f"SELECT GREATEST({newest}, (SELECT MAX(start) FROM courses)) - to_days(CAST(? AS INTEGER))", [shortest]
+        "SELECT GREATEST(CAST(? AS TIMESTAMP), (SELECT MAX(start) FROM courses)) - to_days(CAST(? AS INTEGER))", [newest, shortest]
     ).fetchall()[0][0]
+    return {"newest": newest, "cutoff": cutoff, "grace": grace_days}
+
+
+def _prune_stored(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> None:
+    """Delete the stored ledger rows no rule can reach any more (_FORGOTTEN)."""
     con.execute(
         f"""DELETE FROM ledger AS l USING (
-               SELECT l2.extract, l2.row_key, l2.version_hash
-               FROM ledger AS l2
-               LEFT JOIN incoming_retention AS r ON r.kind = l2.kind
-               LEFT JOIN (SELECT patient_id, MIN(start) AS first_start FROM courses GROUP BY patient_id) AS c
-                      ON c.patient_id = l2.patient_id
-               CROSS JOIN (SELECT {newest} AS newest) AS h
-               WHERE {_may_go('l2')}
-                 AND NOT COALESCE(r.forever, false)
-                 AND NOT (l2.extract = 'orders' AND l2.row_key IN (SELECT order_id FROM orders))
-                 AND (COALESCE(l2.event_until, l2.event_at) IS NULL
-                      OR COALESCE(l2.event_until, l2.event_at)
-                         < COALESCE(c.first_start, h.newest) - to_days(CAST(COALESCE(r.days, $grace) AS INTEGER)))
+               SELECT i.extract, i.row_key, i.version_hash FROM ledger AS i
+               {_RETENTION_JOINS}
+               WHERE {_FORGOTTEN}
            ) AS gone
-           WHERE {_may_go('l')}
+           WHERE (l.event_at IS NULL OR l.event_at < $cutoff)
              AND l.extract = gone.extract AND l.row_key IS NOT DISTINCT FROM gone.row_key AND l.version_hash = gone.version_hash""",
-        {"grace": grace_days, "cutoff": cutoff},
+        {k: v for k, v in params.items() if k != "run_id"},
     )
-    con.unregister("incoming_retention")
-
-
 
 
 def _windows_frame(windows: dict[str, Window]) -> pl.DataFrame:

@@ -10,7 +10,7 @@ import polars as pl
 
 from pipeline.warehouse.base import _owner_only_files, _q, _register, log
 from pipeline.warehouse.connection import _transaction
-from pipeline.warehouse.ledger import _prune_ledger, _write_ledger
+from pipeline.warehouse.ledger import _write_ledger
 from pipeline.warehouse.runs import RunRecord, _data_through, _sequenced, _write_runs
 from pipeline.warehouse.schema import _check_frame, _columns
 
@@ -172,7 +172,7 @@ def write_run(
     are replaced by the incoming ones: a stored finding of such a patient that is not raised again
     is resolved. A patient's `judged_from` (a column of `patients`; null or absent: all) narrows
     their courses and course findings to those of courses ending then or later. `ledger` and `versions` are what the history learns (pipeline.history); with
-    `retention` the evidence no rule can reach any more is pruned after the write. `reference` replaces
+    `retention` the evidence no rule can reach any more is forgotten (ledger._write_ledger). `reference` replaces
     the ref_* tables (pipeline.config.reference: the rule pack's words and rules the views read).
     """
     db_path = Path(db_path)
@@ -187,18 +187,17 @@ def write_run(
             _register(con, f"incoming_{table}", df)
         judged_from = pl.col("judged_from") if "judged_from" in patients.columns else pl.lit(None)
         _register(con, "incoming_patients", patients.select("patient_id", judged_from.cast(pl.Datetime("us")).alias("judged_from")))
-        if ledger is not None:
-            _register(con, "incoming_ledger", ledger)
-            _register(con, "incoming_versions", (_NO_VERSIONS if versions is None else versions).select(_NO_VERSIONS.columns))
-            _write_ledger(con, run)
         _write_orders(con, run.run_id)
         _write_courses(con, run.run_id)
         _write_findings(con, run)
         _write_quarantine(con)
         if reference is not None:
             _write_reference(con, reference)
-        if retention is not None:
-            _prune_ledger(con, retention, grace_days)
+        if ledger is not None:
+            # After the orders and courses: they decide which evidence is forgotten (retention).
+            _register(con, "incoming_ledger", ledger)
+            _register(con, "incoming_versions", (_NO_VERSIONS if versions is None else versions).select(_NO_VERSIONS.columns))
+            _write_ledger(con, run, retention, grace_days)
         _write_runs(con, dataclasses.replace(run, data_through=_data_through(con)))
     log.info(
         "stored run %s in %s: %d orders, %d courses, %d findings, %d quarantined",
