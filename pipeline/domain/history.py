@@ -117,14 +117,14 @@ def evidence_kind(extract: str) -> pl.Expr:
     return pl.lit("procedure" if extract == "procedures" else "order", dtype=pl.String)
 
 
-def event_span(extract: str, time_zone: str) -> tuple[pl.Expr, pl.Expr]:
-    """`event_at`, a row's clinical time, and `event_until`, the last day it covers (an order of n daily doses covers n days)."""
-    event = parse_datetime(EVENT_COLUMN[extract], time_zone)
-    until = event
-    if extract == "orders":
-        days = parse_number("doses").fill_null(1).clip(1, MAX_DAYS_COVERED) - 1
-        until = event + pl.duration(days=days.cast(pl.Int64))
-    return event.alias("event_at"), until.alias("event_until")
+def with_event_span(frame: pl.LazyFrame, extract: str, time_zone: str) -> pl.LazyFrame:
+    """The rows with `event_at`, a row's clinical time, and `event_until`, the last day it covers (an order of n daily doses covers n days)."""
+    # Two steps: an expression of the parsed date used twice in one select was parsed twice (0.44 s -> 0.16 s per 160k orders).
+    frame = frame.with_columns(event_at=parse_datetime(EVENT_COLUMN[extract], time_zone))
+    if extract != "orders":
+        return frame.with_columns(event_until=pl.col("event_at"))
+    days = parse_number("doses").fill_null(1).clip(1, MAX_DAYS_COVERED) - 1
+    return frame.with_columns(event_until=pl.col("event_at") + pl.duration(days=days.cast(pl.Int64)))
 
 
 #: The layout of tonight_touches.
@@ -135,8 +135,10 @@ def tonight_touches(frames: dict[str, pl.DataFrame], time_zone: str) -> pl.DataF
     """Where tonight's rows touch each patient's history: extract, patient, kind, event_at and event_until
     of every row (distinct), for deciding what of the history a night judges (pipeline.warehouse.read_history)."""
     parts = [
-        frames[extract].lazy().select(pl.lit(extract).alias("extract"), blank_to_null("patient_id").alias("patient_id"),
-                                      evidence_kind(extract).alias("kind"), *event_span(extract, time_zone))
+        with_event_span(frames[extract].lazy(), extract, time_zone).select(
+            pl.lit(extract).alias("extract"), blank_to_null("patient_id").alias("patient_id"),
+            evidence_kind(extract).alias("kind"), "event_at", "event_until",
+        )
         for extract in LEDGER_EXTRACTS if frames.get(extract) is not None
     ]
     if not parts:
@@ -150,16 +152,17 @@ def ledger_rows(text_rows: pl.LazyFrame, extract: str, time_zone: str, *, has_ve
     `has_version`: the rows carry their `version` text already (`contract.with_identity`), which is
     then used as it is instead of being encoded again (a JSON of every column: 0.8 s per 160k rows).
 
-    `kind`, `event_at`, `event_until`: see `evidence_kind` and `event_span`.
+    `kind`, `event_at`, `event_until`: see `evidence_kind` and `with_event_span`.
     """
     return (
-        text_rows.select(
+        with_event_span(text_rows, extract, time_zone).select(
             pl.lit(extract).alias("extract"),
             row_key(extract).alias("row_key"),
             (pl.col("version") if has_version else version_text(extract)).alias("version"),
             blank_to_null("patient_id").alias("patient_id"),
             evidence_kind(extract).alias("kind"),
-            *event_span(extract, time_zone),
+            "event_at",
+            "event_until",
             "source_file",
             pl.col("source_row").cast(pl.Int64),
             pl.col("run_seq").cast(pl.Int64),
@@ -167,7 +170,9 @@ def ledger_rows(text_rows: pl.LazyFrame, extract: str, time_zone: str, *, has_ve
         )
         .filter(pl.col("row_key").is_not_null())
         .sort("run_seq", "file_pos", "source_row")
-        .unique(subset=["extract", "row_key", "version"], keep="first", maintain_order=True)
+        # On the version alone: it holds the row_key (an order's order_id; a result's whole content), and
+        # a unique over several columns row-encoded a copy of every version text (0.06 s per 160k orders).
+        .unique(subset="version", keep="first", maintain_order=True)
     )
 
 

@@ -237,6 +237,9 @@ JUSTIFICATION, INDICATION = "j_", "i_"
 def with_readings(courses: pl.LazyFrame, vocabulary: Vocabulary) -> pl.LazyFrame:
     """Courses with the reading of their `justification` (columns `j_<field>`) and of their
     `indication_text` (`i_<field>`): the distinct texts of both read once, joined back."""
+    # Read three times below: without the explicit cache Polars computed the courses' aggregation
+    # for each (0.65 s -> 0.25 s for build_courses of 21k courses).
+    courses = courses.cache()
     texts = pl.concat([courses.select(pl.col(c).alias("text")) for c in ("justification", "indication_text")])
     reading = read_justifications(texts, vocabulary)
     fields = [c for c in reading.collect_schema().names() if c != "text"]
