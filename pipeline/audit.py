@@ -144,8 +144,8 @@ def _collect_extract(queries: list[pl.LazyFrame], extract: str) -> list[pl.DataF
     try:
         # Rechunked: polars 2.1 can panic formatting strings of a multi-chunk frame the streaming
         # engine produced (seen with pl.format after filters); one chunk each avoids it.
-        # No shared subplans: sharing the scan of an extract between queries (the kept rows and the
-        # row count) caches every row of it in memory (4.1 GB on 10M rows); each query scans alone.
+        # No shared subplans: sharing the scan of an extract between queries caches every row of it
+        # in memory (4.1 GB on 10M rows); each query scans alone.
         frames = [query.collect(engine="streaming") for query in queries]
         return [frame.rechunk() for frame in frames]
     except pl.exceptions.ComputeError as exc:
