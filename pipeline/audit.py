@@ -144,8 +144,8 @@ def _collect_extract(queries: list[pl.LazyFrame], extract: str) -> list[pl.DataF
     try:
         # Rechunked: polars 2.1 can panic formatting strings of a multi-chunk frame the streaming
         # engine produced (seen with pl.format after filters); one chunk each avoids it.
-        # No shared subplans: sharing the scan of an extract between queries caches every row of it
-        # in memory (4.1 GB on 10M rows); each query scans alone.
+        # No shared subplans: sharing the scan of an extract between queries (the kept rows and the
+        # row count) caches every row of it in memory (4.1 GB on 10M rows); each query scans alone.
         frames = [query.collect(engine="streaming") for query in queries]
         return [frame.rechunk() for frame in frames]
     except pl.exceptions.ComputeError as exc:
@@ -180,43 +180,27 @@ def select_relevant(extracts: Extracts, products: ProductDictionary, pack: RuleP
 
 
 def _relevant_orders(text_rows: pl.LazyFrame, products: ProductDictionary, pack: RulePack) -> tuple[pl.DataFrame, int]:
-    """The order rows the audit reads, and the number of tonight's order rows: one streaming pass.
-
-    The pass hands over its rows batch by batch: each batch is counted, then narrowed to the
-    candidates. Counting in a second query scanned the extract twice (0.7 s of a 10M-row night), and
-    one query sharing the scan between both cached every row (4.1 GB).
-    """
+    """The order rows the audit reads (one streaming pass), and the number of tonight's order rows."""
     schema = text_rows.collect_schema()
     ndc_column = "ndc" if "ndc" in schema.names() else None
     text = [c for c, dtype in schema.items() if dtype == pl.String]
     wide = [c for c in text if c not in EVIDENCE_COLUMNS]
-    has_tonight = "tonight" in schema.names()
-
-    candidate = candidate_rows(products, pack.evidence_patterns, ndc_column)
-    candidates: list[pl.DataFrame] = []
-    count = 0
-    try:
-        for batch in text_rows.with_columns(_candidate=candidate).collect_batches(engine="streaming"):
-            count += int(batch["tonight"].sum()) if has_tonight else batch.height
-            # A kept string would share, and keep in memory, the buffer of its whole batch (the pass
-            # peaked at 1.7 GB on 10M rows): the candidates' strings are copied (`+ ""`).
-            candidates.append(batch.filter("_candidate").drop("_candidate").with_columns(pl.col(text) + ""))
-    except pl.exceptions.ComputeError as exc:
-        # Polars quotes the offending field (a patient's row): the line names the problem instead.
-        raise ExtractError(f"cannot read the orders extract: {parse_error_message(exc)}") from None
-    orders = (
-        pl.concat([pl.DataFrame(schema=schema), *candidates])
-        .lazy()
+    read = (
+        text_rows.filter(candidate_rows(products, pack.evidence_patterns, ndc_column))
         .with_columns(is_ig=immunoglobulin_rows(products, ndc_column))
         .filter(pl.col("is_ig") | evidence_rows(pack.evidence_patterns))
-        # Evidence rows are read for the columns rules use (an extract holds many).
-        .with_columns(pl.when(pl.col("is_ig")).then(pl.col(c)).alias(c) for c in wide)
-        .drop("is_ig")
-        # One chunk: polars 2.1 can panic formatting strings of a multi-chunk frame (see _collect_extract).
-        .collect()
-        .rechunk()
+        # A kept string would share, and keep in memory, the buffer of its whole batch (the pass
+        # peaked at 1.7 GB on 10M rows): evidence columns are copied (`+ ""`), the other columns
+        # of immunoglobulin rows kept as categories (copying those mostly-null columns held as
+        # much again; see bench/README.md).
+        .with_columns(pl.col(c) + "" for c in text if c not in wide)
+        .with_columns(pl.when(pl.col("is_ig")).then(pl.col(c)).cast(pl.Categorical) for c in wide)
     )
-    return orders, count
+    read_tonight = tonight(text_rows) if "tonight" in schema.names() else text_rows
+    rows, count = _collect_extract([read, read_tonight.select(pl.len())], "orders")
+    orders = rows.drop("is_ig").with_columns(pl.col(wide).cast(pl.String))
+
+    return orders, int(count.item())
 
 
 # ------------------------------------------------------------------------------------ versions
