@@ -274,7 +274,7 @@ ALLOWED_INTERPOLATIONS = {
     "', '.join((_q(c) for c in cols))", "', '.join((_q(n) for n in names))", "', '.join(('?' for _ in names))",
     "_AUDITED", "cleared", "facts", "new", "', '.join(_LEDGER_INSERT)", "', '.join(_LEDGER_SELECT)", "_LEDGER_STATE",
     "_LEDGER_READ", "_LEDGER_UNSEEN", "incoming", "merged", "stored", "listed",
-    "_q(key)", "scope", "same", "twice", "_RETENTION_JOINS", "_FORGOTTEN", "forgotten",
+    "_q(key)", "scope", "same", "twice", "_RETENTION_JOINS", "_FORGOTTEN", "forgotten", "joins", "_may_go('l')",
     "due", "judged_from", "_LEDGER_READ_OF_L", "_JUDGED_COURSE",
 }
 #: Functions returning SQL built from constants only (read by hand).

@@ -365,3 +365,32 @@ def test_a_dismissal_counts_after_review_by_its_reason(db: Path) -> None:
     assert c1() == (False, True)
     # C1 is appropriate after review; C2 keeps its open warning F3.
     assert sql(db, "SELECT courses, appropriate_flagged, appropriate_after_review FROM course_summary('all', NULL, NULL, NULL)") == [(2, 1, 1)]
+
+
+def _ledger(rows: list[tuple[str, str, str]]) -> pl.DataFrame:
+    """Ledger rows (history.ledger_rows) of aspirin orders: (order_id, patient_id, start)."""
+    from checks.inputs import EXTRACT_COLUMNS
+    from pipeline.domain.history import ledger_rows
+
+    text = pl.DataFrame(
+        [{c: None for c in EXTRACT_COLUMNS["orders"]} | {"order_id": o, "patient_id": p, "start": s, "medication": "aspirin",
+                                                        "dose": "81", "dose_unit": "mg"} for o, p, s in rows],
+        schema={c: pl.String for c in EXTRACT_COLUMNS["orders"]},
+    ).with_columns(source_file=pl.lit("orders.csv"), source_row=pl.int_range(1, len(rows) + 1), run_seq=pl.lit(1), file_pos=pl.lit(0))
+    return ledger_rows(text.lazy(), "orders", "UTC").collect()
+
+
+def _ledger_keys(db: Path) -> list[str]:
+    return [r[0] for r in sql(db, "SELECT row_key FROM ledger ORDER BY row_key")]
+
+
+def test_a_ledger_written_without_retention_keeps_every_row(db: Path) -> None:
+    write(db, "r1", ledger=_ledger([("A1", "P9", "2020-01-01"), ("A2", "P9", "2026-11-01")]))
+    assert _ledger_keys(db) == ["A1", "A2"]
+
+
+def test_tonight_evidence_beyond_retention_is_not_stored_and_recent_evidence_is(db: Path) -> None:
+    # P9 has no IVIG course: evidence is kept 30 days before the newest row of the history.
+    write(db, "r1", ledger=_ledger([("A1", "P9", "2020-01-01"), ("A2", "P9", "2026-11-01")]),
+          retention={"order": 30}, grace_days=0)
+    assert _ledger_keys(db) == ["A2"]

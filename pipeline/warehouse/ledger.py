@@ -92,17 +92,17 @@ def _write_ledger(
     night of a 10M-row extract a second (a third of its ledger rows are old evidence).
     """
     con.execute(_known_versions_sql("incoming_ledger"))
-    params: dict[str, Any] = {"run_id": run.run_id}
-    forgotten = "false"
+    kept: dict[str, Any] = {}
+    joins, forgotten = "", "false"
     if retention is not None:
-        params |= _retention_parameters(con, retention, grace_days)
-        forgotten = _FORGOTTEN
+        kept = _retention_parameters(con, retention, grace_days)
+        joins, forgotten = _RETENTION_JOINS, _FORGOTTEN
     con.execute(
         f"""INSERT INTO ledger ({', '.join(_LEDGER_INSERT)}, run_id, state, state_run)
             SELECT {', '.join(_LEDGER_SELECT)}, $run_id, {_LEDGER_STATE}, $run_id FROM incoming_ledger AS i
-            {_RETENTION_JOINS}
+            {joins}
             WHERE {_LEDGER_UNSEEN} AND NOT ({forgotten})""",
-        params,
+        {"run_id": run.run_id} | kept,
     )
     con.execute(
         """UPDATE ledger SET state = v.state, reason = v.reason, state_run = ?
@@ -112,8 +112,13 @@ def _write_ledger(
         [run.run_id],
     )
     if retention is not None:
-        _prune_stored(con, params)
+        _prune_stored(con, kept)
         con.unregister("incoming_retention")
+
+
+def _may_go(alias: str) -> str:
+    """SQL true for a ledger row (of `alias`, a constant) that starts before the prune's `$cutoff`."""
+    return f"({alias}.event_at IS NULL OR {alias}.event_at < $cutoff)"
 
 
 #: SQL true for a ledger row (alias i, joined by _RETENTION_JOINS) no rule can reach any more
@@ -122,7 +127,7 @@ def _write_ledger(
 #: course. Versions of IVIG orders, and evidence a rule reads at any distance (retention None), are
 #: never forgotten. `$cutoff` (_retention_parameters) is a constant no row ending later can pass:
 #: the scans of the ledger skip, by their zone maps, the row groups of recent rows.
-_FORGOTTEN = """(i.event_at IS NULL OR i.event_at < $cutoff)
+_FORGOTTEN = _may_go("i") + """
     AND NOT COALESCE(r.forever, false)
     AND NOT (i.extract = 'orders' AND i.row_key IN (SELECT order_id FROM orders))
     AND (COALESCE(i.event_until, i.event_at) IS NULL
@@ -160,17 +165,17 @@ def _retention_parameters(con: duckdb.DuckDBPyConnection, retention: dict[str, i
     return {"newest": newest, "cutoff": cutoff, "grace": grace_days}
 
 
-def _prune_stored(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> None:
-    """Delete the stored ledger rows no rule can reach any more (_FORGOTTEN)."""
+def _prune_stored(con: duckdb.DuckDBPyConnection, kept: dict[str, Any]) -> None:
+    """Delete the stored ledger rows no rule can reach any more (_FORGOTTEN; `kept`: its parameters)."""
     con.execute(
         f"""DELETE FROM ledger AS l USING (
                SELECT i.extract, i.row_key, i.version_hash FROM ledger AS i
                {_RETENTION_JOINS}
                WHERE {_FORGOTTEN}
            ) AS gone
-           WHERE (l.event_at IS NULL OR l.event_at < $cutoff)
+           WHERE {_may_go('l')}
              AND l.extract = gone.extract AND l.row_key IS NOT DISTINCT FROM gone.row_key AND l.version_hash = gone.version_hash""",
-        {k: v for k, v in params.items() if k != "run_id"},
+        kept,
     )
 
 
