@@ -150,6 +150,37 @@ def test_an_old_database_upgrades_in_place_to_the_shape_of_a_new_one(db: Path, t
     assert _shape(db) == _shape(fresh)
 
 
+def test_versions_stored_with_null_members_are_known_after_the_upgrade(db: Path, tmp_path: Path):
+    # A database of schema version 6 stored every canonical column in a version, blank ones as null.
+    from checks.inputs import EXTRACT_COLUMNS
+    from pipeline.domain.history import text_struct
+
+    sent = [gbs_dose(f"O{d}", d) for d in range(1, 4)]
+    nightly(db, write_extract(tmp_path / "n1.csv", sent), "run1")
+    with duckdb.connect(str(db)) as con:
+        stored = con.sql("SELECT DISTINCT version FROM ledger").pl()
+        with_nulls = stored.select(
+            pl.col("version").alias("now"),
+            pl.col("version").str.json_decode(text_struct("orders")).struct.json_encode().alias("before"),
+        )
+        assert with_nulls["before"].str.contains('"encounter_id":null').all()
+        con.register("with_nulls", with_nulls)
+        con.execute("UPDATE ledger SET version = w.before, version_hash = md5_number(w.before) "
+                    "FROM with_nulls AS w WHERE ledger.version = w.now")
+        con.execute("UPDATE schema_version SET version = 6")
+    # The same three orders again, with a fourth: only the fourth is a new version.
+    nightly(db, write_extract(tmp_path / "n2.csv", sent + [gbs_dose("O4", 4)]), "run2")
+    with duckdb.connect(str(db), read_only=True) as con:
+        ledger = con.sql("SELECT row_key, version, version_hash = md5_number(version) AS hashed, run_id "
+                             "FROM ledger ORDER BY row_key").pl()
+    assert ledger["row_key"].to_list() == ["O1", "O2", "O3", "O4"]
+    assert ledger["run_id"].to_list() == ["run1", "run1", "run1", "run2"]
+    assert ledger["hashed"].all() and not ledger["version"].str.contains(":null").any()
+    decoded = ledger.select(pl.col("version").str.json_decode(text_struct("orders"))).unnest("version")
+    assert decoded.columns == list(EXTRACT_COLUMNS["orders"]) and decoded["encounter_id"].is_null().all()
+    assert decoded["dose"].to_list() == ["28.0"] * 4
+
+
 def test_processed_hashes_worklist_and_export(db: Path, tmp_path: Path):
     extract = write_extract(tmp_path / "n1.csv", [gbs_dose(f"O{d}", d, 56.0) for d in range(1, 6)])
     nightly(db, extract, "run1")

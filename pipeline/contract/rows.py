@@ -45,8 +45,17 @@ def raw_json(extract: str) -> pl.Expr:
 
 
 def version_text(extract: str) -> pl.Expr:
-    """The canonical columns of a row, trimmed (blank as null), as JSON: what the row says, whatever file it came in."""
-    return pl.struct([blank_to_null(c).alias(c) for c in EXTRACT_COLUMNS[extract]]).struct.json_encode()
+    """The canonical columns of a row, trimmed, as a JSON object of the columns it fills (a blank or
+    missing column is left out, and decodes as null): what the row says, whatever file it came in."""
+    # Each member is a one-column struct's JSON without its braces, so values are escaped exactly as
+    # json_encode does. Most columns of most rows are empty: an object of every column (with its
+    # nulls) was 2.3 times longer, and the ledger stored, hashed and committed every byte of it
+    # (81 MB against 36 MB for the 162k candidate rows of a 10M-row extract).
+    members = [
+        pl.when(value.is_not_null()).then(pl.struct(value).struct.json_encode().str.slice(1).str.head(-1))
+        for value in (blank_to_null(c).alias(c) for c in EXTRACT_COLUMNS[extract])
+    ]
+    return pl.concat_str([pl.lit("{"), pl.concat_str(members, separator=",", ignore_nulls=True), pl.lit("}")])
 
 
 #: The columns naming the file a row came in: its arrival (run, position in the run), not its

@@ -80,6 +80,33 @@ def ledger_from_source_rows(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE source_rows")
 
 
+def ledger_versions_without_nulls(con: duckdb.DuckDBPyConnection) -> None:
+    """v7: stored version texts as `version_text` writes them now (an object of the columns a row fills,
+    without its null members), with their content numbers: a row sent again is still a version known."""
+    from pipeline.contract.rows import version_text
+    from pipeline.domain.history import LEDGER_EXTRACTS, text_struct
+
+    for extract in LEDGER_EXTRACTS:
+        stored = con.sql("SELECT DISTINCT version AS stored FROM ledger WHERE extract = ?", params=[extract]).pl()
+        rewritten = (
+            stored.lazy()
+            .with_columns(pl.col("stored").str.json_decode(text_struct(extract)).alias("row"))
+            .unnest("row")
+            .select("stored", version_text(extract).alias("version"))
+            .filter(pl.col("version") != pl.col("stored"))
+            .collect()
+        )
+        if rewritten.is_empty():
+            continue
+        _register(con, "rewritten_versions", rewritten)
+        con.execute(
+            "UPDATE ledger SET version = r.version, version_hash = md5_number(r.version) FROM rewritten_versions AS r "
+            "WHERE ledger.extract = ? AND ledger.version = r.stored",
+            [extract],
+        )
+        con.unregister("rewritten_versions")
+
+
 def _write_ledger(
     con: duckdb.DuckDBPyConnection, run: RunRecord, retention: dict[str, int | None] | None = None, grace_days: int = 0,
 ) -> None:

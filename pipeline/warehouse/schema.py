@@ -127,9 +127,16 @@ def _ledger_from_source_rows(con: duckdb.DuckDBPyConnection) -> None:
     ledger_from_source_rows(con)
 
 
+def _ledger_versions_without_nulls(con: duckdb.DuckDBPyConnection) -> None:
+    from pipeline.warehouse.ledger import ledger_versions_without_nulls
+
+    ledger_versions_without_nulls(con)
+
+
 #: Steps a migration runs in Python (`-- python: <step> [argument]`): what SQL alone cannot do.
 MIGRATION_STEPS = {
     "ledger_from_source_rows": lambda con: _ledger_from_source_rows(con),
+    "ledger_versions_without_nulls": lambda con: _ledger_versions_without_nulls(con),
     "rebuild": _rebuild,
 }
 
