@@ -237,6 +237,17 @@ def test_reads_a_csv_as_text_with_provenance(tmp_path: Path):
     assert len(sources) == 1 and len(sources[0].sha256) == 64
 
 
+@pytest.mark.parametrize("own", ["source_row", "source_row,_source_row"])
+def test_a_file_column_named_like_the_row_number_is_not_taken_for_it(tmp_path: Path, own: str):
+    path = tmp_path / "orders.csv"
+    extra = ",".join("x" for _ in own.split(","))
+    path.write_text(HEADER + f",{own}\n" + GOOD_LINE + f",{extra}\n" + GOOD_LINE.replace("O1", "O2") + f",{extra}\n")
+    lf, _ = scan_extract([path], "orders")
+    df = lf.collect()
+    assert df["source_row"].to_list() == [1, 2] and df["order_id"].to_list() == ["O1", "O2"]
+    assert lf.select(pl.len()).collect().item() == 2
+
+
 def test_missing_optional_columns_are_added_as_nulls(tmp_path: Path):
     path = tmp_path / "orders.csv"
     path.write_text(",".join(required_columns("orders")) + "\nO1,P1,IVIG,30,g,2026-06-01\n")

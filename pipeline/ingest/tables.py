@@ -151,10 +151,16 @@ def _normalised_names(lf: pl.LazyFrame) -> list[str]:
     return [_normalised_name(n) for n in lf.collect_schema().names()]
 
 
-def _with_provenance(lf: pl.LazyFrame, path: Path) -> pl.LazyFrame:
-    return lf.with_row_index("source_row", offset=1).with_columns(
-        pl.col("source_row").cast(pl.Int64),
-        pl.lit(str(path)).alias("source_file"),
+def _with_provenance(lf: pl.LazyFrame, read: list[pl.Expr], path: Path) -> pl.LazyFrame:
+    """The columns `read` of a scanned file, then source_row (1 = the first data row) and source_file."""
+    # The row number is taken on the scan itself, before any column is selected: a count of the
+    # rows (audit._relevant_orders) stays Polars' fast count (0.1 s for a 10M-row CSV, where a row
+    # index over selected columns parsed a column of every row: 1.1 s).
+    index = "source_row"
+    while index in lf.collect_schema().names():  # a column of the file with that name is not ours
+        index = f"_{index}"
+    return lf.with_row_index(index, offset=1).select(
+        *read, pl.col(index).cast(pl.Int64).alias("source_row"), pl.lit(str(path)).alias("source_file")
     )
 
 
@@ -211,7 +217,7 @@ def scan_extract(
             for (original, dtype), name in zip(schema.items(), names)
             if name in needed
         ]
-        selected = _with_provenance(lf.select(read), path)
+        selected = _with_provenance(lf, read, path)
         if mapping is None:
             frames.append(selected)
         else:
