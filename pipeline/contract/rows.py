@@ -30,13 +30,33 @@ ROW_IDENTITY = ("tonight", "run_seq", "file_pos", "version", "updated_at_order")
 
 
 def _reasons(*checks: tuple[pl.Expr, pl.Expr | str]) -> pl.Expr:
-    """All failed checks of a row joined into one reason text (null when the row is fine)."""
+    """All failed checks of a row joined into one reason text (null when the row is fine).
+
+    A message that quotes the row is built from `_where_failed` values, so only for the rows it names.
+    """
     parts = [
         pl.when(failed).then(message if isinstance(message, pl.Expr) else pl.lit(message))
         for failed, message in checks
     ]
     joined = pl.concat_str(parts, separator="; ", ignore_nulls=True)
     return pl.when(joined.str.len_chars() > 0).then(joined).otherwise(None)
+
+
+def _where_failed(failed: pl.Expr, value: pl.Expr) -> pl.Expr:
+    """`value` on the rows where a check failed, else null: a reason quoting it is text for those rows only."""
+    # A message expression is evaluated for every row, whatever its check says: formatting the
+    # values of every row (most rows fail no check) was 0.4 s of the checks of 160k order rows.
+    return pl.when(failed).then(value)
+
+
+def _quoting(failed: pl.Expr, template: str, text: pl.Expr, width: int = 40) -> tuple[pl.Expr, pl.Expr]:
+    """A check whose reason quotes the row's text (its first `width` characters) at the template's '{}'."""
+    return failed, pl.format(template, _where_failed(failed, text).str.slice(0, width))
+
+
+def _counting(failed: pl.Expr, template: str, value: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """A check whose reason shows a number of the row (short_number) at the template's '{}'."""
+    return failed, pl.format(template, short_number(_where_failed(failed, value)))
 
 
 def raw_json(extract: str) -> pl.Expr:
@@ -107,20 +127,14 @@ def _implausible(limit: str, unit: str, column: str | None = None) -> tuple[pl.E
     low, high = PLAUSIBILITY[limit]
     column = column or limit
     value = pl.col(column)
-    return (
-        (value < low) | (value > high),
-        pl.format(f"{column} {{}} is outside the plausible {low:.10g}-{high:.10g} {unit}", short_number(value)),
-    )
+    return _counting((value < low) | (value > high), f"{column} {{}} is outside the plausible {low:.10g}-{high:.10g} {unit}", value)
 
 
 def _not_a_number(column: str, value: pl.Expr | None = None) -> tuple[pl.Expr, pl.Expr]:
     """Text in a numeric column that is not a finite number (NaN, inf, '12 stone')."""
     text = pl.col(f"{column}_text")
     value = pl.col(column) if value is None else value
-    return (
-        text.is_not_null() & value.is_null(),
-        pl.format(f"{column} is not a number: '{{}}'", text.str.slice(0, 40)),
-    )
+    return _quoting(text.is_not_null() & value.is_null(), f"{column} is not a number: '{{}}'", text)
 
 
 def _unreadable_or_implausible(column: str, unit: str) -> list[tuple[pl.Expr, pl.Expr]]:
@@ -133,19 +147,17 @@ def _unreadable_or_implausible(column: str, unit: str) -> list[tuple[pl.Expr, pl
 def _not_a_date_reason(column: str) -> tuple[pl.Expr, pl.Expr]:
     """A date cell that holds text but no date in an accepted layout: the reason names the layout expected."""
     text = pl.col(f"{column}_text")
-    return (
-        text.is_not_null() & pl.col(column).is_null(),
-        pl.format(f"{column} is not a date: '{{}}' ({EXPECTED_DATE})", text.str.slice(0, 40)),
-    )
+    return _quoting(text.is_not_null() & pl.col(column).is_null(), f"{column} is not a date: '{{}}' ({EXPECTED_DATE})", text)
 
 
 def _implausible_start_year() -> tuple[pl.Expr, pl.Expr]:
     """IVIG dose problem: an order start outside PLAUSIBILITY['start_year'] (0206 for 2026, 9999 for unknown)."""
     low, high = PLAUSIBILITY["start_year"]
     year = pl.col("start").dt.year()
+    failed = (year < low) | (year > high)
     return (
-        (year < low) | (year > high),
-        pl.format(f"start {{}} is outside the plausible years {low:g}-{high:g}", pl.col("start").dt.date().cast(pl.String)),
+        failed,
+        pl.format(f"start {{}} is outside the plausible years {low:g}-{high:g}", _where_failed(failed, pl.col("start")).dt.date().cast(pl.String)),
     )
 
 
@@ -205,7 +217,9 @@ def check_orders(text_rows: pl.LazyFrame, time_zone: str, *, has_identity: bool 
     with_dupes = parsed.with_columns(
         copies=pl.len().over(in_file),
         versions=pl.col("version").n_unique().over(in_file),
-        copy_rank=pl.int_range(pl.len()).over(in_file, order_by="source_row"),
+        # A later copy is any but the file's first row of its order_id (a grouped minimum: a rank
+        # ordered within each group sorted every group, 0.16 s of the checks of 160k rows).
+        later_copy=pl.col("source_row") > pl.col("source_row").min().over(in_file),
     )
     reason = _reasons(
         (pl.col("order_id").is_null(), "order_id missing"),
@@ -213,16 +227,16 @@ def check_orders(text_rows: pl.LazyFrame, time_zone: str, *, has_identity: bool 
         (pl.col("medication").is_null(), "medication missing"),
         (pl.col("start_text").is_null(), "start missing"),
         _not_a_date_reason("start"),
-        (
+        _quoting(
             pl.col("updated_at_text").is_not_null() & pl.col("updated_at_order").is_null(),
-            pl.format(f"updated_at is not a date: '{{}}' ({EXPECTED_DATE})", pl.col("updated_at_text").str.slice(0, 40)),
+            f"updated_at is not a date: '{{}}' ({EXPECTED_DATE})", pl.col("updated_at_text"),
         ),
         (
-            pl.col("order_id").is_not_null() & (pl.col("versions") > 1),
-            pl.format("order_id appears {} times in one file with different content", pl.col("copies")),
+            conflicting := pl.col("order_id").is_not_null() & (pl.col("versions") > 1),
+            pl.format("order_id appears {} times in one file with different content", _where_failed(conflicting, pl.col("copies"))),
         ),
         (
-            pl.col("order_id").is_not_null() & (pl.col("versions") == 1) & (pl.col("copy_rank") > 0),
+            pl.col("order_id").is_not_null() & (pl.col("versions") == 1) & pl.col("later_copy"),
             "exact duplicate of an earlier row of the file with the same order_id",
         ),
         (
@@ -230,41 +244,38 @@ def check_orders(text_rows: pl.LazyFrame, time_zone: str, *, has_identity: bool 
             & ((pl.col("doses_number") < 1) | (pl.col("doses_number") != pl.col("doses_number").round(0))),
             "doses must be a whole number of at least 1",
         ),
-        (
+        _counting(
             pl.col("doses_number") > max_doses,
-            pl.format(f"doses {{}} is above the plausible {max_doses:g} daily doses of one order", short_number(pl.col("doses_number"))),
+            f"doses {{}} is above the plausible {max_doses:g} daily doses of one order", pl.col("doses_number"),
         ),
         (pl.col("weight_kg") <= 0, "weight_kg must be above zero"),
         (pl.col("height_cm") <= 0, "height_cm must be above zero"),
     )
     dose_low, dose_high = PLAUSIBILITY["dose"]
+    # Only a dose that is not a number is matched against the range pattern (a regex per row).
+    dose_is_a_range = _where_failed(pl.col("dose_text").is_not_null() & pl.col("dose").is_null(), pl.col("dose_text")).str.contains(DOSE_RANGE)
     checked = with_dupes.with_columns(
         reason=reason,
         dose_problem=_reasons(
             (pl.col("dose_text").is_null(), "dose missing"),
-            (
-                pl.col("dose_text").is_not_null() & pl.col("dose").is_null()
-                & pl.col("dose_text").str.contains(DOSE_RANGE),
-                pl.format("dose is not a number: '{}' is a range, not one amount", pl.col("dose_text").str.slice(0, 40)),
+            _quoting(
+                pl.col("dose_text").is_not_null() & pl.col("dose").is_null() & dose_is_a_range,
+                "dose is not a number: '{}' is a range, not one amount", pl.col("dose_text"),
             ),
-            (
-                pl.col("dose_text").is_not_null() & pl.col("dose").is_null()
-                & ~pl.col("dose_text").str.contains(DOSE_RANGE),
-                pl.format("dose is not a number: '{}'", pl.col("dose_text").str.slice(0, 40)),
+            _quoting(
+                pl.col("dose_text").is_not_null() & pl.col("dose").is_null() & ~dose_is_a_range,
+                "dose is not a number: '{}'", pl.col("dose_text"),
             ),
             (pl.col("dose") <= dose_low, "dose must be above zero"),
-            (
-                pl.col("dose") > dose_high,
-                pl.format(f"dose {{}} is above the plausible {dose_high:g} (in any unit)", short_number(pl.col("dose"))),
-            ),
+            _counting(pl.col("dose") > dose_high, f"dose {{}} is above the plausible {dose_high:g} (in any unit)", pl.col("dose")),
             (pl.col("dose_unit_text").is_null(), "dose_unit missing"),
-            (
+            _quoting(
                 pl.col("dose_unit_text").is_not_null() & pl.col("dose_unit").is_null(),
-                pl.format("unknown dose unit '{}'", pl.col("dose_unit_text").str.slice(0, 20)),
+                "unknown dose unit '{}'", pl.col("dose_unit_text"), width=20,
             ),
-            (
+            _quoting(
                 pl.col("doses_text").is_not_null() & pl.col("doses_number").is_null(),
-                pl.format("doses not usable: {}", pl.col("doses_text").str.slice(0, 80)),
+                "doses not usable: {}", pl.col("doses_text"), width=80,
             ),
             *_unreadable_or_implausible("weight_kg", "kg"),
             *_unreadable_or_implausible("height_cm", "cm"),
@@ -277,7 +288,7 @@ def check_orders(text_rows: pl.LazyFrame, time_zone: str, *, has_identity: bool 
         ),
     )
     valid = checked.filter(pl.col("reason").is_null()).drop(
-        "reason", "copies", "versions", "copy_rank", "doses_number", "doses_text", "start_text", "birth_date",
+        "reason", "copies", "versions", "later_copy", "doses_number", "doses_text", "start_text", "birth_date",
         "weight_kg_text", "height_cm_text", "age_years_text", "age_years_given", "birth_date_text",
         "pre_pregnancy_weight_kg_text", "updated_at_text",
     )
@@ -330,10 +341,7 @@ def check_labs(text_rows: pl.LazyFrame, time_zone: str) -> tuple[pl.LazyFrame, p
             (pl.col("collected_at_text").is_null(), "collected_at missing"),
             _not_a_date_reason("collected_at"),
             (pl.col("test_text").is_null(), "test missing"),
-            (
-                pl.col("value").is_null(),
-                pl.format("value is not a number: '{}'", pl.col("value_text").fill_null("").str.slice(0, 40)),
-            ),
+            _quoting(pl.col("value").is_null(), "value is not a number: '{}'", pl.col("value_text").fill_null("")),
             _implausible("lab_value", "(in the lab's unit)", "value"),
             _not_a_number("ref_low"),
             _implausible("lab_reference", "(in the lab's unit)", "ref_low"),
