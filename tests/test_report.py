@@ -290,6 +290,23 @@ def test_html_charts_and_content(html):
     assert "P5" in html  # the findings table names patients (internal report)
 
 
+def test_every_chart_specification_is_valid_vega_lite_in_the_report_style(tables, monkeypatch):
+    import altair as alt
+    from altair.utils.schemapi import validate_jsonschema
+
+    from pipeline.reporting import charts
+
+    drawn: list[dict] = []
+    draw = charts.vlc.vegalite_to_svg
+    monkeypatch.setattr(charts.vlc, "vegalite_to_svg", lambda spec: (drawn.append(spec), draw(spec))[1])
+    render_html(summarise(tables, ReportOptions(intervention=date(2024, 2, 1))))
+    assert len(drawn) == 10
+    schema = alt.vegalite.v6.schema.load_schema()
+    for spec in drawn:
+        validate_jsonschema(spec, schema)  # the report skips Altair's validation (charts._spec): checked here
+        assert spec["config"]["font"] == charts.FONT and spec["config"]["view"]["stroke"] is None
+
+
 def test_html_is_self_contained(html):
     lowered = html.lower()
     for needle in ('src="http', "src='http", 'href="http', "href='http", "@import", "<script", "url(http"):
