@@ -45,7 +45,7 @@ def _reasons(*checks: tuple[pl.Expr, pl.Expr | str]) -> pl.Expr:
 def _where_failed(failed: pl.Expr, value: pl.Expr) -> pl.Expr:
     """`value` on the rows where a check failed, else null: a reason quoting it is text for those rows only."""
     # A message expression is evaluated for every row, whatever its check says: formatting the
-    # values of every row (most rows fail no check) was 0.4 s of the checks of 160k order rows.
+    # values of every row (most rows fail no check) cost up to 0.1 s of the checks of 160k order rows.
     return pl.when(failed).then(value)
 
 
