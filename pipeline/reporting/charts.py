@@ -79,7 +79,9 @@ def _spec(chart: alt.TopLevelMixin) -> dict:
     # specification the report draws (tests/test_report.py).
     spec = chart.to_dict(validate=False)
     theme = spec.get("config", {})
-    spec["config"] = {**theme, **STYLE_CONFIG, "view": {**theme.get("view", {}), **STYLE_CONFIG["view"]}}
+    spec["config"] = theme | {
+        key: theme.get(key, {}) | value if isinstance(value, dict) else value for key, value in STYLE_CONFIG.items()
+    }
     return spec
 
 

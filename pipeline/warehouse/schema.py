@@ -135,8 +135,8 @@ def _ledger_versions_without_nulls(con: duckdb.DuckDBPyConnection) -> None:
 
 #: Steps a migration runs in Python (`-- python: <step> [argument]`): what SQL alone cannot do.
 MIGRATION_STEPS = {
-    "ledger_from_source_rows": lambda con: _ledger_from_source_rows(con),
-    "ledger_versions_without_nulls": lambda con: _ledger_versions_without_nulls(con),
+    "ledger_from_source_rows": _ledger_from_source_rows,
+    "ledger_versions_without_nulls": _ledger_versions_without_nulls,
     "rebuild": _rebuild,
 }
 
